@@ -1,0 +1,67 @@
+"""mmwal: a write-ahead log on memory-mapped, preallocated segment files.
+
+The on-disk format is the frozen 1.x format of the Rust crate wal-db. Start with
+``mmwal.open(path)``; see ``Wal`` for the durability contract.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._config import RecoveryPolicy, WalConfig
+from ._errors import (
+    CorruptionError,
+    RecordTooLargeError,
+    WalBrokenError,
+    WalClosedError,
+    WalError,
+    WalLockedError,
+)
+from ._filestore import FileStore
+from ._format import Record
+from ._memstore import MemStore
+from ._reading import RecoveryReport
+from ._segstore import SegmentStore
+from ._store import Store
+from ._syscalls import Syscalls
+from ._wal import Wal, WalIterator, WalStats
+
+__all__ = [
+    "CorruptionError",
+    "FileStore",
+    "MemStore",
+    "Record",
+    "RecordTooLargeError",
+    "RecoveryPolicy",
+    "RecoveryReport",
+    "SegmentStore",
+    "Store",
+    "Syscalls",
+    "Wal",
+    "WalBrokenError",
+    "WalClosedError",
+    "WalConfig",
+    "WalError",
+    "WalIterator",
+    "WalLockedError",
+    "WalStats",
+    "open",
+]
+
+__version__ = "0.1.0"
+
+
+def open(  # noqa: A001 - the natural name, as io.open and gzip.open
+    path: str | os.PathLike[str],
+    *,
+    segment_size: int | None = None,
+    config: WalConfig | None = None,
+) -> Wal:
+    """Open or create a log: a directory or a ``segment_size`` means segmented.
+
+    Otherwise ``path`` is a single-file log. See ``Wal.open`` and
+    ``Wal.open_segmented`` for what opening does and what a crash costs.
+    """
+    if segment_size is not None or os.path.isdir(path):
+        return Wal.open_segmented(path, segment_size, config)
+    return Wal.open(path, config)

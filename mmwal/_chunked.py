@@ -1,0 +1,234 @@
+"""A store made of equal, separately mapped chunks: the shared core of every mmwal store.
+
+Chunk ``k`` holds log bytes ``[k*chunk_size, (k+1)*chunk_size)``. A segment file,
+a window of a single file and a block of anonymous memory are all chunks; the
+subclasses say how a chunk is made, flushed and released.
+
+Rules this class keeps:
+
+- A chunk, once mapped, is never remapped or resized, so a thread copying into it
+  never races a remap; growth only adds chunks.
+- Only the last chunk may be shorter than ``chunk_size`` (a read-only view of a
+  file wal-db left short); writable stores extend it first.
+- Zeroing touches only blocks that hold a nonzero byte, so discarding a mostly
+  empty preallocated tail costs a read, not a write-back.
+"""
+
+from __future__ import annotations
+
+import abc
+import mmap
+
+from ._store import Buffer, Store
+from ._syscalls import PAGE_SIZE, Syscalls
+
+__all__ = ["ChunkedStore"]
+
+_ZERO_BLOCK = bytes(16 * PAGE_SIZE)
+
+
+class ChunkedStore(Store):
+    """A store of equal chunks, each one mapping; subclasses make and release chunks."""
+
+    def __init__(self, chunk_size: int, syscalls: Syscalls | None, *, writable: bool) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk size must be a positive int, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.writable = writable
+        self.syscalls = syscalls if syscalls is not None else Syscalls()
+        self._chunks: dict[int, mmap.mmap] = {}
+        self._first_chunk = 0
+        self._end_chunk = 0
+        self._head_lsn = 0
+        self._closed = False
+        self._units_created = 0
+
+    # -- what subclasses provide ------------------------------------------------
+
+    @abc.abstractmethod
+    def _create_chunk(self, index: int) -> mmap.mmap:
+        """Allocate and map chunk ``index``; raise ``OSError`` leaving nothing behind."""
+
+    @abc.abstractmethod
+    def _flush_chunk(self, index: int, start: int, length: int) -> None:
+        """Write back ``length`` bytes of chunk ``index`` from page-aligned ``start``."""
+
+    def _before_flush(self) -> None:
+        """Make pending file creations durable; runs before any data is flushed."""
+
+    def _release_chunk(self, index: int) -> bool:
+        """Give back chunk ``index``, wholly past the end; return False to keep it (zeroed)."""
+        del index
+        return False
+
+    def _after_release(self) -> None:
+        """Make chunk releases durable."""
+
+    def _close_resources(self) -> None:
+        """Release files and locks after every chunk is unmapped."""
+
+    # -- the store protocol -----------------------------------------------------
+
+    @property
+    def head_lsn(self) -> int:
+        return self._head_lsn
+
+    @property
+    def capacity(self) -> int:
+        last = self._chunks.get(self._end_chunk - 1)
+        if last is None:
+            return self._end_chunk * self.chunk_size
+        return (self._end_chunk - 1) * self.chunk_size + len(last)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def piece(self, offset: int) -> tuple[Buffer, int, int]:
+        index = offset // self.chunk_size
+        chunk = self._chunks.get(index)
+        if chunk is None or offset < self._head_lsn:
+            raise ValueError(
+                f"offset {offset} is outside the bytes {self.location} holds "
+                f"[{self._head_lsn}, {self.capacity})"
+            )
+        base = index * self.chunk_size
+        return chunk, base, base + len(chunk)
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.capacity)
+        parts: list[bytes] = []
+        position = offset
+        while position < end:
+            chunk, base, limit = self.piece(position)
+            stop = min(limit, end)
+            parts.append(chunk[position - base : stop - base])
+            position = stop
+        return b"".join(parts)
+
+    def write(self, offset: int, data: Buffer) -> None:
+        size = self.chunk_size
+        index = offset // size
+        local = offset - index * size
+        length = len(data)
+        if local + length <= size:
+            self._chunks[index][local : local + length] = data
+            return
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < length:
+            step = min(size - local, length - done)
+            self._chunks[index][local : local + step] = view[done : done + step]
+            done += step
+            index += 1
+            local = 0
+
+    def ensure_capacity(self, end: int) -> None:
+        while self._end_chunk * self.chunk_size < end:
+            index = self._end_chunk
+            self._chunks[index] = self._create_chunk(index)
+            self._end_chunk = index + 1
+            self._units_created += 1
+
+    def flush(self, start: int, end: int) -> None:
+        self._before_flush()
+        size = self.chunk_size
+        start = max(start, self._head_lsn)
+        end = min(end, self.capacity)
+        position = start
+        while position < end:
+            index = position // size
+            base = index * size
+            stop = min(end, base + size)
+            local = position - base
+            aligned = local - local % PAGE_SIZE
+            self._flush_chunk(index, aligned, stop - base - aligned)
+            position = stop
+
+    def discard_after(self, end: int) -> None:
+        size = self.chunk_size
+        first_whole = -(-end // size)
+        dirty: list[tuple[int, int, int]] = []
+        if end % size and end // size in self._chunks:
+            index = end // size
+            span = self._zero_nonzero(self._chunks[index], end - index * size)
+            if span is not None:
+                dirty.append((index, *span))
+        released = False
+        for index in range(self._end_chunk - 1, max(first_whole, self._first_chunk) - 1, -1):
+            chunk = self._chunks[index]
+            if self._release_chunk(index):
+                released = True
+                del self._chunks[index]
+                chunk.close()
+                if index == self._end_chunk - 1:
+                    self._end_chunk = index
+                continue
+            span = self._zero_nonzero(chunk, 0)
+            if span is not None:
+                dirty.append((index, *span))
+        if released:
+            self._after_release()
+        self._before_flush()
+        for index, start, stop in dirty:
+            aligned = start - start % PAGE_SIZE
+            self._flush_chunk(index, aligned, stop - aligned)
+
+    def drop_before(self, offset: int) -> int:
+        return self._head_lsn
+
+    def nonzero_extent(self, start: int) -> tuple[int, int] | None:
+        position = max(start, self._head_lsn)
+        capacity = self.capacity
+        block = len(_ZERO_BLOCK)
+        first = last = -1
+        while position < capacity:
+            chunk, base, limit = self.piece(position)
+            local = position - base
+            chunk_end = limit - base
+            while local < chunk_end:
+                stop = min(chunk_end, local + block - (local % block))
+                piece = chunk[local:stop]
+                if piece != _ZERO_BLOCK[: stop - local]:
+                    if first < 0:
+                        first = base + local + len(piece) - len(piece.lstrip(b"\0"))
+                    last = base + local + len(piece.rstrip(b"\0"))
+                local = stop
+            position = limit
+        return None if first < 0 else (first, last)
+
+    @property
+    def units_created(self) -> int:
+        return self._units_created
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        chunks = list(self._chunks.values())
+        self._chunks.clear()
+        for chunk in chunks:
+            chunk.close()
+        self._close_resources()
+
+    # -- helpers ----------------------------------------------------------------
+
+    @staticmethod
+    def _zero_nonzero(chunk: mmap.mmap, start: int) -> tuple[int, int] | None:
+        """Zero the blocks of ``chunk`` from ``start`` that hold a nonzero byte.
+
+        Returns the range written, or None when everything was zero already.
+        """
+        block = len(_ZERO_BLOCK)
+        first = last = -1
+        local = start
+        end = len(chunk)
+        while local < end:
+            stop = min(end, local + block - (local % block))
+            if chunk[local:stop] != _ZERO_BLOCK[: stop - local]:
+                chunk[local:stop] = _ZERO_BLOCK[: stop - local]
+                if first < 0:
+                    first = local
+                last = stop
+            local = stop
+        return None if first < 0 else (first, last)

@@ -1,0 +1,95 @@
+"""The exceptions mmwal raises: one base class, each saying what happened and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptionError",
+    "RecordTooLargeError",
+    "WalBrokenError",
+    "WalClosedError",
+    "WalError",
+    "WalLockedError",
+]
+
+
+class WalError(Exception):
+    """Base class of every error mmwal raises on purpose."""
+
+
+class RecordTooLargeError(WalError, ValueError):
+    """A payload is longer than the log's ``max_record_size``; nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"record of {size} bytes exceeds max_record_size={limit}; nothing was written "
+            f"(hint: split the record, or open the log with a larger "
+            f"WalConfig(max_record_size=...))"
+        )
+
+
+class CorruptionError(WalError):
+    """Bytes that should hold a record do not; ``offset`` says where, ``reason`` why."""
+
+    def __init__(
+        self,
+        offset: int,
+        reason: str,
+        *,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.offset = offset
+        self.reason = reason
+        self.path = path
+        self.hint = hint
+        where = f"at log offset {offset}" + (f" in {path}" if path else "")
+        message = f"corrupt log {where}: {reason}"
+        if hint:
+            message += f" (hint: {hint})"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields do not survive the default exception pickling.
+        return (_rebuild_corruption, (self.offset, self.reason, self.path, self.hint))
+
+
+def _rebuild_corruption(
+    offset: int, reason: str, path: str | None, hint: str | None
+) -> CorruptionError:
+    return CorruptionError(offset, reason, path=path, hint=hint)
+
+
+class WalClosedError(WalError):
+    """The log (or the log an iterator reads) was closed by its owner."""
+
+    def __init__(self, what: str = "log") -> None:
+        super().__init__(f"the {what} is closed (hint: open the log again to keep using it)")
+
+
+class WalLockedError(WalError):
+    """Another writer holds the log's lock; only one writer may have a log open."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is locked by another writer (hint: close the other Wal, or wait for "
+            f"the process holding it to exit; one writer per log)"
+        )
+
+
+class WalBrokenError(WalError):
+    """A flush or write failed, so durability is in doubt; the log refuses further writes.
+
+    The failing ``OSError`` is the ``__cause__``. Do not retry: the kernel may have
+    dropped the dirty pages already, so a later successful flush proves nothing.
+    Reopen the log, which runs recovery and tells what is really on disk.
+    """
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"the log is broken: {operation} failed, so what reached the disk is unknown "
+            f"(hint: close it and reopen the log, which runs recovery)"
+        )

@@ -1,0 +1,38 @@
+"""File helpers the mmap stores share: locking, and mapping a file range."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+
+from ._errors import WalLockedError
+
+__all__ = ["lock_exclusively", "map_range", "open_directory"]
+
+
+def lock_exclusively(fd: int, path: str) -> None:
+    """Take the single-writer lock on ``fd`` at once, or raise ``WalLockedError``.
+
+    The lock is an ``flock`` on the open file description: it is released when the
+    descriptor is closed or the process dies, so a killed writer never leaves a
+    stale lock behind.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise WalLockedError(path) from None
+        raise
+
+
+def map_range(fd: int, length: int, offset: int, *, writable: bool) -> mmap.mmap:
+    """Map ``length`` bytes of ``fd`` from ``offset`` (a multiple of the page size)."""
+    access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+    return mmap.mmap(fd, length, access=access, offset=offset)
+
+
+def open_directory(path: str) -> int:
+    """Open a directory for locking and fsync."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

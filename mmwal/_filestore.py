@@ -1,0 +1,104 @@
+"""``FileStore``: a single-file log, preallocated and mapped in fixed-size windows."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+
+from ._chunked import ChunkedStore
+from ._files import lock_exclusively, map_range
+from ._syscalls import Syscalls, mapping_address
+
+__all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
+
+DEFAULT_WINDOW_SIZE = 64 * 1024 * 1024
+
+
+class FileStore(ChunkedStore):
+    """Keep a log in one file, records back to back from offset 0, no file header.
+
+    The file grows a window at a time (``posix_fallocate``, then a new mapping of
+    just that window), so a full disk is an ``OSError`` when a window is added and
+    never a SIGBUS. The zero tail past the last record is not log data; a file
+    wal-db left with no zero tail is extended on a writable open.
+
+    Crash cost: bytes not covered by a ``flush`` may be lost or torn; the file's
+    creation and growth are made durable by the first ``flush`` after them.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+        writable: bool = True,
+        syscalls: Syscalls | None = None,
+    ) -> None:
+        if window_size <= 0 or window_size % mmap.ALLOCATIONGRANULARITY:
+            raise ValueError(
+                f"window_size must be a positive multiple of {mmap.ALLOCATIONGRANULARITY} "
+                f"(the mapping granularity), got {window_size}"
+            )
+        super().__init__(window_size, syscalls, writable=writable)
+        self.path = os.fspath(path)
+        self.location = self.path
+        self._addresses: dict[int, int] = {}
+        self._metadata_lock = threading.Lock()
+        existed = os.path.exists(self.path)
+        flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
+        fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            if writable:
+                lock_exclusively(fd, self.path)
+            size = os.fstat(fd).st_size
+            windows = -(-size // window_size)
+            if writable and size < windows * window_size:
+                self.syscalls.allocate(fd, size, windows * window_size - size)
+            for index in range(windows):
+                offset = index * window_size
+                length = window_size if writable else min(window_size, size - offset)
+                self._map(fd, index, length)
+            self._end_chunk = windows
+        except BaseException:
+            self._unmap_all()
+            os.close(fd)
+            raise
+        self._fd = fd
+        # The file's size and, for a new file, its directory entry are metadata a
+        # later flush must make durable before it may report success.
+        self._file_dirty = writable
+        self._directory_dirty = writable and not existed
+
+    def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
+        chunk = map_range(fd, length, index * self.chunk_size, writable=self.writable)
+        self._chunks[index] = chunk
+        if self.writable:
+            self._addresses[index] = mapping_address(chunk)
+        return chunk
+
+    def _unmap_all(self) -> None:
+        for chunk in self._chunks.values():
+            chunk.close()
+        self._chunks.clear()
+
+    def _create_chunk(self, index: int) -> mmap.mmap:
+        self.syscalls.allocate(self._fd, index * self.chunk_size, self.chunk_size)
+        with self._metadata_lock:
+            self._file_dirty = True
+        return self._map(self._fd, index, self.chunk_size)
+
+    def _before_flush(self) -> None:
+        with self._metadata_lock:
+            file_dirty, self._file_dirty = self._file_dirty, False
+            directory_dirty, self._directory_dirty = self._directory_dirty, False
+        if file_dirty:
+            self.syscalls.fsync(self._fd)
+        if directory_dirty:
+            self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+
+    def _flush_chunk(self, index: int, start: int, length: int) -> None:
+        self.syscalls.msync(self._addresses[index] + start, length)
+
+    def _close_resources(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,256 @@
+"""The wal-db 1.x on-disk format, described once: framing, head file, segment names.
+
+Everything here is a pure function over bytes-like objects; nothing does I/O.
+
+Record frame (integers little-endian)::
+
+    offset  size  field
+    0       4     crc32c   CRC-32C of bytes 4 .. 8+length (the length field, then the payload)
+    4       4     length   payload length in bytes
+    8       len   payload
+
+A log is one byte address space; a record's LSN is the offset of its frame, the
+first record is LSN 0 and the next one starts at ``lsn + 8 + length``. An all-zero
+header never checks (the CRC-32C of four zero bytes is 0x48674BC7), so zero-filled
+preallocated space reads as the end of the log.
+
+Head file (``head``, 12 bytes)::
+
+    0       8     head_lsn  the first LSN still in the log
+    8       4     crc32c    CRC-32C of bytes 0 .. 8
+
+Segment files are named by their index, zero-padded to 20 digits, plus ``.wal``;
+segment ``k`` of size ``S`` holds log bytes ``[k*S, (k+1)*S)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import struct
+from typing import NamedTuple
+
+from ._crc import crc32c
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "HEAD_FILE",
+    "HEAD_FILE_NAME",
+    "HEAD_FILE_SIZE",
+    "LENGTH",
+    "SEGMENT_NAME_DIGITS",
+    "SEGMENT_SUFFIX",
+    "Record",
+    "Scan",
+    "Stop",
+    "decode_head_file",
+    "encode_frame",
+    "encode_frames",
+    "encode_head_file",
+    "frame_crc",
+    "frame_size",
+    "parse_segment_name",
+    "scan_frames",
+    "segment_name",
+]
+
+HEADER = struct.Struct("<II")
+HEADER_SIZE = 8
+LENGTH = struct.Struct("<I")
+HEAD_FILE = struct.Struct("<QI")
+_HEAD_LSN = struct.Struct("<Q")
+HEAD_FILE_SIZE = 12
+HEAD_FILE_NAME = "head"
+SEGMENT_NAME_DIGITS = 20
+SEGMENT_SUFFIX = ".wal"
+
+assert HEADER.size == HEADER_SIZE
+assert LENGTH.size == HEADER_SIZE - 4
+assert HEAD_FILE.size == HEAD_FILE_SIZE
+
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_pack_length = LENGTH.pack
+
+# The CRC covers the length field before the payload. Continuing the CRC from the
+# value over those four bytes avoids joining them to the payload; the values for
+# the lengths a log actually uses are cached (bounded, so hostile lengths cannot
+# grow it without limit).
+_LENGTH_CRC_CACHE_LIMIT = 65536
+_length_crc: dict[int, int] = {}
+
+
+def _crc_after_length(length: int) -> int:
+    value = _length_crc.get(length)
+    if value is None:
+        value = crc32c(_pack_length(length))
+        if len(_length_crc) < _LENGTH_CRC_CACHE_LIMIT:
+            _length_crc[length] = value
+    return value
+
+
+class Record(NamedTuple):
+    """One record of a log: where its frame starts and its payload."""
+
+    lsn: int
+    data: bytes
+
+
+def frame_size(payload_length: int) -> int:
+    """Return the bytes a frame of ``payload_length`` occupies in the log."""
+    return HEADER_SIZE + payload_length
+
+
+def frame_crc(payload: bytes | bytearray | memoryview | mmap.mmap) -> int:
+    """Return the CRC-32C a frame of ``payload`` carries: over the length, then the payload."""
+    return crc32c(payload, _crc_after_length(len(payload)))
+
+
+def encode_frame(payload: bytes | bytearray | memoryview) -> bytes:
+    """Return the frame of ``payload``: header then payload."""
+    length = len(payload)
+    return _pack_header(crc32c(payload, _crc_after_length(length)), length) + payload
+
+
+def encode_frames(payloads: list[bytes]) -> bytes:
+    """Return the frames of ``payloads`` back to back, as repeated appends lay them out."""
+    parts: list[bytes] = []
+    add = parts.append
+    for payload in payloads:
+        length = len(payload)
+        add(_pack_header(crc32c(payload, _crc_after_length(length)), length))
+        add(payload)
+    return b"".join(parts)
+
+
+class Stop(enum.Enum):
+    """Why a scan stopped before its limit."""
+
+    SHORT_HEADER = "the buffer ends inside a header"
+    SHORT_PAYLOAD = "the buffer ends inside the payload"
+    ZERO_HEADER = "an all-zero header (the end of the log)"
+    BAD_LENGTH = "implausible length"
+    BAD_CRC = "checksum mismatch"
+
+
+class Scan(NamedTuple):
+    """The outcome of ``scan_frames``.
+
+    ``end`` is the log offset just past the last good frame; ``stop`` is ``None``
+    when the scan reached its limit exactly, else why it stopped at ``end``;
+    ``length`` is the length field of the frame at ``end`` when one could be read.
+    """
+
+    records: list[Record]
+    end: int
+    stop: Stop | None
+    length: int
+
+
+def _mismatch(crc: int, length: int) -> Stop:
+    # An all-zero header fails its check like any other; it is told apart only
+    # once the check failed, to keep the common path free of the comparison.
+    return Stop.ZERO_HEADER if crc == 0 and length == 0 else Stop.BAD_CRC
+
+
+def scan_frames(
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    start: int,
+    limit: int,
+    *,
+    base: int = 0,
+    max_record_size: int,
+    collect: bool = True,
+    max_records: int = -1,
+) -> Scan:
+    """Walk the frames of ``buf[start:limit]`` in order, checking each one.
+
+    ``buf[i]`` is log offset ``base + i``; LSNs in the result are log offsets.
+    A length above ``max_record_size`` stops the scan before any payload byte is
+    touched, so hostile bytes never drive an allocation. With ``collect`` false
+    nothing is copied and ``records`` is empty (recovery only needs the end).
+    ``max_records`` (when not negative) bounds how many frames one call checks.
+    """
+    records: list[Record] = []
+    add = records.append
+    unpack = _unpack_header
+    length_crc = _length_crc
+    after_length = _crc_after_length
+    check = crc32c
+    make = tuple.__new__
+    record_type = Record
+    # Slicing bytes and mmaps gives bytes; a memoryview or bytearray needs a copy.
+    copy = None if isinstance(buf, bytes | mmap.mmap) else bytes
+    view = memoryview(buf) if not collect else None
+    pos = start
+    stop: Stop | None = None
+    length = 0
+    remaining = max_records
+    try:
+        while pos < limit and remaining != 0:
+            remaining -= 1
+            if pos + HEADER_SIZE > limit:
+                stop = Stop.SHORT_HEADER
+                break
+            crc, length = unpack(buf, pos)
+            if length > max_record_size:
+                stop = Stop.BAD_LENGTH
+                break
+            payload_start = pos + HEADER_SIZE
+            frame_end = payload_start + length
+            if frame_end > limit:
+                stop = Stop.SHORT_PAYLOAD
+                break
+            seed = length_crc.get(length)
+            if seed is None:
+                seed = after_length(length)
+            if view is None:
+                payload = buf[payload_start:frame_end]
+                if check(payload, seed) != crc:
+                    stop = _mismatch(crc, length)
+                    break
+                if copy is not None:
+                    payload = copy(payload)
+                add(make(record_type, (base + pos, payload)))
+            elif check(view[payload_start:frame_end], seed) != crc:
+                stop = _mismatch(crc, length)
+                break
+            pos = frame_end
+    finally:
+        if view is not None:
+            view.release()
+    return Scan(records, base + pos, stop, length)
+
+
+def encode_head_file(head_lsn: int) -> bytes:
+    """Return the 12 bytes of a head file naming ``head_lsn``."""
+    head = _HEAD_LSN.pack(head_lsn)
+    return HEAD_FILE.pack(head_lsn, crc32c(head))
+
+
+def decode_head_file(data: bytes) -> int:
+    """Return the head LSN a head file names; missing, short or bad-CRC data means 0."""
+    if len(data) < HEAD_FILE_SIZE:
+        return 0
+    head_lsn, crc = HEAD_FILE.unpack_from(data, 0)
+    if crc32c(bytes(data[:8])) != crc:
+        return 0
+    return int(head_lsn)
+
+
+def segment_name(index: int) -> str:
+    """Return the file name of segment ``index``."""
+    if index < 0:
+        raise ValueError(f"segment index must not be negative, got {index}")
+    return f"{index:0{SEGMENT_NAME_DIGITS}d}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """Return the index a segment file name carries, or ``None`` for any other name."""
+    digits = name.removesuffix(SEGMENT_SUFFIX)
+    if len(digits) != SEGMENT_NAME_DIGITS or digits == name:
+        return None
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits)

@@ -1,0 +1,167 @@
+"""Reading frames out of a store: the recovery scan and the record walk.
+
+These functions know records (through ``_format``) and stores (through the
+``Store`` protocol) and nothing about appending; the log calls them.
+
+Rules kept here:
+
+- A length is checked against ``max_record_size`` before any payload byte is read.
+- A frame that crosses a piece boundary is read through ``Store.read`` and checked
+  with the same ``scan_frames`` as every other frame.
+- Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ._config import RecoveryPolicy, WalConfig
+from ._errors import CorruptionError
+from ._format import HEADER, HEADER_SIZE, Record, Scan, Stop, scan_frames
+from ._store import Store
+
+__all__ = ["RecoveryReport", "frame_at", "read_records", "scan_end"]
+
+# Records decoded per step of a walk: large enough to amortise the per-step cost,
+# small enough that a closed log is noticed soon.
+_BATCH_RECORDS = 1024
+
+_SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What opening a log found.
+
+    ``end`` is the recovered end of the log; ``discarded_bytes`` the length of the
+    range from ``end`` to the last nonzero byte that recovery zeroed (0 when the
+    tail was clean); ``stop`` why the scan ended (``None``: it reached the end of
+    the store); ``skipped`` the damaged records kept in place under
+    ``RecoveryPolicy.SKIP_BAD_RECORDS``; ``quarantine_path`` where the discarded
+    bytes were kept, if anywhere.
+    """
+
+    head: int
+    end: int
+    discarded_bytes: int = 0
+    stop: Stop | None = None
+    skipped: list[CorruptionError] = field(default_factory=list)
+    quarantine_path: str | None = None
+
+
+def frame_at(store: Store, position: int, limit: int, max_record_size: int) -> Scan:
+    """Check the one frame at ``position``, which must end at or before ``limit``."""
+    if position + HEADER_SIZE > limit:
+        return Scan([], position, Stop.SHORT_HEADER, 0)
+    crc, length = HEADER.unpack(store.read(position, HEADER_SIZE))
+    if length > max_record_size:
+        return Scan([], position, Stop.BAD_LENGTH, length)
+    if position + HEADER_SIZE + length > limit:
+        return Scan([], position, Stop.SHORT_PAYLOAD, length)
+    frame = store.read(position, HEADER_SIZE + length)
+    return scan_frames(
+        frame, 0, len(frame), base=position, max_record_size=max_record_size, max_records=1
+    )
+
+
+def _scan_step(
+    store: Store, position: int, limit: int, max_record_size: int, *, collect: bool
+) -> Scan:
+    """Check frames from ``position`` within one piece; a crossing frame is read whole."""
+    buffer, base, piece_limit = store.piece(position)
+    stop_at = min(piece_limit, limit)
+    scan = scan_frames(
+        buffer,
+        position - base,
+        stop_at - base,
+        base=base,
+        max_record_size=max_record_size,
+        collect=collect,
+        max_records=_BATCH_RECORDS if collect else -1,
+    )
+    if scan.stop in _SHORT and stop_at < limit:
+        if scan.end == position:
+            return frame_at(store, position, limit, max_record_size)
+        # The frames before the crossing one are good; the next step reads it.
+        return scan._replace(stop=None)
+    return scan
+
+
+def _damage(scan: Scan, store: Store) -> CorruptionError:
+    assert scan.stop is not None
+    reason = scan.stop.value
+    if scan.stop is Stop.BAD_LENGTH:
+        reason = f"implausible length {scan.length}"
+    elif scan.stop is Stop.BAD_CRC:
+        reason = f"checksum mismatch in a record of length {scan.length}"
+    return CorruptionError(scan.end, reason, path=store.location)
+
+
+def _skippable(scan: Scan, limit: int) -> bool:
+    return scan.stop is Stop.BAD_CRC and scan.end + HEADER_SIZE + scan.length <= limit
+
+
+def scan_end(store: Store, config: WalConfig) -> RecoveryReport:
+    """Find the end of the log in ``store``: where the first bad frame starts.
+
+    Under ``SKIP_BAD_RECORDS`` a checksum failure with a plausible length is stepped
+    over and reported; the end is then just past the last intact frame.
+    """
+    head = store.head_lsn
+    limit = store.capacity
+    skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
+    position = good_end = head
+    skipped: list[CorruptionError] = []
+    pending: list[CorruptionError] = []
+    stop: Stop | None = None
+    while position < limit:
+        scan = _scan_step(store, position, limit, config.max_record_size, collect=False)
+        if scan.end > position:
+            good_end = scan.end
+            skipped.extend(pending)
+            pending.clear()
+        position = scan.end
+        if scan.stop is None:
+            continue
+        if skip and _skippable(scan, limit):
+            pending.append(_damage(scan, store))
+            position = scan.end + HEADER_SIZE + scan.length
+            continue
+        stop = scan.stop
+        break
+    return RecoveryReport(head=head, end=good_end, stop=stop, skipped=skipped)
+
+
+def read_records(
+    store: Store,
+    start: int,
+    end: int,
+    config: WalConfig,
+    skipped: list[CorruptionError],
+    check_open: Callable[[], None],
+) -> Iterator[Record]:
+    """Yield the records of ``[start, end)``; damage raises or is skipped per the policy.
+
+    ``check_open`` runs before every step and raises once the log is closed, so a
+    walk of a closed log stops with ``WalClosedError`` instead of reading unmapped
+    memory.
+    """
+    skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
+    max_record_size = config.max_record_size
+    position = start
+    while position < end:
+        check_open()
+        scan = _scan_step(store, position, end, max_record_size, collect=True)
+        yield from scan.records
+        position = scan.end
+        if scan.stop is None:
+            continue
+        error = _damage(scan, store)
+        if skip:
+            skipped.append(error)
+            if _skippable(scan, end):
+                position = scan.end + HEADER_SIZE + scan.length
+                continue
+            return
+        raise error

@@ -1,0 +1,270 @@
+"""``SegmentStore``: a log split over fixed-size segment files in one directory."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+
+from ._chunked import ChunkedStore
+from ._errors import CorruptionError
+from ._files import lock_exclusively, map_range, open_directory
+from ._format import (
+    HEAD_FILE_NAME,
+    decode_head_file,
+    encode_head_file,
+    parse_segment_name,
+    segment_name,
+)
+from ._syscalls import Syscalls, mapping_address
+
+__all__ = ["DEFAULT_SEGMENT_SIZE", "SegmentStore", "infer_segment_size"]
+
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+
+
+def infer_segment_size(sizes: list[tuple[str, int]], requested: int | None) -> int:
+    """Return the segment size of files ``[(name, size), ...]`` in index order.
+
+    Every file but the last has the segment size; the last may be shorter (wal-db
+    leaves it so). ``requested`` must agree with the files, else ``ValueError``.
+    """
+    if requested is not None and (
+        isinstance(requested, bool) or not isinstance(requested, int) or requested <= 0
+    ):
+        raise ValueError(f"segment_size must be a positive int, got {requested!r}")
+    if not sizes:
+        return requested if requested is not None else DEFAULT_SEGMENT_SIZE
+    if requested is None:
+        inferred = sizes[0][1]
+        if inferred == 0:
+            return DEFAULT_SEGMENT_SIZE
+        size = inferred
+    else:
+        size = requested
+    for position, (name, file_size) in enumerate(sizes):
+        is_last = position == len(sizes) - 1
+        if file_size > size or (not is_last and file_size != size):
+            raise ValueError(
+                f"segment_size={size} contradicts the files on disk: {name} is "
+                f"{file_size} bytes (hint: open with segment_size={file_size}, or None "
+                f"to infer it)"
+            )
+    return size
+
+
+class SegmentStore(ChunkedStore):
+    """Keep a log in a directory of segment files, each exactly ``segment_size`` bytes.
+
+    Segment ``k`` is ``{k:020d}.wal`` and holds log bytes ``[k*S, (k+1)*S)``; other
+    names in the directory are ignored. A new segment is created fresh and zero
+    (``posix_fallocate``), never recycled. The ``head`` file names the first LSN
+    once a prefix was dropped.
+
+    Crash cost: bytes not covered by a ``flush`` may be lost or torn; a segment
+    created since the last flush may be missing after a crash (its directory entry
+    is made durable by the next flush). ``drop_before`` is durable on return.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        segment_size: int | None = None,
+        *,
+        writable: bool = True,
+        syscalls: Syscalls | None = None,
+    ) -> None:
+        self.path = os.fspath(directory)
+        created = False
+        if writable and not os.path.isdir(self.path):
+            os.makedirs(self.path, exist_ok=True)
+            created = True
+        directory_fd = open_directory(self.path)
+        try:
+            if writable:
+                lock_exclusively(directory_fd, self.path)
+            names = sorted(
+                (index, name)
+                for name in os.listdir(self.path)
+                if (index := parse_segment_name(name)) is not None
+            )
+            sizes = [(name, os.stat(self._file(name)).st_size) for _, name in names]
+            super().__init__(infer_segment_size(sizes, segment_size), syscalls, writable=writable)
+            self.location = self.path
+            self._directory_fd = directory_fd
+            self._addresses: dict[int, int] = {}
+            self._pending_fds: list[int] = []
+            self._metadata_lock = threading.Lock()
+            self._directory_dirty = created
+            self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
+            self._head_lsn = self._read_head()
+            self._open_segments([index for index, _ in names])
+        except BaseException:
+            self._unmap_all()
+            os.close(directory_fd)
+            raise
+        if created:
+            # The new directory's own entry lives in its parent.
+            self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+
+    @property
+    def segment_size(self) -> int:
+        """The size of every segment file."""
+        return self.chunk_size
+
+    def segment_path(self, index: int) -> str:
+        """Return the path of segment ``index``."""
+        return self._file(segment_name(index))
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _read_head(self) -> int:
+        try:
+            with open(self._file(HEAD_FILE_NAME), "rb") as head_file:
+                return decode_head_file(head_file.read(64))
+        except FileNotFoundError:
+            return 0
+
+    def _open_segments(self, indices: list[int]) -> None:
+        size = self.chunk_size
+        head_index = self._head_lsn // size
+        for previous, index in zip(indices, indices[1:], strict=False):
+            if index != previous + 1:
+                raise CorruptionError(
+                    (previous + 1) * size,
+                    f"segment numbering has a gap: {segment_name(previous)} is followed by "
+                    f"{segment_name(index)}; segments {previous + 1}..{index - 1} are missing",
+                    path=self.path,
+                    hint="restore the missing segment files, or move the segments after "
+                    "the gap out of the directory; nothing was changed",
+                )
+        if indices and indices[0] > head_index:
+            head_note = (
+                f"the head file names LSN {self._head_lsn}"
+                if self._head_file_present
+                else "there is no valid head file"
+            )
+            raise CorruptionError(
+                self._head_lsn,
+                f"the segment holding the head, {segment_name(head_index)}, is missing "
+                f"({head_note}; the first segment is {segment_name(indices[0])})",
+                path=self.path,
+                hint="restore the missing segments or the head file, or run "
+                "mmwal.repair() to start the log at the first segment present; "
+                "nothing was changed",
+            )
+        stale = [index for index in indices if index < head_index]
+        live = [index for index in indices if index >= head_index]
+        if stale and self.writable:
+            # A drop_before that wrote the head file but was cut short before
+            # removing every segment below it: finish it.
+            for index in stale:
+                self.syscalls.remove(self.segment_path(index))
+            self.syscalls.fsync_directory(self.path)
+        for index in live:
+            fd = os.open(self.segment_path(index), os.O_RDWR if self.writable else os.O_RDONLY)
+            try:
+                length = os.fstat(fd).st_size
+                if self.writable and length < size:
+                    self.syscalls.allocate(fd, length, size - length)
+                    self.syscalls.fsync(fd)
+                    length = size
+                if length:
+                    self._map(fd, index, length)
+            finally:
+                os.close(fd)
+        self._first_chunk = head_index
+        self._end_chunk = (live[-1] + 1) if live else head_index
+
+    def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
+        chunk = map_range(fd, length, 0, writable=self.writable)
+        self._chunks[index] = chunk
+        if self.writable:
+            self._addresses[index] = mapping_address(chunk)
+        return chunk
+
+    def _unmap_all(self) -> None:
+        chunks = getattr(self, "_chunks", {})
+        for chunk in chunks.values():
+            chunk.close()
+        chunks.clear()
+
+    def _create_chunk(self, index: int) -> mmap.mmap:
+        path = self.segment_path(index)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            self.syscalls.allocate(fd, 0, self.chunk_size)
+            chunk = self._map(fd, index, self.chunk_size)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise
+        with self._metadata_lock:
+            self._pending_fds.append(fd)
+            self._directory_dirty = True
+        return chunk
+
+    def _before_flush(self) -> None:
+        with self._metadata_lock:
+            pending, self._pending_fds = self._pending_fds, []
+            directory_dirty, self._directory_dirty = self._directory_dirty, False
+        try:
+            for fd in pending:
+                self.syscalls.fsync(fd)
+        finally:
+            for fd in pending:
+                os.close(fd)
+        if directory_dirty:
+            self.syscalls.fsync_directory(self.path)
+
+    def _flush_chunk(self, index: int, start: int, length: int) -> None:
+        self.syscalls.msync(self._addresses[index] + start, length)
+
+    def _release_chunk(self, index: int) -> bool:
+        self._addresses.pop(index, None)
+        self._chunks[index].close()
+        self.syscalls.remove(self.segment_path(index))
+        with self._metadata_lock:
+            self._directory_dirty = True
+        return True
+
+    def _after_release(self) -> None:
+        self._before_flush()
+
+    def drop_before(self, offset: int) -> int:
+        if offset <= self._head_lsn:
+            return self._head_lsn
+        temporary = self._file(HEAD_FILE_NAME + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, encode_head_file(offset))
+            self.syscalls.fsync(fd)
+        finally:
+            os.close(fd)
+        self.syscalls.replace(temporary, self._file(HEAD_FILE_NAME))
+        self.syscalls.fsync_directory(self.path)
+        self._head_file_present = True
+        # The head file is durable: from here a crash leaves a log starting at
+        # ``offset`` whatever happens to the segments below it.
+        self._head_lsn = offset
+        new_first = offset // self.chunk_size
+        for index in range(self._first_chunk, min(new_first, self._end_chunk)):
+            chunk = self._chunks.pop(index, None)
+            self._addresses.pop(index, None)
+            if chunk is not None:
+                chunk.close()
+                self.syscalls.remove(self.segment_path(index))
+        self._first_chunk = new_first
+        self._end_chunk = max(self._end_chunk, new_first)
+        self.syscalls.fsync_directory(self.path)
+        return offset
+
+    def _close_resources(self) -> None:
+        with self._metadata_lock:
+            pending, self._pending_fds = self._pending_fds, []
+        for fd in pending:
+            os.close(fd)
+        os.close(self._directory_fd)

@@ -1,0 +1,111 @@
+"""The store protocol: where a log's bytes live, with no idea what they mean.
+
+A store presents one byte address space, the log's, from ``head_lsn`` up to
+``capacity``. Bytes never written read as zero. Stores never interpret records:
+the log decides what to write, what to flush and where the end is; the store
+maps, copies, flushes, grows and cuts.
+
+Rules every store keeps (``mmwal.testing.StoreTests`` checks them):
+
+- ``write`` is a copy into memory (a mapping, the page cache); it is not durable
+  and cannot fail for lack of space once ``ensure_capacity`` covered the range.
+- ``flush(start, end)`` returns only when ``[start, end)`` is on stable storage,
+  together with every file creation and removal done before it.
+- ``ensure_capacity`` either backs the whole range or raises ``OSError`` and
+  leaves the store as it was.
+- ``discard_after`` and ``drop_before`` are durable when they return.
+- Thread safety: ``write``, ``read`` and ``piece`` may run concurrently with each
+  other and with ``flush``; the log serialises ``ensure_capacity``,
+  ``discard_after``, ``drop_before`` and ``close`` against everything else.
+"""
+
+from __future__ import annotations
+
+import abc
+import mmap
+from typing import TypeAlias
+
+__all__ = ["Buffer", "Store"]
+
+Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
+"""A contiguous piece of the log's bytes, as ``Store.piece`` hands it out."""
+
+
+class Store(abc.ABC):
+    """Where a log's bytes live: one address space of bytes, no records."""
+
+    #: Where the store is (a path, or a description for stores with no path);
+    #: errors name it.
+    location: str = "<store>"
+
+    @property
+    @abc.abstractmethod
+    def head_lsn(self) -> int:
+        """The first log offset the store holds (0 unless a prefix was dropped)."""
+
+    @property
+    @abc.abstractmethod
+    def capacity(self) -> int:
+        """The log offset just past the last byte the store backs."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """Whether ``close`` has run."""
+
+    @abc.abstractmethod
+    def piece(self, offset: int) -> tuple[Buffer, int, int]:
+        """Return ``(buffer, base, limit)``: a contiguous buffer holding ``offset``.
+
+        ``buffer[i]`` is log offset ``base + i``, valid for offsets below ``limit``.
+        Slicing the buffer copies; it holds no export, so it never blocks a close.
+        Raises ``ValueError`` for an offset outside ``[head_lsn, capacity)``.
+        """
+
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes from ``offset``, across pieces; clipped at ``capacity``."""
+
+    @abc.abstractmethod
+    def write(self, offset: int, data: Buffer) -> None:
+        """Copy ``data`` to ``offset``; the range must lie within ``capacity``."""
+
+    @abc.abstractmethod
+    def ensure_capacity(self, end: int) -> None:
+        """Back every offset below ``end``; on ``OSError`` nothing changed."""
+
+    @abc.abstractmethod
+    def flush(self, start: int, end: int) -> None:
+        """Make ``[start, end)`` and all earlier metadata changes durable.
+
+        Crash cost: what ``flush`` has not covered may be lost, or reach the disk
+        only in part, pages in any order. Raises ``OSError``; never retries.
+        """
+
+    @abc.abstractmethod
+    def discard_after(self, end: int) -> None:
+        """Zero every byte from ``end`` on, durably; release space wholly past it."""
+
+    @abc.abstractmethod
+    def drop_before(self, offset: int) -> int:
+        """Durably forget whole storage units below the one holding ``offset``.
+
+        Returns the new ``head_lsn``. Stores that cannot drop a prefix return the
+        current head unchanged.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Unmap and release every resource; closing twice is harmless. Does not flush."""
+
+    @abc.abstractmethod
+    def nonzero_extent(self, start: int) -> tuple[int, int] | None:
+        """Return ``(first, last + 1)`` of the nonzero bytes at or after ``start``, or None."""
+
+    @property
+    def units_created(self) -> int:
+        """How many storage units (segments, windows) this store has created."""
+        return 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location}>"

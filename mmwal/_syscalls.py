@@ -1,0 +1,101 @@
+"""The seam for faults: every flush, fsync, allocation and removal goes through here.
+
+Stores take a ``Syscalls`` object and call nothing else for these operations, so a
+test can pass a subclass that fails on purpose (ENOSPC on the third allocation,
+EIO on the next flush) instead of hoping the disk does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import sys
+
+__all__ = ["PAGE_SIZE", "Syscalls", "mapping_address"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+_MS_SYNC = getattr(mmap, "MS_SYNC", 4)
+_F_FULLFSYNC = 51  # <sys/fcntl.h> on macOS; not exposed by every Python's fcntl
+
+# ctypes calls through a CDLL release the GIL for the length of the call, unlike
+# mmap.flush, so other threads keep appending while the kernel writes pages back.
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_msync = _libc.msync
+_msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_msync.restype = ctypes.c_int
+
+
+def mapping_address(mapping: mmap.mmap) -> int:
+    """Return the address of the first byte of a writable mapping."""
+    # from_buffer exports the buffer only while the ctypes object lives; it dies
+    # with this expression, so the mapping can still be closed later.
+    return ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+
+
+class Syscalls:
+    """The operations whose failure decides durability; subclass to inject faults.
+
+    Every method raises ``OSError`` on failure and never retries.
+    """
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk blocks for ``[offset, offset+length)``, extending the file.
+
+        After this returns, touching the range through a mapping cannot SIGBUS for
+        lack of space: a full disk surfaces here, as ``OSError(ENOSPC)``.
+        """
+        if length <= 0:
+            return
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, offset, length)
+            return
+        # macOS has no posix_fallocate: write zeros, which allocates for real.
+        zeros = bytes(min(length, 1 << 20))
+        position = offset
+        while position < offset + length:
+            step = min(len(zeros), offset + length - position)
+            written = os.pwrite(fd, zeros[:step], position)
+            position += written
+
+    def msync(self, address: int, length: int) -> None:
+        """Write back ``length`` bytes of a mapping at page-aligned ``address``; wait for it."""
+        if length <= 0:
+            return
+        if _msync(address, length, _MS_SYNC) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"msync: {os.strerror(code)}")
+
+    def fsync(self, fd: int) -> None:
+        """Make a file's data and metadata durable (F_FULLFSYNC on macOS)."""
+        if sys.platform == "darwin":  # pragma: no cover - not this CI's platform
+            import fcntl
+
+            fcntl.fcntl(fd, _F_FULLFSYNC)
+            return
+        os.fsync(fd)
+
+    def fsync_directory(self, path: str) -> None:
+        """Make the creation, removal and renaming of entries in ``path`` durable."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            try:
+                os.fsync(fd)
+            except OSError as error:
+                # Some filesystems cannot fsync a directory and say so with EINVAL;
+                # their directory updates are synchronous or nothing can be done.
+                if error.errno not in (errno.EINVAL, errno.EBADF):
+                    raise
+        finally:
+            os.close(fd)
+
+    def remove(self, path: str) -> None:
+        """Remove a file; the caller fsyncs the directory before depending on it."""
+        os.remove(path)
+
+    def replace(self, source: str, target: str) -> None:
+        """Rename ``source`` over ``target`` atomically."""
+        os.replace(source, target)

@@ -1,0 +1,567 @@
+"""``Wal``: reservation of LSNs, framing into a store, group commit, recovery, truncation.
+
+The log knows records and LSNs; how bytes are mapped is the store's business.
+
+Rules this module keeps:
+
+- LSNs are reserved under ``_reserve`` (one short critical section); a frame is
+  built before it and, when large, copied after it.
+- ``_written_lsn`` (the contiguous-written watermark) never passes a byte that is
+  not copied yet; iteration, ``sync`` and ``durable_lsn`` never look past it.
+- ``_durable_lsn`` only moves after a flush that covered it returned without error.
+- A failed flush breaks the log for good (fail-stop): every later append and sync
+  raises ``WalBrokenError``. No flush is retried.
+- Truncation and close run with no flush in progress and no copy in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from ._config import WalConfig
+from ._errors import CorruptionError, RecordTooLargeError, WalBrokenError, WalClosedError
+from ._filestore import FileStore
+from ._format import HEADER, HEADER_SIZE, Record, Stop, encode_frames, frame_crc
+from ._reading import RecoveryReport, frame_at, read_records, scan_end
+from ._segstore import SegmentStore
+from ._store import Buffer, Store
+
+__all__ = ["Wal", "WalIterator", "WalStats"]
+
+# Frames up to this size are copied while the reservation lock is held: for them
+# a second lock round trip to publish completion costs more than the copy.
+_INLINE_COPY_LIMIT = 64 * 1024
+
+_pack_header = HEADER.pack
+
+
+@dataclass(frozen=True, slots=True)
+class WalStats:
+    """Counters of one open log, since it was opened."""
+
+    appends: int
+    bytes_appended: int
+    syncs_requested: int
+    flushes: int
+    flush_seconds: float
+    segments_created: int
+
+
+class WalIterator:
+    """An iterator over records that also reports the damage it stepped over.
+
+    ``skipped`` lists a ``CorruptionError`` for each damaged record passed over
+    under ``RecoveryPolicy.SKIP_BAD_RECORDS``. For speed, ``iter()`` of it returns
+    the underlying generator, so ``for`` loops run without a Python-level step.
+    """
+
+    __slots__ = ("_records", "_wal", "skipped")
+
+    def __init__(self, wal: Wal, records: Iterator[Record], skipped: list[CorruptionError]):
+        self._wal = wal
+        self._records = records
+        self.skipped = skipped
+
+    def __iter__(self) -> Iterator[Record]:
+        return self._records
+
+    def __next__(self) -> Record:
+        self._wal._check_open()
+        return next(self._records)
+
+
+def _as_bytes(data: object) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, bytes | bytearray):
+        return bytes(data)
+    if isinstance(data, memoryview):
+        return data.tobytes()
+    raise TypeError(
+        f"a record must be bytes, bytearray or memoryview, not {type(data).__name__}"
+        + (" (hint: encode text first, e.g. text.encode())" if isinstance(data, str) else "")
+    )
+
+
+class Wal:
+    """A write-ahead log: append records, make them durable, read them back.
+
+    Open one with ``Wal.open`` (single file), ``Wal.open_segmented`` (a directory of
+    segments) or ``Wal.with_store``. Opening runs recovery: the log ends at the
+    first frame that fails its check, and everything after that is zeroed, durably,
+    before the open returns.
+
+    Durability: ``append`` puts a record in the mapping (the page cache); a process
+    crash does not lose it, a machine crash before the next ``sync`` may.
+    ``sync`` returns once every record appended before it is on stable storage.
+    All methods are safe to call from many threads.
+    """
+
+    def __init__(self, store: Store, config: WalConfig | None = None) -> None:
+        """Open a log over ``store`` (prefer the ``open*`` constructors); runs recovery."""
+        self._store = store
+        self._config = config if config is not None else WalConfig()
+        self._max_record_size = self._config.max_record_size
+        self._reserve = threading.Condition(threading.Lock())
+        self._commit = threading.Condition(threading.Lock())
+        self._closed = False
+        self._closing = False
+        self._flushing = False
+        self._broken: OSError | None = None
+        self._in_flight: dict[int, int] = {}
+        self._appends = 0
+        self._bytes_appended = 0
+        self._syncs_requested = 0
+        self._flushes = 0
+        self._flush_seconds = 0.0
+        try:
+            self.recovery = self._recover()
+        except BaseException:
+            store.close()
+            raise
+        end = self.recovery.end
+        self._next_lsn = self._written_lsn = self._durable_lsn = end
+        self._capacity = store.capacity
+        self._units_at_open = store.units_created
+
+    # -- constructors -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], config: WalConfig | None = None) -> Wal:
+        """Open or create the single-file log at ``path`` (locks it for this writer)."""
+        return cls(FileStore(path), config)
+
+    @classmethod
+    def open_segmented(
+        cls,
+        directory: str | os.PathLike[str],
+        segment_size: int | None = None,
+        config: WalConfig | None = None,
+    ) -> Wal:
+        """Open or create the segmented log in ``directory``.
+
+        ``segment_size=None`` infers the size from the files there (64 MiB for a new
+        log); a size that contradicts them is a ``ValueError`` naming both.
+        """
+        return cls(SegmentStore(directory, segment_size), config)
+
+    @classmethod
+    def with_store(cls, store: Store, config: WalConfig | None = None) -> Wal:
+        """Open a log over any ``Store``; the log owns it and closes it."""
+        if not isinstance(store, Store):
+            raise TypeError(f"store must be a mmwal Store, not {type(store).__name__}")
+        return cls(store, config)
+
+    # -- recovery -----------------------------------------------------------------
+
+    def _recover(self) -> RecoveryReport:
+        store = self._store
+        report = scan_end(store, self._config)
+        head, end = report.head, report.end
+        if end == head:
+            self._refuse_foreign_bytes(head, report.stop)
+        extent = store.nonzero_extent(end)
+        discarded = 0 if extent is None else extent[1] - end
+        # Zero what lies past the end, durably, before any new record can be made
+        # durable: a ghost (an intact old frame past a torn one) must never be
+        # joined to the log by a later append that ends where it begins.
+        store.discard_after(end)
+        store.flush(head, end)
+        return RecoveryReport(
+            head=head,
+            end=end,
+            discarded_bytes=discarded,
+            stop=report.stop,
+            skipped=report.skipped,
+        )
+
+    def _refuse_foreign_bytes(self, head: int, stop: Stop | None) -> None:
+        """Refuse a log with no valid frame at its head, unless it is a torn first append.
+
+        A crash during the very first append leaves a partial frame and zeros: every
+        nonzero byte lies within the extent the first header claims. Anything else
+        is not ours to wipe.
+        """
+        store = self._store
+        claimed_end = head + HEADER_SIZE
+        header = store.read(head, HEADER_SIZE)
+        if len(header) == HEADER_SIZE:
+            _, length = HEADER.unpack(header)
+            if length <= self._max_record_size:
+                claimed_end += length
+        extent = store.nonzero_extent(claimed_end)
+        if extent is None:
+            return
+        reason = stop.value if stop is not None else "no frame"
+        raise CorruptionError(
+            head,
+            f"no valid record starts at the head ({reason}), yet nonzero bytes lie at "
+            f"offset {extent[0]}: this is not an mmwal/wal-db log, or its start is damaged",
+            path=store.location,
+            hint="nothing was changed; check the path and max_record_size, or run "
+            "mmwal.repair() to quarantine the unreadable bytes and start afresh",
+        )
+
+    # -- appending ----------------------------------------------------------------
+
+    def append(self, data: Buffer) -> int:
+        """Append one record; return its LSN.
+
+        Crash cost: the record is in the page cache when this returns; a process
+        crash keeps it, a machine crash before the next ``sync`` may lose it.
+        """
+        payload = data if type(data) is bytes else _as_bytes(data)
+        length = len(payload)
+        if length > self._max_record_size:
+            raise RecordTooLargeError(length, self._max_record_size)
+        frame = _pack_header(frame_crc(payload), length) + payload
+        return self._place(frame, 1, length)
+
+    def append_many(self, records: Iterable[Buffer]) -> list[int]:
+        """Append records in order, all or none; return their LSNs.
+
+        The bytes on disk are those of repeated ``append``. Every record is checked
+        before anything is written: one bad item rejects the whole batch. Crash
+        cost: as ``append``; a crash may keep a prefix of the batch.
+        """
+        if isinstance(records, bytes | bytearray | memoryview | str):
+            raise TypeError("append_many takes an iterable of records, not one record")
+        payloads = [_as_bytes(record) for record in records]
+        limit = self._max_record_size
+        offsets: list[int] = []
+        position = 0
+        for payload in payloads:
+            if len(payload) > limit:
+                raise RecordTooLargeError(len(payload), limit)
+            offsets.append(position)
+            position += HEADER_SIZE + len(payload)
+        if not payloads:
+            self._check_writable()
+            return []
+        payload_bytes = position - HEADER_SIZE * len(payloads)
+        first = self._place(encode_frames(payloads), len(payloads), payload_bytes)
+        return [first + offset for offset in offsets]
+
+    def append_and_sync(self, data: Buffer) -> int:
+        """Append one record and make it durable; return its LSN.
+
+        Crash cost: none once it returns; concurrent callers share flushes.
+        """
+        lsn = self.append(data)
+        self._sync_to(lsn + HEADER_SIZE + len(data))
+        return lsn
+
+    def _place(self, frame: bytes, count: int, payload_bytes: int) -> int:
+        """Reserve room for ``frame``, copy it in, publish it; return its LSN."""
+        size = len(frame)
+        reserve = self._reserve
+        with reserve:
+            if self._closing:
+                raise WalClosedError()
+            if self._broken is not None:
+                raise WalBrokenError("an earlier flush") from self._broken
+            lsn = self._next_lsn
+            end = lsn + size
+            if end > self._capacity:
+                # On OSError nothing was reserved: the log is unchanged and usable.
+                self._store.ensure_capacity(end)
+                self._capacity = self._store.capacity
+            self._appends += count
+            self._bytes_appended += payload_bytes
+            if size <= _INLINE_COPY_LIMIT:
+                self._store.write(lsn, frame)
+                self._next_lsn = end
+                if not self._in_flight:
+                    self._written_lsn = end
+                return lsn
+            self._next_lsn = end
+            self._in_flight[lsn] = end
+        try:
+            self._store.write(lsn, frame)
+        finally:
+            # A copy that failed still publishes: the range holds a bad frame that
+            # recovery cuts off, and no reader or flush waits on it forever.
+            with reserve:
+                del self._in_flight[lsn]
+                self._written_lsn = min(self._in_flight) if self._in_flight else self._next_lsn
+                reserve.notify_all()
+        return lsn
+
+    # -- durability ---------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Make every record appended before this call durable (group commit).
+
+        Concurrent calls coalesce: one thread flushes, the others wait for it and
+        return without flushing again when it covered them. Crash cost: none for
+        records appended before the call, once it returns. Raises
+        ``WalBrokenError`` if a flush fails; the log then refuses further writes.
+        """
+        self._sync_to(self._next_lsn)
+
+    def _sync_to(self, target: int) -> None:
+        commit = self._commit
+        with commit:
+            self._syncs_requested += 1
+            while True:
+                if self._broken is not None:
+                    raise WalBrokenError("a flush") from self._broken
+                if self._durable_lsn >= target:
+                    return
+                if self._closed:
+                    raise WalClosedError()
+                if not self._flushing:
+                    self._flushing = True
+                    break
+                commit.wait()
+        self._lead_flush(target)
+
+    def _lead_flush(self, target: int) -> None:
+        """Flush as the one leader: up to the watermark, at least up to ``target``."""
+        try:
+            with self._reserve:
+                while self._written_lsn < target and self._in_flight:
+                    self._reserve.wait()
+                flush_to = self._written_lsn
+            start = self._durable_lsn
+            began = time.perf_counter()
+            self._store.flush(start, flush_to)
+            elapsed = time.perf_counter() - began
+        except OSError as error:
+            with self._commit:
+                self._broken = error
+                self._flushing = False
+                self._commit.notify_all()
+            raise WalBrokenError("a flush") from error
+        except BaseException:
+            with self._commit:
+                self._flushing = False
+                self._commit.notify_all()
+            raise
+        with self._commit:
+            self._durable_lsn = max(self._durable_lsn, flush_to)
+            self._flushes += 1
+            self._flush_seconds += elapsed
+            self._flushing = False
+            self._commit.notify_all()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the log still: no flush running, no copy in flight, no new reservation."""
+        with self._commit:
+            while self._flushing:
+                self._commit.wait()
+            self._flushing = True
+        try:
+            with self._reserve:
+                while self._in_flight:
+                    self._reserve.wait()
+                yield
+        finally:
+            with self._commit:
+                self._flushing = False
+                self._commit.notify_all()
+
+    # -- reading ------------------------------------------------------------------
+
+    def iter(self, start: int | None = None) -> WalIterator:
+        """Iterate over records from the head (or from ``start``) to the current end.
+
+        The end is fixed when this is called; records appended later are not seen.
+        Checks every checksum: damage raises ``CorruptionError`` or, under
+        ``SKIP_BAD_RECORDS``, is stepped over and listed in ``skipped``.
+        """
+        if start is not None:
+            return self.iter_from(start)
+        self._check_open()
+        return self._walk(self._store.head_lsn, self._written_lsn)
+
+    def iter_from(self, lsn: int) -> WalIterator:
+        """Iterate from the record at ``lsn`` (an O(1) seek) to the current end.
+
+        Past the end is empty. An ``lsn`` at which no intact record starts raises
+        ``CorruptionError``; one below the head raises ``ValueError``.
+        """
+        self._check_open()
+        end = self._written_lsn
+        if lsn >= end:
+            return self._walk(end, end)
+        self._check_record_start(lsn, end)
+        return self._walk(lsn, end)
+
+    def __iter__(self) -> Iterator[Record]:
+        """Iterate over every record from the head; see ``iter``."""
+        return iter(self.iter())
+
+    def _walk(self, start: int, end: int) -> WalIterator:
+        skipped: list[CorruptionError] = []
+        records = read_records(self._store, start, end, self._config, skipped, self._check_open)
+        return WalIterator(self, records, skipped)
+
+    def _check_record_start(self, lsn: int, end: int) -> int:
+        """Return the end of the intact record at ``lsn``, or raise ``CorruptionError``."""
+        if isinstance(lsn, bool) or not isinstance(lsn, int):
+            raise TypeError(f"an LSN is an int, not {type(lsn).__name__}")
+        head = self._store.head_lsn
+        if lsn < head:
+            raise ValueError(
+                f"LSN {lsn} is below the head {head}: the records before the head were "
+                f"dropped by truncate_before"
+            )
+        scan = frame_at(self._store, lsn, end, self._max_record_size)
+        if scan.stop is not None:
+            raise CorruptionError(
+                lsn,
+                f"no intact record starts at LSN {lsn} ({scan.stop.value})",
+                path=self._store.location,
+                hint="pass an LSN that append returned, or one read from the log",
+            )
+        return scan.end
+
+    # -- truncation ---------------------------------------------------------------
+
+    def truncate_after(self, lsn: int) -> None:
+        """Keep the records up to and including the one at ``lsn``; drop the rest.
+
+        ``lsn`` must be an intact record of the log, else ``CorruptionError``. The
+        dropped bytes are zeroed and the zeroing is durable before this returns.
+        Crash cost: none once it returns; a crash during it leaves the log either
+        as it was or truncated, never with a gap.
+        """
+        with self._exclusive():
+            self._check_writable()
+            new_end = self._check_record_start(lsn, self._written_lsn)
+            self._store.discard_after(new_end)
+            self._next_lsn = self._written_lsn = new_end
+            self._durable_lsn = min(self._durable_lsn, new_end)
+
+    def truncate_before(self, lsn: int) -> int:
+        """Drop whole segments before the one holding ``lsn``; return the new head.
+
+        ``lsn`` must be a record start or the end, else ``CorruptionError``; below
+        the head it changes nothing. The head file is written durably before any
+        segment is deleted, so a crash at any point leaves a log that starts at the
+        old head or at ``lsn``. A single file or ``MemStore`` keeps its bytes and
+        returns the head unchanged.
+        """
+        with self._exclusive():
+            self._check_writable()
+            head = self._store.head_lsn
+            if lsn <= head:
+                return head
+            end = self._written_lsn
+            if lsn > end:
+                raise CorruptionError(
+                    lsn,
+                    f"LSN {lsn} lies past the end of the log ({end})",
+                    path=self._store.location,
+                    hint="pass a record's LSN or next_lsn",
+                )
+            if lsn < end:
+                self._check_record_start(lsn, end)
+            return self._store.drop_before(lsn)
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def next_lsn(self) -> int:
+        """The LSN the next appended record will get: the end of the log."""
+        return self._next_lsn
+
+    @property
+    def head_lsn(self) -> int:
+        """The LSN of the first record still in the log."""
+        return self._store.head_lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        """The end of what the last completed flush covered (everything, after a reopen)."""
+        return self._durable_lsn
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the log holds no record."""
+        return self._next_lsn == self._store.head_lsn
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has run."""
+        return self._closed
+
+    @property
+    def config(self) -> WalConfig:
+        """The options this log was opened with."""
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        """The store holding the log's bytes."""
+        return self._store
+
+    def stats(self) -> WalStats:
+        """Return the counters since open: appends, syncs, flushes, segments created."""
+        with self._reserve, self._commit:
+            return WalStats(
+                appends=self._appends,
+                bytes_appended=self._bytes_appended,
+                syncs_requested=self._syncs_requested,
+                flushes=self._flushes,
+                flush_seconds=self._flush_seconds,
+                segments_created=self._store.units_created - self._units_at_open,
+            )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WalClosedError()
+
+    def _check_writable(self) -> None:
+        if self._closed or self._closing:
+            raise WalClosedError()
+        if self._broken is not None:
+            raise WalBrokenError("an earlier flush") from self._broken
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Sync (unless the log is broken), unmap and release the lock; idempotent.
+
+        Crash cost: none for records appended before the call, once it returns.
+        If the final flush fails, the files are still released and
+        ``WalBrokenError`` is raised.
+        """
+        with self._reserve:
+            if self._closing:
+                return
+            self._closing = True
+        try:
+            if self._broken is None:
+                self._sync_to(self._next_lsn)
+        finally:
+            with self._exclusive():
+                self._closed = True
+                self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "broken" if self._broken else "open"
+        return (
+            f"<Wal {self._store.location} {state} head={self.head_lsn} "
+            f"next={self._next_lsn} durable={self._durable_lsn}>"
+        )
