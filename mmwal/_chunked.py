@@ -85,6 +85,9 @@ class ChunkedStore(Store):
         return self._closed
 
     def piece(self, offset: int) -> tuple[Buffer, int, int]:
+        return self._locate(offset)
+
+    def _locate(self, offset: int) -> tuple[mmap.mmap, int, int]:
         index = offset // self.chunk_size
         chunk = self._chunks.get(index)
         if chunk is None or offset < self._head_lsn:
@@ -100,7 +103,7 @@ class ChunkedStore(Store):
         parts: list[bytes] = []
         position = offset
         while position < end:
-            chunk, base, limit = self.piece(position)
+            chunk, base, limit = self._locate(position)
             stop = min(limit, end)
             parts.append(chunk[position - base : stop - base])
             position = stop
@@ -108,8 +111,7 @@ class ChunkedStore(Store):
 
     def write(self, offset: int, data: Buffer) -> None:
         size = self.chunk_size
-        index = offset // size
-        local = offset - index * size
+        index, local = divmod(offset, size)
         length = len(data)
         if local + length <= size:
             self._chunks[index][local : local + length] = data
@@ -183,7 +185,7 @@ class ChunkedStore(Store):
         block = len(_ZERO_BLOCK)
         first = last = -1
         while position < capacity:
-            chunk, base, limit = self.piece(position)
+            chunk, base, limit = self._locate(position)
             local = position - base
             chunk_end = limit - base
             while local < chunk_end:

@@ -7,7 +7,7 @@ import os
 import threading
 
 from ._chunked import ChunkedStore
-from ._files import lock_exclusively, map_range
+from ._files import lock_exclusively, map_range, prefault
 from ._syscalls import Syscalls, mapping_address
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
@@ -86,7 +86,9 @@ class FileStore(ChunkedStore):
         self.syscalls.allocate(self._fd, index * self.chunk_size, self.chunk_size)
         with self._metadata_lock:
             self._file_dirty = True
-        return self._map(self._fd, index, self.chunk_size)
+        chunk = self._map(self._fd, index, self.chunk_size)
+        prefault(chunk)
+        return chunk
 
     def _before_flush(self) -> None:
         with self._metadata_lock:

@@ -107,10 +107,13 @@ def frame_crc(payload: bytes | bytearray | memoryview | mmap.mmap) -> int:
     return crc32c(payload, _crc_after_length(len(payload)))
 
 
-def encode_frame(payload: bytes | bytearray | memoryview) -> bytes:
+def encode_frame(payload: bytes) -> bytes:
     """Return the frame of ``payload``: header then payload."""
     length = len(payload)
-    return _pack_header(crc32c(payload, _crc_after_length(length)), length) + payload
+    seed = _length_crc.get(length)
+    if seed is None:
+        seed = _crc_after_length(length)
+    return _pack_header(crc32c(payload, seed), length) + payload
 
 
 def encode_frames(payloads: list[bytes]) -> bytes:
@@ -148,10 +151,94 @@ class Scan(NamedTuple):
     length: int
 
 
-def _mismatch(crc: int, length: int) -> Stop:
-    # An all-zero header fails its check like any other; it is told apart only
-    # once the check failed, to keep the common path free of the comparison.
-    return Stop.ZERO_HEADER if crc == 0 and length == 0 else Stop.BAD_CRC
+def _diagnose(
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    pos: int,
+    limit: int,
+    max_record_size: int,
+) -> tuple[Stop, int]:
+    """Say why the frame at ``pos`` is not a good frame within ``limit``."""
+    if pos + HEADER_SIZE > limit:
+        return Stop.SHORT_HEADER, 0
+    crc, length = _unpack_header(buf, pos)
+    if length > max_record_size:
+        return Stop.BAD_LENGTH, length
+    if pos + HEADER_SIZE + length > limit:
+        return Stop.SHORT_PAYLOAD, length
+    if crc == 0 and length == 0:
+        return Stop.ZERO_HEADER, 0
+    return Stop.BAD_CRC, length
+
+
+def _collect(
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    *,
+    pos: int,
+    limit: int,
+    base: int,
+    max_record_size: int,
+    max_records: int,
+) -> tuple[list[Record], int]:
+    """Decode good frames from ``pos``; stop at the first doubtful one or the bound."""
+    # The hot loop of every replay: each name is bound locally, and every way a
+    # frame can fail leads to the same ``break``; ``_diagnose`` says why later.
+    records: list[Record] = []
+    add = records.append
+    unpack = _unpack_header
+    seeds = _length_crc
+    seed_for = _crc_after_length
+    check = crc32c
+    make = tuple.__new__
+    record_type = Record
+    copy = not isinstance(buf, bytes | mmap.mmap)
+    header_limit = limit - HEADER_SIZE
+    for _ in range(max_records):
+        if pos > header_limit:
+            break
+        crc, length = unpack(buf, pos)
+        start = pos + HEADER_SIZE
+        end = start + length
+        if length > max_record_size or end > limit:
+            break
+        seed = seeds.get(length)
+        if seed is None:
+            seed = seed_for(length)
+        payload = buf[start:end]
+        if check(payload, seed) != crc:
+            break
+        add(make(record_type, (base + pos, bytes(payload) if copy else payload)))
+        pos = end
+    return records, pos
+
+
+def _verify(
+    view: memoryview,
+    pos: int,
+    limit: int,
+    max_record_size: int,
+    max_records: int,
+) -> tuple[int, int]:
+    """Check good frames from ``pos`` without copying; return ``(stop, frames checked)``."""
+    unpack = _unpack_header
+    seeds = _length_crc
+    seed_for = _crc_after_length
+    check = crc32c
+    header_limit = limit - HEADER_SIZE
+    checked = 0
+    while checked != max_records and pos <= header_limit:
+        crc, length = unpack(view, pos)
+        start = pos + HEADER_SIZE
+        end = start + length
+        if length > max_record_size or end > limit:
+            break
+        seed = seeds.get(length)
+        if seed is None:
+            seed = seed_for(length)
+        if check(view[start:end], seed) != crc:
+            break
+        pos = end
+        checked += 1
+    return pos, checked
 
 
 def scan_frames(
@@ -172,54 +259,24 @@ def scan_frames(
     nothing is copied and ``records`` is empty (recovery only needs the end).
     ``max_records`` (when not negative) bounds how many frames one call checks.
     """
-    records: list[Record] = []
-    add = records.append
-    unpack = _unpack_header
-    length_crc = _length_crc
-    after_length = _crc_after_length
-    check = crc32c
-    make = tuple.__new__
-    record_type = Record
-    # Slicing bytes and mmaps gives bytes; a memoryview or bytearray needs a copy.
-    copy = None if isinstance(buf, bytes | mmap.mmap) else bytes
-    view = memoryview(buf) if not collect else None
-    pos = start
-    stop: Stop | None = None
-    length = 0
-    remaining = max_records
-    try:
-        while pos < limit and remaining != 0:
-            remaining -= 1
-            if pos + HEADER_SIZE > limit:
-                stop = Stop.SHORT_HEADER
-                break
-            crc, length = unpack(buf, pos)
-            if length > max_record_size:
-                stop = Stop.BAD_LENGTH
-                break
-            payload_start = pos + HEADER_SIZE
-            frame_end = payload_start + length
-            if frame_end > limit:
-                stop = Stop.SHORT_PAYLOAD
-                break
-            seed = length_crc.get(length)
-            if seed is None:
-                seed = after_length(length)
-            if view is None:
-                payload = buf[payload_start:frame_end]
-                if check(payload, seed) != crc:
-                    stop = _mismatch(crc, length)
-                    break
-                if copy is not None:
-                    payload = copy(payload)
-                add(make(record_type, (base + pos, payload)))
-            elif check(view[payload_start:frame_end], seed) != crc:
-                stop = _mismatch(crc, length)
-                break
-            pos = frame_end
-    finally:
-        if view is not None:
-            view.release()
+    if collect:
+        bound = max_records if max_records >= 0 else limit - start + 1
+        records, pos = _collect(
+            buf,
+            pos=start,
+            limit=limit,
+            base=base,
+            max_record_size=max_record_size,
+            max_records=bound,
+        )
+        checked = len(records)
+    else:
+        records = []
+        with memoryview(buf) as view:
+            pos, checked = _verify(view, start, limit, max_record_size, max_records)
+    if pos >= limit or checked == max_records:
+        return Scan(records, base + pos, None, 0)
+    stop, length = _diagnose(buf, pos, limit, max_record_size)
     return Scan(records, base + pos, stop, length)
 
 

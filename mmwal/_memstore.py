@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 
 from ._chunked import ChunkedStore
+from ._files import prefault
 from ._store import Buffer
 
 __all__ = ["MemStore"]
@@ -38,7 +39,9 @@ class MemStore(ChunkedStore):
         return self.read(self.head_lsn, self.capacity - self.head_lsn)
 
     def _create_chunk(self, index: int) -> mmap.mmap:
-        return mmap.mmap(-1, self.chunk_size)
+        chunk = mmap.mmap(-1, self.chunk_size)
+        prefault(chunk)
+        return chunk
 
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         """Nothing to write back: memory is all there is."""

@@ -54,7 +54,7 @@ def frame_at(store: Store, position: int, limit: int, max_record_size: int) -> S
     """Check the one frame at ``position``, which must end at or before ``limit``."""
     if position + HEADER_SIZE > limit:
         return Scan([], position, Stop.SHORT_HEADER, 0)
-    crc, length = HEADER.unpack(store.read(position, HEADER_SIZE))
+    _, length = HEADER.unpack(store.read(position, HEADER_SIZE))
     if length > max_record_size:
         return Scan([], position, Stop.BAD_LENGTH, length)
     if position + HEADER_SIZE + length > limit:
@@ -135,6 +135,7 @@ def scan_end(store: Store, config: WalConfig) -> RecoveryReport:
 
 def read_records(
     store: Store,
+    *,
     start: int,
     end: int,
     config: WalConfig,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import threading
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
-from ._files import lock_exclusively, map_range, open_directory
+from ._files import lock_exclusively, map_range, open_directory, prefault
 from ._format import (
     HEAD_FILE_NAME,
     decode_head_file,
@@ -130,7 +131,7 @@ class SegmentStore(ChunkedStore):
     def _open_segments(self, indices: list[int]) -> None:
         size = self.chunk_size
         head_index = self._head_lsn // size
-        for previous, index in zip(indices, indices[1:], strict=False):
+        for previous, index in itertools.pairwise(indices):
             if index != previous + 1:
                 raise CorruptionError(
                     (previous + 1) * size,
@@ -197,6 +198,7 @@ class SegmentStore(ChunkedStore):
         try:
             self.syscalls.allocate(fd, 0, self.chunk_size)
             chunk = self._map(fd, index, self.chunk_size)
+            prefault(chunk)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):

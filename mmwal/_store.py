@@ -59,6 +59,8 @@ class Store(abc.ABC):
 
         ``buffer[i]`` is log offset ``base + i``, valid for offsets below ``limit``.
         Slicing the buffer copies; it holds no export, so it never blocks a close.
+        A writable store's buffer takes slice assignment: the log copies a frame
+        that fits one piece straight into it, as ``write`` would.
         Raises ``ValueError`` for an offset outside ``[head_lsn, capacity)``.
         """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import mmap
 import os
 import sys
@@ -72,8 +73,6 @@ class Syscalls:
     def fsync(self, fd: int) -> None:
         """Make a file's data and metadata durable (F_FULLFSYNC on macOS)."""
         if sys.platform == "darwin":  # pragma: no cover - not this CI's platform
-            import fcntl
-
             fcntl.fcntl(fd, _F_FULLFSYNC)
             return
         os.fsync(fd)

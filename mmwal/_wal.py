@@ -6,8 +6,8 @@ Rules this module keeps:
 
 - LSNs are reserved under ``_reserve`` (one short critical section); a frame is
   built before it and, when large, copied after it.
-- ``_written_lsn`` (the contiguous-written watermark) never passes a byte that is
-  not copied yet; iteration, ``sync`` and ``durable_lsn`` never look past it.
+- ``_written_lsn()`` (the contiguous-written watermark) never passes a byte that
+  is not copied yet; iteration, ``sync`` and ``durable_lsn`` never look past it.
 - ``_durable_lsn`` only moves after a flush that covered it returned without error.
 - A failed flush breaks the log for good (fail-stop): every later append and sync
   raises ``WalBrokenError``. No flush is retried.
@@ -28,7 +28,7 @@ from typing import Self
 from ._config import WalConfig
 from ._errors import CorruptionError, RecordTooLargeError, WalBrokenError, WalClosedError
 from ._filestore import FileStore
-from ._format import HEADER, HEADER_SIZE, Record, Stop, encode_frames, frame_crc
+from ._format import HEADER, HEADER_SIZE, Record, Stop, encode_frame, encode_frames
 from ._reading import RecoveryReport, frame_at, read_records, scan_end
 from ._segstore import SegmentStore
 from ._store import Buffer, Store
@@ -38,9 +38,6 @@ __all__ = ["Wal", "WalIterator", "WalStats"]
 # Frames up to this size are copied while the reservation lock is held: for them
 # a second lock round trip to publish completion costs more than the copy.
 _INLINE_COPY_LIMIT = 64 * 1024
-
-_pack_header = HEADER.pack
-
 
 @dataclass(frozen=True, slots=True)
 class WalStats:
@@ -109,7 +106,9 @@ class Wal:
         self._store = store
         self._config = config if config is not None else WalConfig()
         self._max_record_size = self._config.max_record_size
-        self._reserve = threading.Condition(threading.Lock())
+        # A bare lock: its ``with`` runs in C, which the append path needs.
+        self._reserve = threading.Lock()
+        self._copies_done = threading.Condition(self._reserve)
         self._commit = threading.Condition(threading.Lock())
         self._closed = False
         self._closing = False
@@ -117,7 +116,7 @@ class Wal:
         self._broken: OSError | None = None
         self._in_flight: dict[int, int] = {}
         self._appends = 0
-        self._bytes_appended = 0
+        self._bytes_dropped = 0
         self._syncs_requested = 0
         self._flushes = 0
         self._flush_seconds = 0.0
@@ -127,9 +126,16 @@ class Wal:
             store.close()
             raise
         end = self.recovery.end
-        self._next_lsn = self._written_lsn = self._durable_lsn = end
-        self._capacity = store.capacity
+        self._next_lsn = self._durable_lsn = end
+        self._end_at_open = end
         self._units_at_open = store.units_created
+        # The append fast path copies a frame straight into the store's piece that
+        # holds the end, while the frame fits below ``_fast_limit``: the end of that
+        # piece while the log accepts appends, 0 when it must take the slow path
+        # (closing, broken, no piece yet, just truncated).
+        self._piece: Buffer = b""
+        self._piece_base = 0
+        self._fast_limit = 0
 
     # -- constructors -------------------------------------------------------------
 
@@ -221,8 +227,18 @@ class Wal:
         length = len(payload)
         if length > self._max_record_size:
             raise RecordTooLargeError(length, self._max_record_size)
-        frame = _pack_header(frame_crc(payload), length) + payload
-        return self._place(frame, 1, length)
+        frame = encode_frame(payload)
+        if length < _INLINE_COPY_LIMIT:
+            with self._reserve:
+                lsn = self._next_lsn
+                end = lsn + length + HEADER_SIZE
+                if end <= self._fast_limit:
+                    base = self._piece_base
+                    self._piece[lsn - base : end - base] = frame  # type: ignore[index]
+                    self._next_lsn = end
+                    self._appends += 1
+                    return lsn
+        return self._place(frame, 1)
 
     def append_many(self, records: Iterable[Buffer]) -> list[int]:
         """Append records in order, all or none; return their LSNs.
@@ -245,8 +261,7 @@ class Wal:
         if not payloads:
             self._check_writable()
             return []
-        payload_bytes = position - HEADER_SIZE * len(payloads)
-        first = self._place(encode_frames(payloads), len(payloads), payload_bytes)
+        first = self._place(encode_frames(payloads), len(payloads))
         return [first + offset for offset in offsets]
 
     def append_and_sync(self, data: Buffer) -> int:
@@ -258,7 +273,7 @@ class Wal:
         self._sync_to(lsn + HEADER_SIZE + len(data))
         return lsn
 
-    def _place(self, frame: bytes, count: int, payload_bytes: int) -> int:
+    def _place(self, frame: bytes, count: int) -> int:
         """Reserve room for ``frame``, copy it in, publish it; return its LSN."""
         size = len(frame)
         reserve = self._reserve
@@ -269,30 +284,36 @@ class Wal:
                 raise WalBrokenError("an earlier flush") from self._broken
             lsn = self._next_lsn
             end = lsn + size
-            if end > self._capacity:
+            store = self._store
+            if end > store.capacity:
                 # On OSError nothing was reserved: the log is unchanged and usable.
-                self._store.ensure_capacity(end)
-                self._capacity = self._store.capacity
+                store.ensure_capacity(end)
             self._appends += count
-            self._bytes_appended += payload_bytes
-            if size <= _INLINE_COPY_LIMIT:
-                self._store.write(lsn, frame)
-                self._next_lsn = end
-                if not self._in_flight:
-                    self._written_lsn = end
-                return lsn
             self._next_lsn = end
+            if end < store.capacity:
+                self._piece, self._piece_base, self._fast_limit = store.piece(end)
+            else:
+                self._fast_limit = 0
+            if size <= _INLINE_COPY_LIMIT:
+                store.write(lsn, frame)
+                return lsn
             self._in_flight[lsn] = end
         try:
-            self._store.write(lsn, frame)
+            store.write(lsn, frame)
         finally:
             # A copy that failed still publishes: the range holds a bad frame that
             # recovery cuts off, and no reader or flush waits on it forever.
             with reserve:
                 del self._in_flight[lsn]
-                self._written_lsn = min(self._in_flight) if self._in_flight else self._next_lsn
-                reserve.notify_all()
+                self._copies_done.notify_all()
         return lsn
+
+    def _written_lsn(self) -> int:
+        """Return the contiguous-written watermark; call with ``_reserve`` held.
+
+        Every byte below it is copied; the lowest copy still in flight bounds it.
+        """
+        return min(self._in_flight) if self._in_flight else self._next_lsn
 
     # -- durability ---------------------------------------------------------------
 
@@ -327,14 +348,16 @@ class Wal:
         """Flush as the one leader: up to the watermark, at least up to ``target``."""
         try:
             with self._reserve:
-                while self._written_lsn < target and self._in_flight:
-                    self._reserve.wait()
-                flush_to = self._written_lsn
+                while self._in_flight and min(self._in_flight) < target:
+                    self._copies_done.wait()
+                flush_to = self._written_lsn()
             start = self._durable_lsn
             began = time.perf_counter()
             self._store.flush(start, flush_to)
             elapsed = time.perf_counter() - began
         except OSError as error:
+            with self._reserve:
+                self._fast_limit = 0
             with self._commit:
                 self._broken = error
                 self._flushing = False
@@ -362,7 +385,7 @@ class Wal:
         try:
             with self._reserve:
                 while self._in_flight:
-                    self._reserve.wait()
+                    self._copies_done.wait()
                 yield
         finally:
             with self._commit:
@@ -381,7 +404,9 @@ class Wal:
         if start is not None:
             return self.iter_from(start)
         self._check_open()
-        return self._walk(self._store.head_lsn, self._written_lsn)
+        with self._reserve:
+            end = self._written_lsn()
+        return self._walk(self._store.head_lsn, end)
 
     def iter_from(self, lsn: int) -> WalIterator:
         """Iterate from the record at ``lsn`` (an O(1) seek) to the current end.
@@ -390,7 +415,8 @@ class Wal:
         ``CorruptionError``; one below the head raises ``ValueError``.
         """
         self._check_open()
-        end = self._written_lsn
+        with self._reserve:
+            end = self._written_lsn()
         if lsn >= end:
             return self._walk(end, end)
         self._check_record_start(lsn, end)
@@ -402,7 +428,14 @@ class Wal:
 
     def _walk(self, start: int, end: int) -> WalIterator:
         skipped: list[CorruptionError] = []
-        records = read_records(self._store, start, end, self._config, skipped, self._check_open)
+        records = read_records(
+            self._store,
+            start=start,
+            end=end,
+            config=self._config,
+            skipped=skipped,
+            check_open=self._check_open,
+        )
         return WalIterator(self, records, skipped)
 
     def _check_record_start(self, lsn: int, end: int) -> int:
@@ -437,9 +470,11 @@ class Wal:
         """
         with self._exclusive():
             self._check_writable()
-            new_end = self._check_record_start(lsn, self._written_lsn)
+            new_end = self._check_record_start(lsn, self._next_lsn)
             self._store.discard_after(new_end)
-            self._next_lsn = self._written_lsn = new_end
+            self._bytes_dropped += self._next_lsn - new_end
+            self._next_lsn = new_end
+            self._fast_limit = 0
             self._durable_lsn = min(self._durable_lsn, new_end)
 
     def truncate_before(self, lsn: int) -> int:
@@ -456,7 +491,7 @@ class Wal:
             head = self._store.head_lsn
             if lsn <= head:
                 return head
-            end = self._written_lsn
+            end = self._next_lsn
             if lsn > end:
                 raise CorruptionError(
                     lsn,
@@ -466,6 +501,7 @@ class Wal:
                 )
             if lsn < end:
                 self._check_record_start(lsn, end)
+            self._fast_limit = 0
             return self._store.drop_before(lsn)
 
     # -- state ----------------------------------------------------------------------
@@ -510,7 +546,11 @@ class Wal:
         with self._reserve, self._commit:
             return WalStats(
                 appends=self._appends,
-                bytes_appended=self._bytes_appended,
+                # Payload bytes are the frame bytes ever reserved less their headers.
+                bytes_appended=self._next_lsn
+                - self._end_at_open
+                + self._bytes_dropped
+                - HEADER_SIZE * self._appends,
                 syncs_requested=self._syncs_requested,
                 flushes=self._flushes,
                 flush_seconds=self._flush_seconds,
@@ -540,6 +580,7 @@ class Wal:
             if self._closing:
                 return
             self._closing = True
+            self._fast_limit = 0
         try:
             if self._broken is None:
                 self._sync_to(self._next_lsn)
