@@ -16,11 +16,13 @@ from ._errors import (
     WalClosedError,
     WalError,
     WalLockedError,
+    WalReadOnlyError,
 )
 from ._filestore import FileStore
 from ._format import Record
 from ._memstore import MemStore
 from ._reading import RecoveryReport
+from ._repair import RepairReport, repair
 from ._segstore import SegmentStore
 from ._store import Store
 from ._syscalls import Syscalls
@@ -34,6 +36,7 @@ __all__ = [
     "RecordTooLargeError",
     "RecoveryPolicy",
     "RecoveryReport",
+    "RepairReport",
     "SegmentStore",
     "Store",
     "Syscalls",
@@ -44,8 +47,10 @@ __all__ = [
     "WalError",
     "WalIterator",
     "WalLockedError",
+    "WalReadOnlyError",
     "WalStats",
     "open",
+    "repair",
 ]
 
 __version__ = "0.1.0"
@@ -56,6 +61,7 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
     *,
     segment_size: int | None = None,
     config: WalConfig | None = None,
+    readonly: bool = False,
 ) -> Wal:
     """Open or create a log: a directory or a ``segment_size`` means segmented.
 
@@ -63,5 +69,5 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
     ``Wal.open_segmented`` for what opening does and what a crash costs.
     """
     if segment_size is not None or os.path.isdir(path):
-        return Wal.open_segmented(path, segment_size, config)
-    return Wal.open(path, config)
+        return Wal.open_segmented(path, segment_size, config, readonly=readonly)
+    return Wal.open(path, config, readonly=readonly)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import mmap
+import os
 
 from ._store import Buffer, Store
 from ._syscalls import PAGE_SIZE, Syscalls
@@ -66,6 +67,11 @@ class ChunkedStore(Store):
 
     def _close_resources(self) -> None:
         """Release files and locks after every chunk is unmapped."""
+
+    def _quarantine_base(self, offset: int) -> str | None:
+        """Return the path a quarantine of bytes from ``offset`` goes to, or None."""
+        del offset
+        return None
 
     # -- the store protocol -----------------------------------------------------
 
@@ -178,6 +184,28 @@ class ChunkedStore(Store):
 
     def drop_before(self, offset: int) -> int:
         return self._head_lsn
+
+    def quarantine(self, start: int, end: int) -> str | None:
+        base = self._quarantine_base(start)
+        if base is None:
+            return None
+        path = base
+        attempt = 0
+        while os.path.exists(path):
+            attempt += 1
+            path = f"{base}.{attempt}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            position = start
+            while position < end:
+                step = min(end - position, 1 << 20)
+                os.write(fd, self.read(position, step))
+                position += step
+            self.syscalls.fsync(fd)
+        finally:
+            os.close(fd)
+        self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
+        return path
 
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         position = max(start, self._head_lsn)

@@ -9,6 +9,7 @@ __all__ = [
     "WalClosedError",
     "WalError",
     "WalLockedError",
+    "WalReadOnlyError",
 ]
 
 
@@ -92,4 +93,14 @@ class WalBrokenError(WalError):
         super().__init__(
             f"the log is broken: {operation} failed, so what reached the disk is unknown "
             f"(hint: close it and reopen the log, which runs recovery)"
+        )
+
+
+class WalReadOnlyError(WalError):
+    """The log was opened read-only; appending and truncating are refused."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(
+            f"{location} is open read-only (hint: open it without readonly=True to write; "
+            f"only one writer may have it open)"
         )

@@ -102,5 +102,8 @@ class FileStore(ChunkedStore):
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         self.syscalls.msync(self._addresses[index] + start, length)
 
+    def _quarantine_base(self, offset: int) -> str | None:
+        return f"{self.path}.quarantine-{offset:020d}"
+
     def _close_resources(self) -> None:
         os.close(self._fd)

@@ -133,13 +133,18 @@ class SegmentStore(ChunkedStore):
         head_index = self._head_lsn // size
         for previous, index in itertools.pairwise(indices):
             if index != previous + 1:
+                missing = (
+                    f"segment {previous + 1} is"
+                    if index == previous + 2
+                    else f"segments {previous + 1}..{index - 1} are"
+                )
                 raise CorruptionError(
                     (previous + 1) * size,
                     f"segment numbering has a gap: {segment_name(previous)} is followed by "
-                    f"{segment_name(index)}; segments {previous + 1}..{index - 1} are missing",
+                    f"{segment_name(index)}; {missing} missing",
                     path=self.path,
-                    hint="restore the missing segment files, or move the segments after "
-                    "the gap out of the directory; nothing was changed",
+                    hint="nothing was changed; restore the missing segment files, or run "
+                    "mmwal.repair() to set the segments after the gap aside",
                 )
         if indices and indices[0] > head_index:
             head_note = (
@@ -263,6 +268,10 @@ class SegmentStore(ChunkedStore):
         self._end_chunk = max(self._end_chunk, new_first)
         self.syscalls.fsync_directory(self.path)
         return offset
+
+    def _quarantine_base(self, offset: int) -> str | None:
+        # Not a segment name, so wal-db and mmwal both ignore it.
+        return self._file(f"quarantine-{offset:020d}")
 
     def _close_resources(self) -> None:
         with self._metadata_lock:

@@ -38,6 +38,9 @@ class Store(abc.ABC):
     #: errors name it.
     location: str = "<store>"
 
+    #: Whether the store may be written; a read-only store never changes a byte.
+    writable: bool = True
+
     @property
     @abc.abstractmethod
     def head_lsn(self) -> int:
@@ -103,6 +106,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         """Return ``(first, last + 1)`` of the nonzero bytes at or after ``start``, or None."""
+
+    def quarantine(self, start: int, end: int) -> str | None:
+        """Keep a durable copy of ``[start, end)`` beside the log, before it is zeroed.
+
+        Returns where the copy is, or None for a store with nowhere to keep it.
+        """
+        del start, end
+        return None
 
     @property
     def units_created(self) -> int:

@@ -16,6 +16,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -26,7 +27,13 @@ from types import TracebackType
 from typing import Self
 
 from ._config import WalConfig
-from ._errors import CorruptionError, RecordTooLargeError, WalBrokenError, WalClosedError
+from ._errors import (
+    CorruptionError,
+    RecordTooLargeError,
+    WalBrokenError,
+    WalClosedError,
+    WalReadOnlyError,
+)
 from ._filestore import FileStore
 from ._format import HEADER, HEADER_SIZE, Record, Stop, encode_frame, encode_frames
 from ._reading import RecoveryReport, frame_at, read_records, scan_end
@@ -35,9 +42,12 @@ from ._store import Buffer, Store
 
 __all__ = ["Wal", "WalIterator", "WalStats"]
 
+_log = logging.getLogger("mmwal")
+
 # Frames up to this size are copied while the reservation lock is held: for them
 # a second lock round trip to publish completion costs more than the copy.
 _INLINE_COPY_LIMIT = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class WalStats:
@@ -140,9 +150,19 @@ class Wal:
     # -- constructors -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], config: WalConfig | None = None) -> Wal:
-        """Open or create the single-file log at ``path`` (locks it for this writer)."""
-        return cls(FileStore(path), config)
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        config: WalConfig | None = None,
+        *,
+        readonly: bool = False,
+    ) -> Wal:
+        """Open or create the single-file log at ``path`` (locks it for this writer).
+
+        ``readonly=True`` opens an existing log without the lock and changes
+        nothing on disk: recovery only finds the end, appends are refused.
+        """
+        return cls(FileStore(path, writable=not readonly), config)
 
     @classmethod
     def open_segmented(
@@ -150,13 +170,16 @@ class Wal:
         directory: str | os.PathLike[str],
         segment_size: int | None = None,
         config: WalConfig | None = None,
+        *,
+        readonly: bool = False,
     ) -> Wal:
         """Open or create the segmented log in ``directory``.
 
         ``segment_size=None`` infers the size from the files there (64 MiB for a new
         log); a size that contradicts them is a ``ValueError`` naming both.
+        ``readonly=True`` changes nothing on disk, as for ``open``.
         """
-        return cls(SegmentStore(directory, segment_size), config)
+        return cls(SegmentStore(directory, segment_size, writable=not readonly), config)
 
     @classmethod
     def with_store(cls, store: Store, config: WalConfig | None = None) -> Wal:
@@ -175,17 +198,31 @@ class Wal:
             self._refuse_foreign_bytes(head, report.stop)
         extent = store.nonzero_extent(end)
         discarded = 0 if extent is None else extent[1] - end
-        # Zero what lies past the end, durably, before any new record can be made
-        # durable: a ghost (an intact old frame past a torn one) must never be
-        # joined to the log by a later append that ends where it begins.
-        store.discard_after(end)
-        store.flush(head, end)
+        quarantine_path = None
+        if store.writable:
+            if extent is not None:
+                # Never destroy silently: what is zeroed below is kept first.
+                quarantine_path = store.quarantine(end, extent[1])
+                _log.warning(
+                    "recovered %s to LSN %d; discarded %d bytes past it (%s), kept in %s",
+                    store.location,
+                    end,
+                    discarded,
+                    report.stop.value if report.stop else "end of store",
+                    quarantine_path or "no quarantine (the store has no place for it)",
+                )
+            # Zero what lies past the end, durably, before any new record can be
+            # made durable: a ghost (an intact old frame past a torn one) must never
+            # be joined to the log by a later append that ends where it begins.
+            store.discard_after(end)
+            store.flush(head, end)
         return RecoveryReport(
             head=head,
             end=end,
             discarded_bytes=discarded,
             stop=report.stop,
             skipped=report.skipped,
+            quarantine_path=quarantine_path,
         )
 
     def _refuse_foreign_bytes(self, head: int, stop: Stop | None) -> None:
@@ -278,10 +315,7 @@ class Wal:
         size = len(frame)
         reserve = self._reserve
         with reserve:
-            if self._closing:
-                raise WalClosedError()
-            if self._broken is not None:
-                raise WalBrokenError("an earlier flush") from self._broken
+            self._check_writable()
             lsn = self._next_lsn
             end = lsn + size
             store = self._store
@@ -566,6 +600,8 @@ class Wal:
             raise WalClosedError()
         if self._broken is not None:
             raise WalBrokenError("an earlier flush") from self._broken
+        if not self._store.writable:
+            raise WalReadOnlyError(self._store.location)
 
     # -- closing --------------------------------------------------------------------
 
