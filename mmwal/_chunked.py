@@ -8,8 +8,9 @@ Rules this class keeps:
 
 - A chunk, once mapped, is never remapped or resized, so a thread copying into it
   never races a remap; growth only adds chunks.
-- Only the last chunk may be shorter than ``chunk_size`` (a read-only view of a
-  file wal-db left short); writable stores extend it first.
+- Only the last chunk may be shorter than ``chunk_size`` (a file wal-db left
+  short). A writable store extends it on its first write, not when it opens: an
+  open the log refuses must leave every file as it found it.
 - Zeroing touches only blocks that hold a nonzero byte, so discarding a mostly
   empty preallocated tail costs a read, not a write-back.
 """
@@ -20,6 +21,7 @@ import abc
 import mmap
 import os
 
+from ._errors import WalClosedError
 from ._store import Buffer, Store
 from ._syscalls import PAGE_SIZE, Syscalls
 
@@ -43,6 +45,9 @@ class ChunkedStore(Store):
         self._head_lsn = 0
         self._closed = False
         self._units_created = 0
+        # A writable store changes nothing on disk until the log accepted what it
+        # found there: the first call that writes completes the open.
+        self._open_completed = not writable
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -53,6 +58,22 @@ class ChunkedStore(Store):
     @abc.abstractmethod
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         """Write back ``length`` bytes of chunk ``index`` from page-aligned ``start``."""
+
+    def _forget_chunk(self, index: int) -> None:
+        """Undo ``_create_chunk(index)`` after its mapping was closed."""
+        del index
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WalClosedError(f"store {self.location}")
+
+    def _complete_open(self) -> None:
+        """Do the writes a writable open defers: extend short files, finish drops."""
+
+    def _ensure_open_completed(self) -> None:
+        if not self._open_completed:
+            self._open_completed = True
+            self._complete_open()
 
     def _before_flush(self) -> None:
         """Make pending file creations durable; runs before any data is flushed."""
@@ -94,6 +115,7 @@ class ChunkedStore(Store):
         return self._locate(offset)
 
     def _locate(self, offset: int) -> tuple[mmap.mmap, int, int]:
+        self._check_open()
         index = offset // self.chunk_size
         chunk = self._chunks.get(index)
         if chunk is None or offset < self._head_lsn:
@@ -105,6 +127,7 @@ class ChunkedStore(Store):
         return chunk, base, base + len(chunk)
 
     def read(self, offset: int, length: int) -> bytes:
+        self._check_open()
         end = min(offset + length, self.capacity)
         parts: list[bytes] = []
         position = offset
@@ -116,9 +139,12 @@ class ChunkedStore(Store):
         return b"".join(parts)
 
     def write(self, offset: int, data: Buffer) -> None:
+        self._check_open()
         size = self.chunk_size
         index, local = divmod(offset, size)
         length = len(data)
+        if not length:
+            return
         if local + length <= size:
             self._chunks[index][local : local + length] = data
             return
@@ -132,13 +158,26 @@ class ChunkedStore(Store):
             local = 0
 
     def ensure_capacity(self, end: int) -> None:
-        while self._end_chunk * self.chunk_size < end:
-            index = self._end_chunk
-            self._chunks[index] = self._create_chunk(index)
-            self._end_chunk = index + 1
-            self._units_created += 1
+        self._check_open()
+        self._ensure_open_completed()
+        first_new = self._end_chunk
+        try:
+            while self._end_chunk * self.chunk_size < end:
+                index = self._end_chunk
+                self._chunks[index] = self._create_chunk(index)
+                self._end_chunk = index + 1
+                self._units_created += 1
+        except BaseException:
+            # All or nothing: give back the chunks this call made before it failed.
+            for index in range(self._end_chunk - 1, first_new - 1, -1):
+                self._chunks.pop(index).close()
+                self._forget_chunk(index)
+                self._units_created -= 1
+            self._end_chunk = first_new
+            raise
 
     def flush(self, start: int, end: int) -> None:
+        self._check_open()
         self._before_flush()
         size = self.chunk_size
         start = max(start, self._head_lsn)
@@ -154,6 +193,8 @@ class ChunkedStore(Store):
             position = stop
 
     def discard_after(self, end: int) -> None:
+        self._check_open()
+        self._ensure_open_completed()
         size = self.chunk_size
         first_whole = -(-end // size)
         dirty: list[tuple[int, int, int]] = []
@@ -208,6 +249,7 @@ class ChunkedStore(Store):
         return path
 
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
+        self._check_open()
         position = max(start, self._head_lsn)
         capacity = self.capacity
         block = len(_ZERO_BLOCK)

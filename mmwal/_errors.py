@@ -66,7 +66,11 @@ class WalClosedError(WalError):
     """The log (or the log an iterator reads) was closed by its owner."""
 
     def __init__(self, what: str = "log") -> None:
+        self.what = what
         super().__init__(f"the {what} is closed (hint: open the log again to keep using it)")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.what,))
 
 
 class WalLockedError(WalError):

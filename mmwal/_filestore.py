@@ -53,12 +53,9 @@ class FileStore(ChunkedStore):
                 lock_exclusively(fd, self.path)
             size = os.fstat(fd).st_size
             windows = -(-size // window_size)
-            if writable and size < windows * window_size:
-                self.syscalls.allocate(fd, size, windows * window_size - size)
             for index in range(windows):
                 offset = index * window_size
-                length = window_size if writable else min(window_size, size - offset)
-                self._map(fd, index, length)
+                self._map(fd, index, min(window_size, size - offset))
             self._end_chunk = windows
         except BaseException:
             self._unmap_all()
@@ -82,6 +79,20 @@ class FileStore(ChunkedStore):
             chunk.close()
         self._chunks.clear()
 
+    def _complete_open(self) -> None:
+        last = self._end_chunk - 1
+        chunk = self._chunks.get(last)
+        if chunk is None or len(chunk) == self.chunk_size:
+            return
+        # A file with no zero tail (as wal-db leaves it): extend its last window.
+        self.syscalls.allocate(
+            self._fd, last * self.chunk_size + len(chunk), self.chunk_size - len(chunk)
+        )
+        chunk.close()
+        self._map(self._fd, last, self.chunk_size)
+        with self._metadata_lock:
+            self._file_dirty = True
+
     def _create_chunk(self, index: int) -> mmap.mmap:
         self.syscalls.allocate(self._fd, index * self.chunk_size, self.chunk_size)
         with self._metadata_lock:
@@ -89,6 +100,11 @@ class FileStore(ChunkedStore):
         chunk = self._map(self._fd, index, self.chunk_size)
         prefault(chunk)
         return chunk
+
+    def _forget_chunk(self, index: int) -> None:
+        # The file keeps the blocks allocated for the window; creating the window
+        # again reuses them.
+        self._addresses.pop(index, None)
 
     def _before_flush(self) -> None:
         with self._metadata_lock:

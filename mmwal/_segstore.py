@@ -161,28 +161,51 @@ class SegmentStore(ChunkedStore):
                 "mmwal.repair() to start the log at the first segment present; "
                 "nothing was changed",
             )
-        stale = [index for index in indices if index < head_index]
+        self._stale = [index for index in indices if index < head_index]
         live = [index for index in indices if index >= head_index]
-        if stale and self.writable:
-            # A drop_before that wrote the head file but was cut short before
-            # removing every segment below it: finish it.
-            for index in stale:
-                self.syscalls.remove(self.segment_path(index))
-            self.syscalls.fsync_directory(self.path)
         for index in live:
             fd = os.open(self.segment_path(index), os.O_RDWR if self.writable else os.O_RDONLY)
             try:
                 length = os.fstat(fd).st_size
-                if self.writable and length < size:
-                    self.syscalls.allocate(fd, length, size - length)
-                    self.syscalls.fsync(fd)
-                    length = size
                 if length:
                     self._map(fd, index, length)
             finally:
                 os.close(fd)
         self._first_chunk = head_index
-        self._end_chunk = (live[-1] + 1) if live else head_index
+        self._end_chunk = head_index
+        if live:
+            # An empty last file (a crash right after creating it) maps nothing yet.
+            self._end_chunk = live[-1] + (1 if live[-1] in self._chunks else 0)
+        self._short_tail = (
+            live[-1] if live and os.path.getsize(self.segment_path(live[-1])) < size else None
+        )
+
+    def _complete_open(self) -> None:
+        if self._stale:
+            # A drop_before that wrote the head file but was cut short before
+            # removing every segment below it: finish it.
+            for index in self._stale:
+                self.syscalls.remove(self.segment_path(index))
+            self._stale = []
+            self.syscalls.fsync_directory(self.path)
+        short_tail = self._short_tail
+        if short_tail is None:
+            return
+        self._short_tail = None
+        index = short_tail
+        # The last file wal-db left short: extend it to the segment size.
+        fd = os.open(self.segment_path(index), os.O_RDWR)
+        try:
+            length = os.fstat(fd).st_size
+            self.syscalls.allocate(fd, length, self.chunk_size - length)
+            self.syscalls.fsync(fd)
+            old = self._chunks.pop(index, None)
+            if old is not None:
+                old.close()
+            self._map(fd, index, self.chunk_size)
+        finally:
+            os.close(fd)
+        self._end_chunk = index + 1
 
     def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
         chunk = map_range(fd, length, 0, writable=self.writable)
@@ -214,6 +237,15 @@ class SegmentStore(ChunkedStore):
             self._directory_dirty = True
         return chunk
 
+    def _forget_chunk(self, index: int) -> None:
+        self._addresses.pop(index, None)
+        with self._metadata_lock:
+            # The newest pending descriptor is this chunk's: creation appends it.
+            fd = self._pending_fds.pop()
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            self.syscalls.remove(self.segment_path(index))
+
     def _before_flush(self) -> None:
         with self._metadata_lock:
             pending, self._pending_fds = self._pending_fds, []
@@ -242,6 +274,7 @@ class SegmentStore(ChunkedStore):
         self._before_flush()
 
     def drop_before(self, offset: int) -> int:
+        self._ensure_open_completed()
         if offset <= self._head_lsn:
             return self._head_lsn
         temporary = self._file(HEAD_FILE_NAME + ".tmp")

@@ -1,0 +1,73 @@
+"""``python -m mmwal``: info, dump, verify and repair on real logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mmwal
+from mmwal.__main__ import main
+
+
+def _log(path: Path, payloads: list[bytes]) -> None:
+    with mmwal.open(path) as wal:
+        wal.append_many(payloads)
+
+
+def test_info_counts_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"a", b"bb", b"ccc"])
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "records:         3" in out
+    assert "end LSN:         30" in out
+
+
+def test_dump_prints_lsn_length_payload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"a", b"bb", b"ccc"])
+    assert main(["dump", str(path), "--start", "9", "--hex"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["9\t2\t6262", "19\t3\t636363"]
+
+
+def test_dump_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"x"] * 10)
+    assert main(["dump", str(path), "--limit", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_verify_reports_a_torn_tail_without_changing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"first", b"second"])
+    with path.open("r+b") as file:
+        file.seek(13 + 8)
+        file.write(b"X")
+    before = path.read_bytes()
+    assert main(["verify", str(path)]) == 2
+    assert "1 intact records up to LSN 13" in capsys.readouterr().out
+    assert path.read_bytes() == before
+
+
+def test_verify_fails_on_what_is_not_a_log(tmp_path: Path) -> None:
+    path = tmp_path / "a.wal"
+    path.write_bytes(b"this is not a log at all")
+    assert main(["verify", str(path)]) == 1
+
+
+def test_repair_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    path.write_bytes(b"this is not a log at all")
+    assert main(["repair", str(path)]) == 0
+    assert "zeroed" in capsys.readouterr().out
+    assert main(["verify", str(path)]) == 0
+
+
+def test_missing_path_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tmp_path / "missing.wal")]) == 1
+    assert "error:" in capsys.readouterr().err
