@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import mmap
 import struct
+from collections.abc import Generator
 from typing import NamedTuple
 
 from ._crc import crc32c
@@ -45,11 +46,13 @@ __all__ = [
     "Scan",
     "Stop",
     "decode_head_file",
+    "diagnose",
     "encode_frame",
     "encode_frames",
     "encode_head_file",
     "frame_crc",
     "frame_size",
+    "iter_frames",
     "parse_segment_name",
     "scan_frames",
     "segment_name",
@@ -151,13 +154,13 @@ class Scan(NamedTuple):
     length: int
 
 
-def _diagnose(
+def diagnose(
     buf: bytes | bytearray | memoryview | mmap.mmap,
     pos: int,
     limit: int,
     max_record_size: int,
 ) -> tuple[Stop, int]:
-    """Say why the frame at ``pos`` is not a good frame within ``limit``."""
+    """Say why the frame at ``buf[pos]`` is not a good frame ending within ``limit``."""
     if pos + HEADER_SIZE > limit:
         return Stop.SHORT_HEADER, 0
     crc, length = _unpack_header(buf, pos)
@@ -170,20 +173,21 @@ def _diagnose(
     return Stop.BAD_CRC, length
 
 
-def _collect(
+def iter_frames(
     buf: bytes | bytearray | memoryview | mmap.mmap,
-    *,
-    pos: int,
+    start: int,
     limit: int,
-    base: int,
+    *,
+    base: int = 0,
     max_record_size: int,
-    max_records: int,
-) -> tuple[list[Record], int]:
-    """Decode good frames from ``pos``; stop at the first doubtful one or the bound."""
+) -> Generator[Record, None, int]:
+    """Yield the good frames of ``buf[start:limit]`` as records; return where they stop.
+
+    The generator's return value (``yield from`` hands it over) is the log offset
+    of the first frame that is not good, or of ``limit``; ``diagnose`` says why.
+    """
     # The hot loop of every replay: each name is bound locally, and every way a
-    # frame can fail leads to the same ``break``; ``_diagnose`` says why later.
-    records: list[Record] = []
-    add = records.append
+    # frame can fail leads to the same ``break``.
     unpack = _unpack_header
     seeds = _length_crc
     seed_for = _crc_after_length
@@ -192,23 +196,22 @@ def _collect(
     record_type = Record
     copy = not isinstance(buf, bytes | mmap.mmap)
     header_limit = limit - HEADER_SIZE
-    for _ in range(max_records):
-        if pos > header_limit:
-            break
+    pos = start
+    while pos <= header_limit:
         crc, length = unpack(buf, pos)
-        start = pos + HEADER_SIZE
-        end = start + length
+        payload_start = pos + HEADER_SIZE
+        end = payload_start + length
         if length > max_record_size or end > limit:
             break
         seed = seeds.get(length)
         if seed is None:
             seed = seed_for(length)
-        payload = buf[start:end]
+        payload = buf[payload_start:end]
         if check(payload, seed) != crc:
             break
-        add(make(record_type, (base + pos, bytes(payload) if copy else payload)))
+        yield make(record_type, (base + pos, bytes(payload) if copy else payload))
         pos = end
-    return records, pos
+    return base + pos
 
 
 def _verify(
@@ -260,15 +263,16 @@ def scan_frames(
     ``max_records`` (when not negative) bounds how many frames one call checks.
     """
     if collect:
-        bound = max_records if max_records >= 0 else limit - start + 1
-        records, pos = _collect(
-            buf,
-            pos=start,
-            limit=limit,
-            base=base,
-            max_record_size=max_record_size,
-            max_records=bound,
-        )
+        frames = iter_frames(buf, start, limit, base=base, max_record_size=max_record_size)
+        records: list[Record] = []
+        pos = start
+        try:
+            while len(records) != max_records:
+                record = next(frames)
+                records.append(record)
+                pos = record.lsn - base + HEADER_SIZE + len(record.data)
+        except StopIteration as stopped:
+            pos = stopped.value - base
         checked = len(records)
     else:
         records = []
@@ -276,7 +280,7 @@ def scan_frames(
             pos, checked = _verify(view, start, limit, max_record_size, max_records)
     if pos >= limit or checked == max_records:
         return Scan(records, base + pos, None, 0)
-    stop, length = _diagnose(buf, pos, limit, max_record_size)
+    stop, length = diagnose(buf, pos, limit, max_record_size)
     return Scan(records, base + pos, stop, length)
 
 

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError
-from ._format import HEADER, HEADER_SIZE, Record, Scan, Stop, scan_frames
+from ._format import (
+    HEADER,
+    HEADER_SIZE,
+    Record,
+    Scan,
+    Stop,
+    diagnose,
+    iter_frames,
+    scan_frames,
+)
 from ._store import Store
 
 __all__ = ["RecoveryReport", "frame_at", "read_records", "scan_end"]
@@ -144,25 +153,39 @@ def read_records(
 ) -> Iterator[Record]:
     """Yield the records of ``[start, end)``; damage raises or is skipped per the policy.
 
-    ``check_open`` runs before every step and raises once the log is closed, so a
-    walk of a closed log stops with ``WalClosedError`` instead of reading unmapped
-    memory.
+    ``check_open`` raises once the log is closed; it runs before each piece, and
+    when reading a piece fails because the log was closed under the walk, so a
+    walk of a closed log stops with ``WalClosedError``.
     """
     skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
     max_record_size = config.max_record_size
     position = start
     while position < end:
         check_open()
-        scan = _scan_step(store, position, end, max_record_size, collect=True)
-        yield from scan.records
-        position = scan.end
-        if scan.stop is None:
+        buffer, base, piece_limit = store.piece(position)
+        stop_at = min(piece_limit, end)
+        try:
+            position = yield from iter_frames(
+                buffer, position - base, stop_at - base, base=base, max_record_size=max_record_size
+            )
+        except ValueError:
+            check_open()  # a mapping closed under the walk: say so
+            raise
+        if position >= stop_at:
             continue
-        error = _damage(scan, store)
-        if skip:
-            skipped.append(error)
-            if _skippable(scan, end):
-                position = scan.end + HEADER_SIZE + scan.length
+        stop, length = diagnose(buffer, position - base, stop_at - base, max_record_size)
+        scan = Scan([], position, stop, length)
+        if stop in _SHORT and stop_at < end:
+            # The frame crosses into the next piece: read it whole.
+            scan = frame_at(store, position, end, max_record_size)
+            if scan.stop is None:
+                yield from scan.records
+                position = scan.end
                 continue
+        error = _damage(scan, store)
+        if not skip:
+            raise error
+        skipped.append(error)
+        if not _skippable(scan, end):
             return
-        raise error
+        position = scan.end + HEADER_SIZE + scan.length

@@ -306,8 +306,9 @@ class Wal:
 
         Crash cost: none once it returns; concurrent callers share flushes.
         """
-        lsn = self.append(data)
-        self._sync_to(lsn + HEADER_SIZE + len(data))
+        payload = data if type(data) is bytes else _as_bytes(data)
+        lsn = self.append(payload)
+        self._sync_to(lsn + HEADER_SIZE + len(payload))
         return lsn
 
     def _place(self, frame: bytes, count: int) -> int:
