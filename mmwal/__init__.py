@@ -4,8 +4,6 @@ The on-disk format is the frozen 1.x format of the Rust crate wal-db. Start with
 ``mmwal.open(path)``; see ``Wal`` for the durability contract.
 """
 
-from __future__ import annotations
-
 import os
 
 from ._config import RecoveryPolicy, WalConfig

@@ -169,11 +169,12 @@ class ChunkedStore(Store):
                 self._units_created += 1
         except BaseException:
             # All or nothing: give back the chunks this call made before it failed.
-            for index in range(self._end_chunk - 1, first_new - 1, -1):
+            made = range(first_new, self._end_chunk)
+            self._end_chunk = first_new
+            self._units_created -= len(made)
+            for index in reversed(made):
                 self._chunks.pop(index).close()
                 self._forget_chunk(index)
-                self._units_created -= 1
-            self._end_chunk = first_new
             raise
 
     def flush(self, start: int, end: int) -> None:

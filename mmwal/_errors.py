@@ -16,6 +16,19 @@ __all__ = [
 class WalError(Exception):
     """Base class of every error mmwal raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default rebuilds an exception as ``cls(*args)``, but ``args`` holds
+        # the formatted message, not the constructor's arguments: rebuild it from
+        # its state instead, so errors cross process boundaries intact.
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[WalError], args: tuple[object, ...], state: dict[str, object]) -> WalError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class RecordTooLargeError(WalError, ValueError):
     """A payload is longer than the log's ``max_record_size``; nothing was written."""
@@ -51,16 +64,6 @@ class CorruptionError(WalError):
             message += f" (hint: {hint})"
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only fields do not survive the default exception pickling.
-        return (_rebuild_corruption, (self.offset, self.reason, self.path, self.hint))
-
-
-def _rebuild_corruption(
-    offset: int, reason: str, path: str | None, hint: str | None
-) -> CorruptionError:
-    return CorruptionError(offset, reason, path=path, hint=hint)
-
 
 class WalClosedError(WalError):
     """The log (or the log an iterator reads) was closed by its owner."""
@@ -68,9 +71,6 @@ class WalClosedError(WalError):
     def __init__(self, what: str = "log") -> None:
         self.what = what
         super().__init__(f"the {what} is closed (hint: open the log again to keep using it)")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.what,))
 
 
 class WalLockedError(WalError):
@@ -104,6 +104,7 @@ class WalReadOnlyError(WalError):
     """The log was opened read-only; appending and truncating are refused."""
 
     def __init__(self, location: str) -> None:
+        self.location = location
         super().__init__(
             f"{location} is open read-only (hint: open it without readonly=True to write; "
             f"only one writer may have it open)"

@@ -95,7 +95,9 @@ class SegmentStore(ChunkedStore):
             self.location = self.path
             self._directory_fd = directory_fd
             self._addresses: dict[int, int] = {}
-            self._pending_fds: list[int] = []
+            # Descriptors of segments created since the last flush, by index: the
+            # flush fsyncs and closes them; a rolled-back creation closes its own.
+            self._pending_fds: dict[int, int] = {}
             self._metadata_lock = threading.Lock()
             self._directory_dirty = created
             self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
@@ -233,28 +235,31 @@ class SegmentStore(ChunkedStore):
                 os.remove(path)
             raise
         with self._metadata_lock:
-            self._pending_fds.append(fd)
+            self._pending_fds[index] = fd
             self._directory_dirty = True
         return chunk
 
     def _forget_chunk(self, index: int) -> None:
         self._addresses.pop(index, None)
         with self._metadata_lock:
-            # The newest pending descriptor is this chunk's: creation appends it.
-            fd = self._pending_fds.pop()
-        os.close(fd)
+            # A flush running meanwhile may have taken (fsynced, closed) it already.
+            fd = self._pending_fds.pop(index, None)
+        if fd is not None:
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             self.syscalls.remove(self.segment_path(index))
+        with self._metadata_lock:
+            self._directory_dirty = True
 
     def _before_flush(self) -> None:
         with self._metadata_lock:
-            pending, self._pending_fds = self._pending_fds, []
+            pending, self._pending_fds = self._pending_fds, {}
             directory_dirty, self._directory_dirty = self._directory_dirty, False
         try:
-            for fd in pending:
+            for fd in pending.values():
                 self.syscalls.fsync(fd)
         finally:
-            for fd in pending:
+            for fd in pending.values():
                 os.close(fd)
         if directory_dirty:
             self.syscalls.fsync_directory(self.path)
@@ -277,6 +282,10 @@ class SegmentStore(ChunkedStore):
         self._ensure_open_completed()
         if offset <= self._head_lsn:
             return self._head_lsn
+        if offset >= self.capacity:
+            # Keep a segment file holding the head, so the directory still shows
+            # the segment size once every older segment is gone.
+            self.ensure_capacity(offset + 1)
         temporary = self._file(HEAD_FILE_NAME + ".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -308,7 +317,7 @@ class SegmentStore(ChunkedStore):
 
     def _close_resources(self) -> None:
         with self._metadata_lock:
-            pending, self._pending_fds = self._pending_fds, []
-        for fd in pending:
+            pending, self._pending_fds = self._pending_fds, {}
+        for fd in pending.values():
             os.close(fd)
         os.close(self._directory_fd)

@@ -123,8 +123,15 @@ class Wal:
         self._closed = False
         self._closing = False
         self._flushing = False
-        self._broken: OSError | None = None
+        # Fail-stop state: the error that broke the log and what it interrupted.
+        # Set only by ``_break``, under both locks, so no append can slip past it.
+        self._broken: BaseException | None = None
+        self._broken_by = ""
         self._in_flight: dict[int, int] = {}
+        # The LSN of a copy that failed: the watermark never passes it.
+        self._hole: int | None = None
+        self._close_done = threading.Event()
+        self._close_error: BaseException | None = None
         self._appends = 0
         self._bytes_dropped = 0
         self._syncs_requested = 0
@@ -323,6 +330,16 @@ class Wal:
             if end > store.capacity:
                 # On OSError nothing was reserved: the log is unchanged and usable.
                 store.ensure_capacity(end)
+            if size <= _INLINE_COPY_LIMIT:
+                try:
+                    store.write(lsn, frame)
+                except BaseException as error:
+                    # Nothing was reserved yet, so no hole; but the mapping may hold
+                    # part of the frame past the end, which only recovery clears.
+                    self._break_locked(error, "a copy into the log")
+                    raise
+            else:
+                self._in_flight[lsn] = end
             self._appends += count
             self._next_lsn = end
             if end < store.capacity:
@@ -330,25 +347,45 @@ class Wal:
             else:
                 self._fast_limit = 0
             if size <= _INLINE_COPY_LIMIT:
-                store.write(lsn, frame)
                 return lsn
-            self._in_flight[lsn] = end
         try:
             store.write(lsn, frame)
-        finally:
-            # A copy that failed still publishes: the range holds a bad frame that
-            # recovery cuts off, and no reader or flush waits on it forever.
+        except BaseException as error:
             with reserve:
+                self._hole = lsn if self._hole is None else min(self._hole, lsn)
                 del self._in_flight[lsn]
+                self._break_locked(error, "a copy into the log")
                 self._copies_done.notify_all()
+            raise
+        with reserve:
+            del self._in_flight[lsn]
+            self._copies_done.notify_all()
         return lsn
 
     def _written_lsn(self) -> int:
         """Return the contiguous-written watermark; call with ``_reserve`` held.
 
-        Every byte below it is copied; the lowest copy still in flight bounds it.
+        Every byte below it is copied: the lowest copy still in flight, or a copy
+        that failed, bounds it.
         """
-        return min(self._in_flight) if self._in_flight else self._next_lsn
+        low = self._next_lsn if self._hole is None else self._hole
+        return min(low, *self._in_flight) if self._in_flight else low
+
+    def _break_locked(self, error: BaseException, operation: str) -> None:
+        """Break the log for good; call with ``_reserve`` held.
+
+        Keeps the rule the append fast path relies on: ``_fast_limit`` is 0 from the
+        moment ``_broken`` is set, in the same critical section.
+        """
+        self._fast_limit = 0
+        with self._commit:
+            if self._broken is None:
+                self._broken = error
+                self._broken_by = operation
+            self._commit.notify_all()
+
+    def _raise_broken(self) -> None:
+        raise WalBrokenError(self._broken_by) from self._broken
 
     # -- durability ---------------------------------------------------------------
 
@@ -367,12 +404,12 @@ class Wal:
         with commit:
             self._syncs_requested += 1
             while True:
-                if self._broken is not None:
-                    raise WalBrokenError("a flush") from self._broken
-                if self._durable_lsn >= target:
-                    return
                 if self._closed:
                     raise WalClosedError()
+                if self._broken is not None:
+                    self._raise_broken()
+                if self._durable_lsn >= target:
+                    return
                 if not self._flushing:
                     self._flushing = True
                     break
@@ -383,8 +420,10 @@ class Wal:
         """Flush as the one leader: up to the watermark, at least up to ``target``."""
         try:
             with self._reserve:
-                while self._in_flight and min(self._in_flight) < target:
+                while self._in_flight and min(self._in_flight) < target and not self._broken:
                     self._copies_done.wait()
+                if self._broken is not None:
+                    self._raise_broken()
                 flush_to = self._written_lsn()
             start = self._durable_lsn
             began = time.perf_counter()
@@ -392,9 +431,8 @@ class Wal:
             elapsed = time.perf_counter() - began
         except OSError as error:
             with self._reserve:
-                self._fast_limit = 0
+                self._break_locked(error, "a flush")
             with self._commit:
-                self._broken = error
                 self._flushing = False
                 self._commit.notify_all()
             raise WalBrokenError("a flush") from error
@@ -600,7 +638,7 @@ class Wal:
         if self._closed or self._closing:
             raise WalClosedError()
         if self._broken is not None:
-            raise WalBrokenError("an earlier flush") from self._broken
+            self._raise_broken()
         if not self._store.writable:
             raise WalReadOnlyError(self._store.location)
 
@@ -611,20 +649,33 @@ class Wal:
 
         Crash cost: none for records appended before the call, once it returns.
         If the final flush fails, the files are still released and
-        ``WalBrokenError`` is raised.
+        ``WalBrokenError`` is raised. On a log that was already broken, close
+        releases everything without a flush and does not raise: the call that met
+        the failure reported it. A close that finds another close running waits
+        for it and shares its outcome.
         """
         with self._reserve:
-            if self._closing:
-                return
+            in_progress = self._closing
             self._closing = True
             self._fast_limit = 0
+        if in_progress:
+            self._close_done.wait()
+            if self._close_error is not None:
+                raise WalBrokenError("the final flush of close") from self._close_error
+            return
         try:
             if self._broken is None:
                 self._sync_to(self._next_lsn)
+        except BaseException as error:
+            self._close_error = error
+            raise
         finally:
-            with self._exclusive():
-                self._closed = True
-                self._store.close()
+            try:
+                with self._exclusive():
+                    self._closed = True
+                    self._store.close()
+            finally:
+                self._close_done.set()
 
     def __enter__(self) -> Self:
         return self

@@ -1,0 +1,205 @@
+"""Closing: every operation afterwards raises, closing is idempotent, locks are released."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import mmwal
+from mmwal import MemStore, Record, Wal, WalClosedError, WalConfig, WalError, WalLockedError
+
+CONFIG = WalConfig(max_record_size=4096)
+
+KINDS = ["file", "segments", "memory"]
+
+
+def open_kind(kind: str, tmp_path: Path) -> Wal:
+    if kind == "file":
+        return Wal.open(tmp_path / "log", CONFIG)
+    if kind == "segments":
+        return Wal.open_segmented(tmp_path / "log", 64, CONFIG)
+    return Wal.with_store(MemStore(64), CONFIG)
+
+
+def filled(kind: str, tmp_path: Path, count: int = 5) -> tuple[Wal, list[Record]]:
+    wal = open_kind(kind, tmp_path)
+    records = [Record(wal.append(b"rec%d" % i), b"rec%d" % i) for i in range(count)]
+    return wal, records
+
+
+OPERATIONS: dict[str, Callable[[Wal, list[Record]], object]] = {
+    "append": lambda wal, _: wal.append(b"x"),
+    "append-empty": lambda wal, _: wal.append(b""),
+    "append_many": lambda wal, _: wal.append_many([b"x", b"y"]),
+    "append_many-empty": lambda wal, _: wal.append_many([]),
+    "sync": lambda wal, _: wal.sync(),
+    "append_and_sync": lambda wal, _: wal.append_and_sync(b"x"),
+    "iter": lambda wal, _: wal.iter(),
+    "iter-start": lambda wal, records: wal.iter(records[1].lsn),
+    "iter_from": lambda wal, records: wal.iter_from(records[1].lsn),
+    "iter_from-end": lambda wal, _: wal.iter_from(wal.next_lsn),
+    "dunder-iter": lambda wal, _: iter(wal),
+    "list": lambda wal, _: list(wal),
+    "truncate_after": lambda wal, records: wal.truncate_after(records[2].lsn),
+    "truncate_before": lambda wal, records: wal.truncate_before(records[2].lsn),
+    "truncate_before-head": lambda wal, _: wal.truncate_before(wal.head_lsn),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_every_operation_after_close_raises(tmp_path: Path, kind: str, operation: str) -> None:
+    wal, records = filled(kind, tmp_path)
+    wal.close()
+    with pytest.raises(WalClosedError):
+        OPERATIONS[operation](wal, records)
+    assert wal.closed
+    assert wal.next_lsn == records[-1].lsn + 8 + 4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_operations_after_close_raise_even_with_unsynced_appends_before(
+    tmp_path: Path, kind: str
+) -> None:
+    wal, _ = filled(kind, tmp_path)
+    wal.sync()
+    wal.append(b"unsynced")
+    wal.close()
+    with pytest.raises(WalClosedError):
+        wal.sync()
+    with pytest.raises(WalClosedError):
+        wal.append(b"more")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_iterator_made_before_close_raises_on_next(tmp_path: Path, kind: str) -> None:
+    wal, records = filled(kind, tmp_path)
+    fresh = wal.iter()
+    started = wal.iter()
+    assert next(started) == records[0]
+    seek = wal.iter_from(records[2].lsn)
+    wal.close()
+    for iterator in (fresh, started, seek):
+        with pytest.raises(WalClosedError):
+            next(iterator)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_iterator_made_before_close_raises_on_next(tmp_path: Path, kind: str) -> None:
+    """``iter(wal)`` and a ``for`` loop over ``wal.iter()`` stop at close too."""
+    wal, records = filled(kind, tmp_path)
+    fresh = iter(wal)
+    started = iter(wal)
+    assert next(started) == records[0]
+    walker = iter(wal.iter())
+    assert next(walker) == records[0]
+    wal.close()
+    for iterator in (fresh, started, walker):
+        with pytest.raises(WalClosedError):
+            next(iterator)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_closing_twice_is_harmless(tmp_path: Path, kind: str) -> None:
+    wal, _ = filled(kind, tmp_path)
+    wal.close()
+    wal.close()
+    assert wal.closed
+    with wal:
+        pass
+    assert wal.closed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_properties_readable_after_close(tmp_path: Path, kind: str) -> None:
+    wal, records = filled(kind, tmp_path)
+    end = records[-1].lsn + 12
+    assert wal.durable_lsn == 0
+    wal.close()
+    assert wal.closed
+    assert wal.next_lsn == end
+    assert wal.head_lsn == 0
+    assert wal.durable_lsn == end, "close syncs"
+    assert not wal.is_empty
+    assert wal.recovery.end == 0
+    assert wal.config == CONFIG
+    stats = wal.stats()
+    assert stats.appends == len(records)
+    assert stats.bytes_appended == 4 * len(records)
+    assert "closed" in repr(wal)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_with_closes(tmp_path: Path, kind: str) -> None:
+    with open_kind(kind, tmp_path) as wal:
+        assert not wal.closed
+        wal.append(b"in with")
+    assert wal.closed
+    with pytest.raises(WalClosedError):
+        wal.append(b"after with")
+
+
+def test_with_closes_on_exception(tmp_path: Path) -> None:
+    opened: list[Wal] = []
+
+    def body() -> None:
+        with Wal.open(tmp_path / "log", CONFIG) as wal:
+            opened.append(wal)
+            wal.append(b"kept")
+            raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        body()
+    assert opened[0].closed
+    # Closing made the record durable and released the lock.
+    with Wal.open(tmp_path / "log", CONFIG) as again:
+        assert [r.data for r in again] == [b"kept"]
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_lock_is_free_after_close(tmp_path: Path, kind: str) -> None:
+    for cycle in range(3):
+        wal = open_kind(kind, tmp_path)
+        assert [r.data for r in wal] == [b"cycle %d" % i for i in range(cycle)]
+        wal.append(b"cycle %d" % cycle)
+        wal.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_second_open_while_open_is_locked(tmp_path: Path, kind: str) -> None:
+    first = open_kind(kind, tmp_path)
+    try:
+        first.append(b"held")
+        openers: list[Callable[[], Wal]] = [
+            lambda: open_kind(kind, tmp_path),
+            lambda: mmwal.open(tmp_path / "log", config=CONFIG),
+        ]
+        if kind == "segments":
+            openers.append(lambda: Wal.open_segmented(tmp_path / "log", None, CONFIG))
+        for opener in openers:
+            with pytest.raises(WalLockedError) as info:
+                opener()
+            assert isinstance(info.value, WalError)
+            assert str(tmp_path / "log") in str(info.value)
+            assert info.value.path == str(tmp_path / "log")
+        # The failed opens took nothing from the holder.
+        assert first.append(b"still mine") == 12
+        first.sync()
+        assert [r.data for r in first] == [b"held", b"still mine"]
+    finally:
+        first.close()
+    with open_kind(kind, tmp_path) as again:
+        assert [r.data for r in again] == [b"held", b"still mine"]
+
+
+def test_lock_is_per_log(tmp_path: Path) -> None:
+    with (
+        Wal.open(tmp_path / "a", CONFIG) as first,
+        Wal.open(tmp_path / "b", CONFIG) as second,
+        Wal.open_segmented(tmp_path / "c", 64, CONFIG) as third,
+    ):
+        first.append(b"a")
+        second.append(b"b")
+        third.append(b"c")
