@@ -404,10 +404,12 @@ class Wal:
         with commit:
             self._syncs_requested += 1
             while True:
-                if self._closed:
-                    raise WalClosedError()
+                # Broken first: a waiter whose flush failed hears of the failure
+                # even when a close finished meanwhile.
                 if self._broken is not None:
                     self._raise_broken()
+                if self._closed:
+                    raise WalClosedError()
                 if self._durable_lsn >= target:
                     return
                 if not self._flushing:
@@ -537,17 +539,24 @@ class Wal:
         """Keep the records up to and including the one at ``lsn``; drop the rest.
 
         ``lsn`` must be an intact record of the log, else ``CorruptionError``. The
-        dropped bytes are zeroed and the zeroing is durable before this returns.
+        dropped bytes are zeroed and the zeroing is durable before this returns; if
+        making it durable fails, the log is broken (``WalBrokenError``).
         Crash cost: none once it returns; a crash during it leaves the log either
         as it was or truncated, never with a gap.
         """
         with self._exclusive():
             self._check_writable()
             new_end = self._check_record_start(lsn, self._next_lsn)
-            self._store.discard_after(new_end)
+            self._fast_limit = 0
+            try:
+                self._store.discard_after(new_end)
+            except OSError as error:
+                # The zeroing may have reached the mapping and not the disk: what
+                # the log holds is in doubt, as after any failed flush.
+                self._break_locked(error, "the flush of truncate_after")
+                raise WalBrokenError("the flush of truncate_after") from error
             self._bytes_dropped += self._next_lsn - new_end
             self._next_lsn = new_end
-            self._fast_limit = 0
             self._durable_lsn = min(self._durable_lsn, new_end)
 
     def truncate_before(self, lsn: int) -> int:
@@ -556,7 +565,8 @@ class Wal:
         ``lsn`` must be a record start or the end, else ``CorruptionError``; below
         the head it changes nothing. The head file is written durably before any
         segment is deleted, so a crash at any point leaves a log that starts at the
-        old head or at ``lsn``. A single file or ``MemStore`` keeps its bytes and
+        old head or at ``lsn``. If a step fails, the log is broken
+        (``WalBrokenError``). A single file or ``MemStore`` keeps its bytes and
         returns the head unchanged.
         """
         with self._exclusive():
@@ -575,7 +585,12 @@ class Wal:
             if lsn < end:
                 self._check_record_start(lsn, end)
             self._fast_limit = 0
-            return self._store.drop_before(lsn)
+            try:
+                return self._store.drop_before(lsn)
+            except OSError as error:
+                # The head file or the removals may be half durable: fail-stop.
+                self._break_locked(error, "the durable steps of truncate_before")
+                raise WalBrokenError("the durable steps of truncate_before") from error
 
     # -- state ----------------------------------------------------------------------
 
@@ -659,6 +674,8 @@ class Wal:
             self._closing = True
             self._fast_limit = 0
         if in_progress:
+            if self._close_done.is_set():
+                return
             self._close_done.wait()
             if self._close_error is not None:
                 raise WalBrokenError("the final flush of close") from self._close_error

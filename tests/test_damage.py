@@ -1,0 +1,344 @@
+"""Damage: bit rot found after open, damaged logs opened under each recovery policy,
+and seeking to places where no record starts.
+
+Damage after open is written into the live log, either through ``wal.store.write``
+or through another file descriptor (the mapping is shared, so the log sees it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mmwal import (
+    CorruptionError,
+    FileStore,
+    MemStore,
+    RecoveryPolicy,
+    SegmentStore,
+    Wal,
+    WalConfig,
+)
+
+GRANULE = 4096
+KINDS = ["file", "seg32", "seg64", "mem"]
+SEGMENT_SIZES = {"seg32": 32, "seg64": 64}
+MEM_CHUNK = 48
+SKIP = WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)
+STOP = WalConfig()
+# Sizes chosen so that, with 32- and 64-byte segments, many frames span files.
+SIZES = [5, 20, 33, 3, 60, 17, 40, 8, 25, 12, 70, 9]
+PAYLOADS = [bytes([65 + i]) * size for i, size in enumerate(SIZES)]
+
+Records = list[tuple[int, bytes]]
+
+
+class Log:
+    """A log of one kind in ``root``; can damage its bytes live or at rest."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
+        self.path = root / ("log.wal" if kind == "file" else "log")
+        self.mem_image = b""
+
+    def open(self, config: WalConfig | None = None) -> Wal:
+        if self.kind == "mem":
+            store = MemStore.from_bytes(self.mem_image, MEM_CHUNK) if self.mem_image else None
+            return Wal.with_store(store if store is not None else MemStore(MEM_CHUNK), config)
+        if self.kind == "file":
+            return Wal.with_store(FileStore(self.path, window_size=GRANULE), config)
+        return Wal.with_store(SegmentStore(self.path, SEGMENT_SIZES[self.kind]), config)
+
+    def close(self, wal: Wal) -> None:
+        if self.kind == "mem":
+            store = wal.store
+            assert isinstance(store, MemStore)
+            self.mem_image = store.getvalue()
+        wal.close()
+
+    def create(self) -> tuple[Records, Wal]:
+        wal = self.open()
+        lsns = [wal.append(payload) for payload in PAYLOADS]
+        wal.sync()
+        return list(zip(lsns, PAYLOADS, strict=True)), wal
+
+    def _file_at(self, offset: int) -> tuple[Path, int]:
+        if self.kind == "file":
+            return self.path, offset
+        size = SEGMENT_SIZES[self.kind]
+        return self.path / f"{offset // size:020d}.wal", offset % size
+
+    def damage_live(self, wal: Wal, offset: int, data: bytes, *, via: str) -> None:
+        """Overwrite log bytes at ``offset`` while ``wal`` is open."""
+        if via == "store" or self.kind == "mem":
+            wal.store.write(offset, data)
+            return
+        for i, byte in enumerate(data):
+            path, local = self._file_at(offset + i)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.pwrite(fd, bytes([byte]), local)
+            finally:
+                os.close(fd)
+
+    def damage_at_rest(self, offset: int, data: bytes) -> None:
+        """Overwrite log bytes at ``offset`` of a closed log."""
+        if self.kind == "mem":
+            image = bytearray(self.mem_image)
+            image[offset : offset + len(data)] = data
+            self.mem_image = bytes(image)
+            return
+        for i, byte in enumerate(data):
+            path, local = self._file_at(offset + i)
+            with open(path, "r+b") as file:
+                file.seek(local)
+                file.write(bytes([byte]))
+
+
+def flipped(wal: Wal, offset: int) -> bytes:
+    return bytes([wal.store.read(offset, 1)[0] ^ 0x10])
+
+
+def payload_middle(lsn: int, payload: bytes) -> int:
+    return lsn + 8 + len(payload) // 2
+
+
+def walk(wal: Wal) -> tuple[Records, CorruptionError | None, list[CorruptionError]]:
+    """Iterate the log; return what was yielded, the error raised (if any), and skipped."""
+    it = wal.iter()
+    got: Records = []
+    try:
+        for record in it:
+            got.append((record.lsn, record.data))
+    except CorruptionError as error:
+        return got, error, it.skipped
+    return got, None, it.skipped
+
+
+def cases() -> list[tuple[str, str]]:
+    out = [(kind, "store") for kind in KINDS]
+    out += [(kind, "fd") for kind in KINDS if kind != "mem"]
+    return out
+
+
+# -- bit rot found after open --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "via"), cases())
+@pytest.mark.parametrize("victim", [0, 4, 10, 11])
+def test_bit_rot_after_open_stops_iteration_at_the_damaged_record(
+    tmp_path: Path, kind: str, via: str, victim: int
+) -> None:
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    lsn, payload = records[victim]
+    offset = payload_middle(lsn, payload)
+    log.damage_live(wal, offset, flipped(wal, offset), via=via)
+
+    got, error, skipped = walk(wal)
+    assert got == records[:victim]
+    assert error is not None, "iteration passed over a damaged record"
+    assert error.offset == lsn
+    assert error.reason
+    assert "checksum" in error.reason
+    assert skipped == []
+    # The same from an iter_from before the damage.
+    if victim > 0:
+        it = wal.iter_from(records[victim - 1][0])
+        first = next(iter(it))
+        assert (first.lsn, first.data) == records[victim - 1]
+        with pytest.raises(CorruptionError) as caught:
+            next(iter(it))
+        assert caught.value.offset == lsn
+    log.close(wal)
+
+
+@pytest.mark.parametrize(("kind", "via"), cases())
+def test_skip_policy_iteration_steps_over_damaged_records(
+    tmp_path: Path, kind: str, via: str
+) -> None:
+    log = Log(kind, tmp_path)
+    records, first = log.create()
+    log.close(first)
+    wal = log.open(SKIP)
+    assert wal.recovery.skipped == []
+    victims = [2, 6, 11]
+    for victim in victims:
+        lsn, payload = records[victim]
+        offset = payload_middle(lsn, payload)
+        log.damage_live(wal, offset, flipped(wal, offset), via=via)
+    # A flipped header CRC byte is damage with a plausible length too.
+    lsn_crc, _ = records[8]
+    log.damage_live(wal, lsn_crc, flipped(wal, lsn_crc), via=via)
+    victims = sorted([*victims, 8])
+
+    got, error, skipped = walk(wal)
+    assert error is None
+    assert got == [record for i, record in enumerate(records) if i not in victims]
+    assert all(isinstance(item, CorruptionError) for item in skipped)
+    assert [item.offset for item in skipped] == [records[i][0] for i in victims]
+    assert all(item.reason for item in skipped)
+
+    # Each iterator has its own list.
+    again = wal.iter()
+    assert again.skipped == []
+    list(again)
+    assert len(again.skipped) == len(victims)
+    log.close(wal)
+
+
+# -- opening a damaged log -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("victim", [1, 5, 9])
+def test_opening_with_damage_in_the_middle(tmp_path: Path, kind: str, victim: int) -> None:
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    log.close(wal)
+    lsn, payload = records[victim]
+    log.damage_at_rest(payload_middle(lsn, payload), b"\x00\xff")
+
+    # SKIP_BAD_RECORDS keeps the intact records after the damaged one.
+    wal = log.open(SKIP)
+    assert wal.recovery.end == records[-1][0] + 8 + len(records[-1][1])
+    assert [item.offset for item in wal.recovery.skipped] == [lsn]
+    assert all(isinstance(item, CorruptionError) for item in wal.recovery.skipped)
+    got, error, skipped = walk(wal)
+    assert error is None
+    assert got == records[:victim] + records[victim + 1 :]
+    assert [item.offset for item in skipped] == [lsn]
+    new = wal.append(b"after")
+    assert new == wal.recovery.end
+    log.close(wal)
+    wal = log.open(SKIP)
+    got, _, _ = walk(wal)
+    assert got == [*records[:victim], *records[victim + 1 :], (new, b"after")]
+    log.close(wal)
+
+    # The default policy discards everything from the damaged record on.
+    wal = log.open(STOP)
+    assert wal.recovery.end == lsn
+    assert wal.recovery.skipped == []
+    assert wal.recovery.discarded_bytes > 0
+    got, error, skipped = walk(wal)
+    assert error is None
+    assert got == records[:victim]
+    assert wal.next_lsn == lsn
+    assert not any(wal.store.read(lsn, wal.store.capacity - lsn))
+    log.close(wal)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_skip_policy_drops_a_damaged_last_record(tmp_path: Path, kind: str) -> None:
+    """Damage with nothing intact after it is a torn tail: the end, not a skipped record."""
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    log.close(wal)
+    lsn, payload = records[-1]
+    log.damage_at_rest(payload_middle(lsn, payload), b"\x00")
+    wal = log.open(SKIP)
+    assert wal.recovery.end == lsn
+    got, error, _ = walk(wal)
+    assert error is None
+    assert got == records[:-1]
+    log.close(wal)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_all_zero_header_is_the_end_even_under_skip(tmp_path: Path, kind: str) -> None:
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    log.close(wal)
+    victim = 6
+    lsn = records[victim][0]
+    log.damage_at_rest(lsn, bytes(8))
+    wal = log.open(SKIP)
+    assert wal.recovery.end == lsn
+    assert wal.recovery.skipped == []
+    got, error, _ = walk(wal)
+    assert error is None
+    assert got == records[:victim]
+    assert not any(wal.store.read(lsn, wal.store.capacity - lsn)), "records after it survived"
+    log.close(wal)
+
+
+@pytest.mark.parametrize(("kind", "via"), cases())
+def test_an_all_zero_header_found_after_open_ends_a_skip_iteration(
+    tmp_path: Path, kind: str, via: str
+) -> None:
+    log = Log(kind, tmp_path)
+    records, first = log.create()
+    log.close(first)
+    wal = log.open(SKIP)
+    victim = 4
+    log.damage_live(wal, records[victim][0], bytes(8), via=via)
+    got, error, _ = walk(wal)
+    assert error is None
+    assert got == records[:victim], "a skip iteration went on past an all-zero header"
+    log.close(wal)
+
+
+# -- seeking -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_iter_from_a_place_where_no_record_starts_raises(tmp_path: Path, kind: str) -> None:
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    for lsn, payload in records:
+        for inside in (1, 4, 7, 8, 8 + len(payload) // 2, 8 + len(payload) - 1):
+            with pytest.raises(CorruptionError) as caught:
+                wal.iter_from(lsn + inside)
+            assert caught.value.offset == lsn + inside
+            with pytest.raises(CorruptionError):
+                wal.iter(start=lsn + inside)
+    # Every record start works, and gives the rest of the log.
+    for index, (lsn, _) in enumerate(records):
+        got = [(r.lsn, r.data) for r in wal.iter_from(lsn)]
+        assert got == records[index:]
+    log.close(wal)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_iter_from_at_or_past_the_end_is_empty(tmp_path: Path, kind: str) -> None:
+    log = Log(kind, tmp_path)
+    _, wal = log.create()
+    end = wal.next_lsn
+    for lsn in (end, end + 1, end + 1000, 2**40):
+        assert list(wal.iter_from(lsn)) == []
+    log.close(wal)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_iter_from_a_damaged_record_raises(tmp_path: Path, kind: str) -> None:
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    lsn, payload = records[3]
+    offset = payload_middle(lsn, payload)
+    log.damage_live(wal, offset, flipped(wal, offset), via="store")
+    with pytest.raises(CorruptionError) as caught:
+        wal.iter_from(lsn)
+    assert caught.value.offset == lsn
+    log.close(wal)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_iter_from_below_the_head_raises_value_error(tmp_path: Path, size: int) -> None:
+    wal = Wal.open_segmented(tmp_path / "log", size)
+    lsns = [wal.append(payload) for payload in PAYLOADS]
+    head_index = 7
+    assert wal.truncate_before(lsns[head_index]) == lsns[head_index]
+    assert wal.head_lsn == lsns[head_index]
+    for lsn in (0, lsns[1], lsns[head_index - 1], lsns[head_index] - 1):
+        with pytest.raises(ValueError, match="below the head"):
+            wal.iter_from(lsn)
+    got = [(r.lsn, r.data) for r in wal.iter_from(lsns[head_index])]
+    assert got == list(zip(lsns, PAYLOADS, strict=True))[head_index:]
+    wal.close()
+    with Wal.open_segmented(tmp_path / "log", size) as again:
+        with pytest.raises(ValueError):
+            again.iter_from(0)
+        assert [r.lsn for r in again.iter()] == lsns[head_index:]
