@@ -131,9 +131,7 @@ def _batches() -> list[tuple[str, list[object], type[Exception]]]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(
-    ("label", "batch", "error"), _batches(), ids=[b[0] for b in _batches()]
-)
+@pytest.mark.parametrize(("label", "batch", "error"), _batches(), ids=[b[0] for b in _batches()])
 def test_append_many_is_all_or_nothing(
     tmp_path: Path, kind: str, label: str, batch: list[object], error: type[Exception]
 ) -> None:

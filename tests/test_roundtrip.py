@@ -291,7 +291,7 @@ def test_wrong_types_raise_and_leave_the_log_unchanged(
             assert wal.stats().appends == appends
         assert (dir_bytes(path) if segmented else path.read_bytes()) == on_disk
         assert wal.append(b"still usable") == next_lsn
-    with (Wal.open_segmented(path, 64, SMALL) if segmented else Wal.open(path, SMALL)) as wal:
+    with Wal.open_segmented(path, 64, SMALL) if segmented else Wal.open(path, SMALL) as wal:
         assert [r.data for r in wal] == [b"one", b"two", b"", b"still usable"]
 
 

@@ -285,7 +285,7 @@ def test_mmwal_single_file_decodes_with_the_spec(tmp_path: Path) -> None:
     records, end = spec_decode(data)
     assert records == with_lsns(payloads)
     assert end == sum(8 + len(p) for p in payloads)
-    assert data[: end] == spec_encode(payloads)
+    assert data[:end] == spec_encode(payloads)
     assert data[end:].count(0) == len(data) - end
 
 
