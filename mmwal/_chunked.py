@@ -48,6 +48,8 @@ class ChunkedStore(Store):
         # A writable store changes nothing on disk until the log accepted what it
         # found there: the first call that writes completes the open.
         self._open_completed = not writable
+        # Chunks below this index had their resident pages given back (release).
+        self._released_below = 0
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -58,6 +60,10 @@ class ChunkedStore(Store):
     @abc.abstractmethod
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         """Write back ``length`` bytes of chunk ``index`` from page-aligned ``start``."""
+
+    def _drop_resident(self, chunk: mmap.mmap) -> None:
+        """Give back the memory of a chunk whose bytes are durable; never lose them."""
+        del chunk
 
     def _forget_chunk(self, index: int) -> None:
         """Undo ``_create_chunk(index)`` after its mapping was closed."""
@@ -192,6 +198,15 @@ class ChunkedStore(Store):
             aligned = local - local % PAGE_SIZE
             self._flush_chunk(index, aligned, stop - base - aligned)
             position = stop
+
+    def release(self, end: int) -> None:
+        self._check_open()
+        below = min(end // self.chunk_size, self._end_chunk)
+        for index in range(max(self._released_below, self._first_chunk), below):
+            chunk = self._chunks.get(index)
+            if chunk is not None:
+                self._drop_resident(chunk)
+        self._released_below = max(self._released_below, below)
 
     def discard_after(self, end: int) -> None:
         self._check_open()

@@ -11,7 +11,7 @@ import sys
 
 from ._errors import WalLockedError
 
-__all__ = ["lock_exclusively", "map_range", "open_directory", "prefault"]
+__all__ = ["drop_resident", "lock_exclusively", "map_range", "open_directory", "prefault"]
 
 # MADV_POPULATE_WRITE (Linux 5.14): fault a whole new chunk in with one call
 # instead of one page fault per page on the append path. Python 3.11's mmap
@@ -56,3 +56,13 @@ def prefault(mapping: mmap.mmap) -> None:
         return
     with contextlib.suppress(OSError, ValueError):
         mapping.madvise(_MADV_POPULATE_WRITE)
+
+
+def drop_resident(mapping: mmap.mmap) -> None:
+    """Unmap the resident pages of a shared file mapping; the page cache keeps them.
+
+    Reads fault them back in from the page cache. Only for file mappings: on
+    anonymous memory the same call would discard the bytes.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        mapping.madvise(mmap.MADV_DONTNEED)

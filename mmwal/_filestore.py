@@ -7,7 +7,7 @@ import os
 import threading
 
 from ._chunked import ChunkedStore
-from ._files import lock_exclusively, map_range, prefault
+from ._files import drop_resident, lock_exclusively, map_range, prefault
 from ._syscalls import Syscalls, mapping_address
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
@@ -100,6 +100,9 @@ class FileStore(ChunkedStore):
         chunk = self._map(self._fd, index, self.chunk_size)
         prefault(chunk)
         return chunk
+
+    def _drop_resident(self, chunk: mmap.mmap) -> None:
+        drop_resident(chunk)
 
     def _forget_chunk(self, index: int) -> None:
         # The file keeps the blocks allocated for the window; creating the window

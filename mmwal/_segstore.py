@@ -10,7 +10,7 @@ import threading
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
-from ._files import lock_exclusively, map_range, open_directory, prefault
+from ._files import drop_resident, lock_exclusively, map_range, open_directory, prefault
 from ._format import (
     HEAD_FILE_NAME,
     decode_head_file,
@@ -238,6 +238,9 @@ class SegmentStore(ChunkedStore):
             self._pending_fds[index] = fd
             self._directory_dirty = True
         return chunk
+
+    def _drop_resident(self, chunk: mmap.mmap) -> None:
+        drop_resident(chunk)
 
     def _forget_chunk(self, index: int) -> None:
         self._addresses.pop(index, None)

@@ -107,6 +107,14 @@ class Store(abc.ABC):
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         """Return ``(first, last + 1)`` of the nonzero bytes at or after ``start``, or None."""
 
+    def release(self, end: int) -> None:
+        """Hint that bytes below ``end`` are durable and will not be written again.
+
+        A store may give back the memory that holds them (a file mapping drops its
+        resident pages; the page cache keeps them). Changes nothing readable.
+        """
+        del end
+
     def quarantine(self, start: int, end: int) -> str | None:
         """Keep a durable copy of ``[start, end)`` beside the log, before it is zeroed.
 

@@ -431,6 +431,8 @@ class Wal:
             began = time.perf_counter()
             self._store.flush(start, flush_to)
             elapsed = time.perf_counter() - began
+            # Still the one flusher, so no truncation or close runs meanwhile.
+            self._store.release(flush_to)
         except OSError as error:
             with self._reserve:
                 self._break_locked(error, "a flush")
