@@ -27,11 +27,28 @@ from __future__ import annotations
 
 import enum
 import mmap
+import os
 import struct
 from collections.abc import Generator
 from typing import NamedTuple
 
 from ._crc import crc32c
+
+try:
+    from . import _speedups
+except ImportError:  # pragma: no cover - the extension is optional
+    _speedups = None  # type: ignore[assignment]
+
+if os.environ.get("MMWAL_PURE_PYTHON"):
+    # Run the reference walk in Python even where the C walk is built.
+    _speedups = None  # type: ignore[assignment]
+
+#: Whether frames are walked by the C extension (``mmwal._speedups``).
+SPEEDUPS = _speedups is not None
+
+# Records the C walk decodes per call: it amortises the call, and bounds the
+# memory one step of a replay holds.
+_C_BATCH = 1024
 
 __all__ = [
     "HEADER",
@@ -42,6 +59,7 @@ __all__ = [
     "LENGTH",
     "SEGMENT_NAME_DIGITS",
     "SEGMENT_SUFFIX",
+    "SPEEDUPS",
     "Record",
     "Scan",
     "Stop",
@@ -186,6 +204,26 @@ def iter_frames(
     The generator's return value (``yield from`` hands it over) is the log offset
     of the first frame that is not good, or of ``limit``; ``diagnose`` says why.
     """
+    if _speedups is None:
+        return (yield from _iter_frames_python(buf, start, limit, base, max_record_size))
+    scan = _speedups.scan
+    pos = start
+    while True:
+        records, pos, walked = scan(buf, pos, limit, base, max_record_size, Record, _C_BATCH)
+        assert records is not None
+        yield from records
+        if walked < _C_BATCH:
+            return base + pos
+
+
+def _iter_frames_python(
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    start: int,
+    limit: int,
+    base: int,
+    max_record_size: int,
+) -> Generator[Record, None, int]:
+    """Do what ``iter_frames`` does, in Python: the reference the C walk must match."""
     # The hot loop of every replay: each name is bound locally, and every way a
     # frame can fail leads to the same ``break``.
     unpack = _unpack_header
@@ -222,6 +260,20 @@ def _verify(
     max_records: int,
 ) -> tuple[int, int]:
     """Check good frames from ``pos`` without copying; return ``(stop, frames checked)``."""
+    if _speedups is not None:
+        _, stop, walked = _speedups.scan(view, pos, limit, 0, max_record_size, None, max_records)
+        return stop, walked
+    return _verify_python(view, pos, limit, max_record_size, max_records)
+
+
+def _verify_python(
+    view: memoryview,
+    pos: int,
+    limit: int,
+    max_record_size: int,
+    max_records: int,
+) -> tuple[int, int]:
+    """Do what ``_verify`` does, in Python: the reference the C walk must match."""
     unpack = _unpack_header
     seeds = _length_crc
     seed_for = _crc_after_length

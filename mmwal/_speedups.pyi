@@ -1,0 +1,17 @@
+from typing import Any
+
+from ._store import Buffer
+
+HARDWARE_CRC: int
+
+def scan(
+    buffer: Buffer,
+    start: int,
+    limit: int,
+    base: int,
+    max_record_size: int,
+    record_type: type[tuple[Any, ...]] | None,
+    max_records: int,
+    /,
+) -> tuple[list[Any] | None, int, int]: ...
+def crc32c(data: Buffer, value: int = 0, /) -> int: ...

@@ -1,0 +1,119 @@
+"""The C frame walk (``mmwal._speedups``) gives exactly what the Python reference gives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import crc32c as crc32c_package
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmwal import _format
+from mmwal._format import Record, encode_frames
+
+speedups = pytest.importorskip("mmwal._speedups", reason="the C extension is not built here")
+
+LIMITS = st.sampled_from([0, 1, 7, 64, 300, 1 << 20])
+
+
+def _python_walk(buf: bytes, start: int, limit: int, base: int, max_size: int) -> object:
+    frames = _format._iter_frames_python(buf, start, limit, base, max_size)
+    records: list[Record] = []
+    try:
+        while True:
+            records.append(next(frames))
+    except StopIteration as stop:
+        return records, stop.value
+
+
+def _c_walk(buf: bytes, start: int, limit: int, base: int, max_size: int) -> object:
+    records, stop, walked = speedups.scan(buf, start, limit, base, max_size, Record, -1)
+    assert records is not None
+    assert walked == len(records)
+    return records, base + stop
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> bytes:
+    payloads = draw(st.lists(st.binary(max_size=80), max_size=12))
+    image = bytearray(encode_frames(payloads))
+    for _ in range(draw(st.integers(0, 3))):
+        if image:
+            at = draw(st.integers(0, len(image) - 1))
+            image[at] = draw(st.integers(0, 255))
+    return bytes(image) + draw(st.binary(max_size=20))
+
+
+@given(logs(), st.integers(0, 40), st.integers(0, 2000), LIMITS, st.integers(0, 1 << 40))
+@settings(max_examples=400, deadline=None)
+def test_the_c_walk_matches_the_python_walk(
+    image: bytes, start: int, limit: int, max_size: int, base: int
+) -> None:
+    limit = min(limit, len(image))
+    start = min(start, limit)
+    assert _c_walk(image, start, limit, base, max_size) == _python_walk(
+        image, start, limit, base, max_size
+    )
+    view = memoryview(image)
+    python_stop, python_checked = _format._verify_python(view, start, limit, max_size, -1)
+    _, c_stop, c_walked = speedups.scan(view, start, limit, 0, max_size, None, -1)
+    assert (c_stop, c_walked) == (python_stop, python_checked)
+
+
+@given(st.binary(max_size=300), st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_never_read_out_of_bounds(image: bytes, tail: bytes) -> None:
+    data = image + tail
+    assert _c_walk(data, 0, len(data), 0, 1 << 30) == _python_walk(data, 0, len(data), 0, 1 << 30)
+
+
+def test_max_records_bounds_the_walk() -> None:
+    image = encode_frames([b"a", b"bb", b"ccc"])
+    records, stop, walked = speedups.scan(image, 0, len(image), 0, 100, Record, 2)
+    assert records == [Record(0, b"a"), Record(9, b"bb")]
+    assert (stop, walked) == (19, 2)
+
+
+def test_a_limit_beyond_the_buffer_is_clipped() -> None:
+    image = encode_frames([b"abc"])
+    records, stop, _ = speedups.scan(image, 0, 10**9, 0, 100, Record, -1)
+    assert records == [Record(0, b"abc")]
+    assert stop == len(image)
+
+
+def test_record_type_must_be_a_tuple_subclass() -> None:
+    with pytest.raises(TypeError):
+        speedups.scan(b"", 0, 0, 0, 0, dict, -1)
+
+
+@given(st.binary(max_size=5000), st.integers(0, 0xFFFFFFFF))
+@settings(max_examples=300, deadline=None)
+def test_the_c_crc_matches_the_crc32c_package(data: bytes, value: int) -> None:
+    assert speedups.crc32c(data) == crc32c_package.crc32c(data)
+    assert speedups.crc32c(data, value) == crc32c_package.crc32c(data, value)
+
+
+def test_pure_python_can_be_forced(tmp_path: Path) -> None:
+    script = (
+        "import mmwal, sys\n"
+        "from mmwal import _format\n"
+        "assert not _format.SPEEDUPS\n"
+        "with mmwal.open(sys.argv[1]) as wal:\n"
+        "    wal.append_many([b'one', b'two'])\n"
+        "with mmwal.open(sys.argv[1]) as wal:\n"
+        "    print([r.data for r in wal])\n"
+    )
+    environment = {**os.environ, "MMWAL_PURE_PYTHON": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.wal")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "[b'one', b'two']"
