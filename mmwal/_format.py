@@ -128,7 +128,7 @@ def frame_crc(payload: bytes | bytearray | memoryview | mmap.mmap) -> int:
     return crc32c(payload, _crc_after_length(len(payload)))
 
 
-def encode_frame(payload: bytes) -> bytes:
+def _encode_frame_python(payload: bytes) -> bytes:
     """Return the frame of ``payload``: header then payload."""
     length = len(payload)
     seed = _length_crc.get(length)
@@ -137,7 +137,7 @@ def encode_frame(payload: bytes) -> bytes:
     return _pack_header(crc32c(payload, seed), length) + payload
 
 
-def encode_frames(payloads: list[bytes]) -> bytes:
+def _encode_frames_python(payloads: list[bytes]) -> bytes:
     """Return the frames of ``payloads`` back to back, as repeated appends lay them out."""
     parts: list[bytes] = []
     add = parts.append
@@ -146,6 +146,14 @@ def encode_frames(payloads: list[bytes]) -> bytes:
         add(_pack_header(crc32c(payload, _crc_after_length(length)), length))
         add(payload)
     return b"".join(parts)
+
+
+if _speedups is not None:
+    encode_frame = _speedups.encode_frame
+    encode_frames = _speedups.encode_frames
+else:
+    encode_frame = _encode_frame_python
+    encode_frames = _encode_frames_python
 
 
 class Stop(enum.Enum):

@@ -117,3 +117,20 @@ def test_pure_python_can_be_forced(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.stdout.strip() == "[b'one', b'two']"
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_the_c_encoders_match_the_python_encoders(payloads: list[bytes]) -> None:
+    assert speedups.encode_frames(payloads) == _format._encode_frames_python(payloads)
+    for payload in payloads:
+        assert speedups.encode_frame(payload) == _format._encode_frame_python(payload)
+
+
+def test_the_c_encoders_take_only_bytes() -> None:
+    with pytest.raises(TypeError):
+        speedups.encode_frame(bytearray(b"x"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        speedups.encode_frames([b"ok", "text"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        speedups.encode_frames((b"a",))  # type: ignore[arg-type]
