@@ -21,7 +21,7 @@ from ._format import (
     scan_frames,
     segment_name,
 )
-from ._reading import scan_end
+from ._recovery import recover
 from ._segstore import SegmentStore, infer_segment_size
 from ._store import Store
 from ._syscalls import Syscalls
@@ -78,22 +78,18 @@ def repair(
     else:
         store = FileStore(location, syscalls=syscalls)
     try:
-        found = scan_end(store, config)
-        extent = store.nonzero_extent(found.end)
-        if extent is not None:
-            kept = store.quarantine(found.end, extent[1])
-            if kept is not None:
-                quarantined.append(kept)
-            reason = found.stop.value if found.stop else "end of store"
+        report = recover(store, config, refuse_foreign=False)
+        if report.discarded_bytes:
+            reason = report.stop.value if report.stop else "end of store"
             actions.append(
-                f"kept bytes [{found.end}, {extent[1]}) past the last intact record "
-                f"({reason}) in {kept} and zeroed them"
+                f"kept {report.discarded_bytes} bytes from LSN {report.end}, past the last "
+                f"intact record ({reason}), in {report.quarantine_path} and zeroed them"
             )
-            store.discard_after(found.end)
-        store.flush(found.head, found.end)
+            if report.quarantine_path is not None:
+                quarantined.append(report.quarantine_path)
         if not actions:
             actions.append("nothing to repair: the log opens as it is")
-        return RepairReport(location, found.head, found.end, quarantined, actions)
+        return RepairReport(location, report.head, report.end, quarantined, actions)
     finally:
         store.close()
 

@@ -16,7 +16,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -35,14 +34,14 @@ from ._errors import (
     WalReadOnlyError,
 )
 from ._filestore import FileStore
-from ._format import HEADER, HEADER_SIZE, Record, Stop, encode_frame, encode_frames
-from ._reading import RecoveryReport, frame_at, read_records, scan_end
+from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
+from ._reading import frame_at, read_records
+from ._recovery import recover
 from ._segstore import SegmentStore
 from ._store import Buffer, Store
 
 __all__ = ["Wal", "WalIterator", "WalStats"]
 
-_log = logging.getLogger("mmwal")
 
 # Frames up to this size are copied while the reservation lock is held: for them
 # a second lock round trip to publish completion costs more than the copy.
@@ -138,7 +137,7 @@ class Wal:
         self._flushes = 0
         self._flush_seconds = 0.0
         try:
-            self.recovery = self._recover()
+            self.recovery = recover(store, self._config)
         except BaseException:
             store.close()
             raise
@@ -196,68 +195,6 @@ class Wal:
         return cls(store, config)
 
     # -- recovery -----------------------------------------------------------------
-
-    def _recover(self) -> RecoveryReport:
-        store = self._store
-        report = scan_end(store, self._config)
-        head, end = report.head, report.end
-        if end == head:
-            self._refuse_foreign_bytes(head, report.stop)
-        extent = store.nonzero_extent(end)
-        discarded = 0 if extent is None else extent[1] - end
-        quarantine_path = None
-        if store.writable:
-            if extent is not None:
-                # Never destroy silently: what is zeroed below is kept first.
-                quarantine_path = store.quarantine(end, extent[1])
-                _log.warning(
-                    "recovered %s to LSN %d; discarded %d bytes past it (%s), kept in %s",
-                    store.location,
-                    end,
-                    discarded,
-                    report.stop.value if report.stop else "end of store",
-                    quarantine_path or "no quarantine (the store has no place for it)",
-                )
-            # Zero what lies past the end, durably, before any new record can be
-            # made durable: a ghost (an intact old frame past a torn one) must never
-            # be joined to the log by a later append that ends where it begins.
-            store.discard_after(end)
-            store.flush(head, end)
-        return RecoveryReport(
-            head=head,
-            end=end,
-            discarded_bytes=discarded,
-            stop=report.stop,
-            skipped=report.skipped,
-            quarantine_path=quarantine_path,
-        )
-
-    def _refuse_foreign_bytes(self, head: int, stop: Stop | None) -> None:
-        """Refuse a log with no valid frame at its head, unless it is a torn first append.
-
-        A crash during the very first append leaves a partial frame and zeros: every
-        nonzero byte lies within the extent the first header claims. Anything else
-        is not ours to wipe.
-        """
-        store = self._store
-        claimed_end = head + HEADER_SIZE
-        header = store.read(head, HEADER_SIZE)
-        if len(header) == HEADER_SIZE:
-            _, length = HEADER.unpack(header)
-            if length <= self._max_record_size:
-                claimed_end += length
-        extent = store.nonzero_extent(claimed_end)
-        if extent is None:
-            return
-        reason = stop.value if stop is not None else "no frame"
-        raise CorruptionError(
-            head,
-            f"no valid record starts at the head ({reason}), yet nonzero bytes lie at "
-            f"offset {extent[0]}: this is not an mmwal/wal-db log, or its start is damaged",
-            path=store.location,
-            hint="nothing was changed; check the path and max_record_size, or run "
-            "mmwal.repair() to quarantine the unreadable bytes and start afresh",
-        )
 
     # -- appending ----------------------------------------------------------------
 
