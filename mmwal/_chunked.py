@@ -240,6 +240,7 @@ class ChunkedStore(Store):
             self._flush_chunk(index, aligned, stop - aligned)
 
     def drop_before(self, offset: int) -> int:
+        self._check_open()
         return self._head_lsn
 
     def quarantine(self, start: int, end: int) -> str | None:

@@ -29,7 +29,6 @@ import enum
 import mmap
 import os
 import struct
-from collections.abc import Generator
 from typing import NamedTuple
 
 from ._crc import crc32c
@@ -46,9 +45,6 @@ if os.environ.get("MMWAL_PURE_PYTHON"):
 #: Whether frames are walked by the C extension (``mmwal._speedups``).
 SPEEDUPS = _speedups is not None
 
-# Records the C walk decodes per call: it amortises the call, and bounds the
-# memory one step of a replay holds.
-_C_BATCH = 1024
 
 __all__ = [
     "HEADER",
@@ -63,6 +59,7 @@ __all__ = [
     "Record",
     "Scan",
     "Stop",
+    "decode_batch",
     "decode_head_file",
     "diagnose",
     "encode_frame",
@@ -70,7 +67,6 @@ __all__ = [
     "encode_head_file",
     "frame_crc",
     "frame_size",
-    "iter_frames",
     "parse_segment_name",
     "scan_frames",
     "segment_name",
@@ -199,41 +195,41 @@ def diagnose(
     return Stop.BAD_CRC, length
 
 
-def iter_frames(
+def decode_batch(
     buf: bytes | bytearray | memoryview | mmap.mmap,
     start: int,
     limit: int,
     *,
     base: int = 0,
     max_record_size: int,
-) -> Generator[Record, None, int]:
-    """Yield the good frames of ``buf[start:limit]`` as records; return where they stop.
+    max_records: int,
+) -> tuple[list[Record], int]:
+    """Decode up to ``max_records`` good frames of ``buf[start:limit]``.
 
-    The generator's return value (``yield from`` hands it over) is the log offset
-    of the first frame that is not good, or of ``limit``; ``diagnose`` says why.
+    Returns the records and the log offset where decoding stopped: at the first
+    frame that is not good (``diagnose`` says why), at ``limit``, or after
+    ``max_records`` frames (a negative bound means no bound).
     """
     if _speedups is None:
-        return (yield from _iter_frames_python(buf, start, limit, base, max_record_size))
-    scan = _speedups.scan
-    pos = start
-    while True:
-        records, pos, walked = scan(buf, pos, limit, base, max_record_size, Record, _C_BATCH)
-        assert records is not None
-        yield from records
-        if walked < _C_BATCH:
-            return base + pos
+        return _decode_batch_python(buf, start, limit, base, max_record_size, max_records)
+    records, stop, _ = _speedups.scan(buf, start, limit, base, max_record_size, Record, max_records)
+    assert records is not None
+    return records, base + stop
 
 
-def _iter_frames_python(
+def _decode_batch_python(  # noqa: PLR0917 - the hot loop takes its inputs positionally
     buf: bytes | bytearray | memoryview | mmap.mmap,
     start: int,
     limit: int,
     base: int,
     max_record_size: int,
-) -> Generator[Record, None, int]:
-    """Do what ``iter_frames`` does, in Python: the reference the C walk must match."""
-    # The hot loop of every replay: each name is bound locally, and every way a
-    # frame can fail leads to the same ``break``.
+    max_records: int,
+) -> tuple[list[Record], int]:
+    """Do what ``decode_batch`` does, in Python: the reference the C walk must match."""
+    # The hot loop of every replay without the C walk: each name is bound
+    # locally, and every way a frame can fail leads to the same ``break``.
+    records: list[Record] = []
+    add = records.append
     unpack = _unpack_header
     seeds = _length_crc
     seed_for = _crc_after_length
@@ -243,7 +239,7 @@ def _iter_frames_python(
     copy = not isinstance(buf, bytes | mmap.mmap)
     header_limit = limit - HEADER_SIZE
     pos = start
-    while pos <= header_limit:
+    while pos <= header_limit and len(records) != max_records:
         crc, length = unpack(buf, pos)
         payload_start = pos + HEADER_SIZE
         end = payload_start + length
@@ -255,9 +251,9 @@ def _iter_frames_python(
         payload = buf[payload_start:end]
         if check(payload, seed) != crc:
             break
-        yield make(record_type, (base + pos, bytes(payload) if copy else payload))
+        add(make(record_type, (base + pos, bytes(payload) if copy else payload)))
         pos = end
-    return base + pos
+    return records, base + pos
 
 
 def _verify(
@@ -323,16 +319,15 @@ def scan_frames(
     ``max_records`` (when not negative) bounds how many frames one call checks.
     """
     if collect:
-        frames = iter_frames(buf, start, limit, base=base, max_record_size=max_record_size)
-        records: list[Record] = []
-        pos = start
-        try:
-            while len(records) != max_records:
-                record = next(frames)
-                records.append(record)
-                pos = record.lsn - base + HEADER_SIZE + len(record.data)
-        except StopIteration as stopped:
-            pos = stopped.value - base
+        records, end = decode_batch(
+            buf,
+            start,
+            limit,
+            base=base,
+            max_record_size=max_record_size,
+            max_records=max_records,
+        )
+        pos = end - base
         checked = len(records)
     else:
         records = []

@@ -13,27 +13,27 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from ._config import RecoveryPolicy, WalConfig
-from ._errors import CorruptionError
+from ._errors import CorruptionError, WalClosedError
 from ._format import (
     HEADER,
     HEADER_SIZE,
     Record,
     Scan,
     Stop,
+    decode_batch,
     diagnose,
-    iter_frames,
     scan_frames,
 )
-from ._store import Store
+from ._store import Buffer, Store
 
-__all__ = ["RecoveryReport", "frame_at", "read_records", "scan_end"]
+__all__ = ["Lifetime", "RecoveryReport", "frame_at", "read_records", "scan_end"]
 
 # Records decoded per step of a walk: large enough to amortise the per-step cost,
-# small enough that a closed log is noticed soon.
+# small enough to bound the memory one step holds.
 _BATCH_RECORDS = 1024
 
 _SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
@@ -142,6 +142,46 @@ def scan_end(store: Store, config: WalConfig) -> RecoveryReport:
     return RecoveryReport(head=head, end=good_end, stop=stop, skipped=skipped)
 
 
+class Lifetime:
+    """Whether the log a walk reads is still open; the log clears ``open`` on close."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
+
+
+def _decode_piece(  # noqa: PLR0917 - one call per piece, all of it state
+    buffer: Buffer,
+    base: int,
+    position: int,
+    stop_at: int,
+    max_record_size: int,
+    lifetime: Lifetime,
+) -> Generator[Record, None, int]:
+    """Yield the good records of one piece from ``position``; return where they stop."""
+    while True:
+        try:
+            records, position = decode_batch(
+                buffer,
+                position - base,
+                stop_at - base,
+                base=base,
+                max_record_size=max_record_size,
+                max_records=_BATCH_RECORDS,
+            )
+        except ValueError:
+            if not lifetime.open:  # a mapping closed under the walk: say so
+                raise WalClosedError() from None
+            raise
+        for record in records:
+            if not lifetime.open:
+                raise WalClosedError()
+            yield record
+        if len(records) < _BATCH_RECORDS or position >= stop_at:
+            return position
+
+
 def read_records(
     store: Store,
     *,
@@ -149,28 +189,24 @@ def read_records(
     end: int,
     config: WalConfig,
     skipped: list[CorruptionError],
-    check_open: Callable[[], None],
+    lifetime: Lifetime,
 ) -> Iterator[Record]:
     """Yield the records of ``[start, end)``; damage raises or is skipped per the policy.
 
-    ``check_open`` raises once the log is closed; it runs before each piece, and
-    when reading a piece fails because the log was closed under the walk, so a
-    walk of a closed log stops with ``WalClosedError``.
+    Records are decoded in batches, but ``lifetime`` is checked before each one is
+    yielded: a walk of a closed log stops with ``WalClosedError`` at its next step.
     """
     skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
     max_record_size = config.max_record_size
     position = start
     while position < end:
-        check_open()
+        if not lifetime.open:
+            raise WalClosedError()
         buffer, base, piece_limit = store.piece(position)
         stop_at = min(piece_limit, end)
-        try:
-            position = yield from iter_frames(
-                buffer, position - base, stop_at - base, base=base, max_record_size=max_record_size
-            )
-        except ValueError:
-            check_open()  # a mapping closed under the walk: say so
-            raise
+        position = yield from _decode_piece(
+            buffer, base, position, stop_at, max_record_size, lifetime
+        )
         if position >= stop_at:
             continue
         stop, length = diagnose(buffer, position - base, stop_at - base, max_record_size)

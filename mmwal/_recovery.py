@@ -24,6 +24,9 @@ __all__ = ["recover"]
 
 _log = logging.getLogger("mmwal")
 
+# The unit a disk writes whole: a crash loses or keeps sectors, not single bytes.
+_SECTOR = 512
+
 
 def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> RecoveryReport:
     """Recover the log in ``store``: its end, and a clean, durable tail past it.
@@ -63,18 +66,34 @@ def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> 
 
 
 def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record_size: int) -> None:
-    """Refuse a log with no valid frame at its head, unless it is a torn first append.
+    """Refuse a log with no valid frame at its head, unless a crash explains the bytes.
 
-    A crash during the very first append leaves a partial frame and zeros: every
-    nonzero byte lies within the extent the first header claims. Anything else
-    is not ours to wipe.
+    A crash before the first sync leaves the appended bytes with any of their
+    pages (or 512-byte sectors) lost, that is zero. What that can look like:
+
+    - a partial first frame, then zeros: every nonzero byte lies within the extent
+      the first header claims;
+    - a lost first sector: the header at the head is all zero, and later pages of
+      the same appends may have reached the disk;
+    - a lost sector inside the first frame: a run of at least 512 zero bytes that
+      starts within the extent the first header claims, whatever lies after it.
+
+    Anything else is not ours to wipe: the open is refused and nothing changes.
+    Bit rot in the first record of a synced log, with intact records after it, is
+    refused (it needs ``repair`` or ``SKIP_BAD_RECORDS``), unless that record
+    itself held 512 zero bytes in a row, in which case its bytes are quarantined.
     """
-    claimed_end = head + HEADER_SIZE
     header = store.read(head, HEADER_SIZE)
-    if len(header) == HEADER_SIZE:
-        _, length = HEADER.unpack(header)
-        if length <= max_record_size:
-            claimed_end += length
+    if len(header) < HEADER_SIZE or header == bytes(HEADER_SIZE):
+        return
+    _, length = HEADER.unpack(header)
+    claimed_end = head + HEADER_SIZE
+    if length <= max_record_size:
+        claimed_end += length
+        frame_and_after = store.read(head, claimed_end - head + _SECTOR - 1)
+        lost_sector = frame_and_after.find(bytes(_SECTOR), HEADER_SIZE)
+        if 0 <= lost_sector < claimed_end - head:
+            return
     extent = store.nonzero_extent(claimed_end)
     if extent is None:
         return

@@ -38,19 +38,29 @@ def infer_segment_size(sizes: list[tuple[str, int]], requested: int | None) -> i
     if not sizes:
         return requested if requested is not None else DEFAULT_SEGMENT_SIZE
     if requested is None:
-        inferred = sizes[0][1]
-        if inferred == 0:
-            return DEFAULT_SEGMENT_SIZE
-        size = inferred
+        size = sizes[0][1]
+        if size == 0:
+            if len(sizes) == 1:
+                # Created, then the crash came before it was allocated: no size to
+                # learn from it, and no byte in it.
+                return DEFAULT_SEGMENT_SIZE
+            raise ValueError(
+                f"cannot infer the segment size: {sizes[0][0]} is empty but is not the "
+                f"last segment (hint: pass segment_size= explicitly)"
+            )
     else:
         size = requested
     for position, (name, file_size) in enumerate(sizes):
         is_last = position == len(sizes) - 1
         if file_size > size or (not is_last and file_size != size):
+            hint = (
+                f"open with segment_size={file_size}, or None to infer it"
+                if file_size
+                else "an empty segment before the last one is not a log mmwal wrote"
+            )
             raise ValueError(
                 f"segment_size={size} contradicts the files on disk: {name} is "
-                f"{file_size} bytes (hint: open with segment_size={file_size}, or None "
-                f"to infer it)"
+                f"{file_size} bytes (hint: {hint})"
             )
     return size
 
@@ -282,6 +292,7 @@ class SegmentStore(ChunkedStore):
         self._before_flush()
 
     def drop_before(self, offset: int) -> int:
+        self._check_open()
         self._ensure_open_completed()
         if offset <= self._head_lsn:
             return self._head_lsn

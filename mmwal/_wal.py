@@ -35,7 +35,7 @@ from ._errors import (
 )
 from ._filestore import FileStore
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
-from ._reading import frame_at, read_records
+from ._reading import Lifetime, frame_at, read_records
 from ._recovery import recover
 from ._segstore import SegmentStore
 from ._store import Buffer, Store
@@ -130,6 +130,7 @@ class Wal:
         # The LSN of a copy that failed: the watermark never passes it.
         self._hole: int | None = None
         self._close_done = threading.Event()
+        self._lifetime = Lifetime()
         self._close_error: BaseException | None = None
         self._appends = 0
         self._bytes_dropped = 0
@@ -448,7 +449,7 @@ class Wal:
             end=end,
             config=self._config,
             skipped=skipped,
-            check_open=self._check_open,
+            lifetime=self._lifetime,
         )
         return WalIterator(self, records, skipped)
 
@@ -503,8 +504,9 @@ class Wal:
 
         ``lsn`` must be a record start or the end, else ``CorruptionError``; below
         the head it changes nothing. The head file is written durably before any
-        segment is deleted, so a crash at any point leaves a log that starts at the
-        old head or at ``lsn``. If a step fails, the log is broken
+        segment is deleted, and every record from ``lsn`` on is flushed before the
+        head file is, so a crash at any point leaves a log that starts at the old
+        head or at ``lsn``. If a step fails, the log is broken
         (``WalBrokenError``). A single file or ``MemStore`` keeps its bytes and
         returns the head unchanged.
         """
@@ -525,6 +527,11 @@ class Wal:
                 self._check_record_start(lsn, end)
             self._fast_limit = 0
             try:
+                # The records the new head points at must be on disk before the
+                # head file names them, or a crash leaves a head on a torn record.
+                self._store.flush(self._durable_lsn, end)
+                with self._commit:
+                    self._durable_lsn = max(self._durable_lsn, end)
                 return self._store.drop_before(lsn)
             except OSError as error:
                 # The head file or the removals may be half durable: fail-stop.
@@ -629,6 +636,7 @@ class Wal:
             try:
                 with self._exclusive():
                     self._closed = True
+                    self._lifetime.open = False
                     self._store.close()
             finally:
                 self._close_done.set()

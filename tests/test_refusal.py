@@ -228,13 +228,18 @@ def test_a_torn_first_append_spanning_segments_opens_as_an_empty_log(
 
 @pytest.mark.parametrize("length", [0, 1, 100, 4000])
 def test_the_first_frames_claim_is_the_exact_boundary(tmp_path: Path, length: int) -> None:
-    """A nonzero byte at the last claimed offset is a torn append; one past it is not."""
+    """A nonzero byte at the last claimed offset is a torn append; one past it is not.
+
+    The claimed payload holds no lost sector (512 zero bytes in a row), which would
+    itself show a torn write; see the test after this one.
+    """
     claimed_end = 8 + length
     path = tmp_path / "log.wal"
     header = struct.pack("<II", 0x12345678, length)  # a header whose CRC cannot match
 
     inside = bytearray(2 * GRANULE)
     inside[:8] = header
+    inside[8:claimed_end] = b"\x01" * length
     inside[claimed_end - 1] = 0x5A
     path.write_bytes(bytes(inside))
     with Wal.with_store(FileStore(path, window_size=GRANULE)) as wal:
@@ -242,6 +247,7 @@ def test_the_first_frames_claim_is_the_exact_boundary(tmp_path: Path, length: in
 
     outside = bytearray(2 * GRANULE)
     outside[:8] = header
+    outside[8:claimed_end] = b"\x01" * length
     outside[claimed_end] = 0x5A
     path.write_bytes(bytes(outside))
     before = snapshot(tmp_path)
@@ -250,6 +256,32 @@ def test_the_first_frames_claim_is_the_exact_boundary(tmp_path: Path, length: in
     assert snapshot(tmp_path) == before
     assert_refusal_message(caught.value, path, 0)
     assert str(claimed_end) in caught.value.reason
+
+
+def test_a_lost_sector_in_the_first_frame_is_a_crash_not_foreign_bytes(tmp_path: Path) -> None:
+    """A torn first frame (a zeroed sector) with later pages on disk opens empty.
+
+    Before the first sync the kernel may write any page of the appends back and
+    lose any other; the bytes are quarantined, not wiped, and not refused.
+    """
+    path = tmp_path / "log.wal"
+    first = bytearray(frame(b"A" * 1500))
+    first[600:1112] = bytes(512)  # a lost sector inside the first payload
+    image = bytes(first) + frame(b"second")
+    path.write_bytes(image + bytes(GRANULE - len(image)))
+    with Wal.with_store(FileStore(path, window_size=GRANULE)) as wal:
+        assert wal.is_empty
+        assert wal.recovery.quarantine_path is not None
+        kept = Path(wal.recovery.quarantine_path).read_bytes()
+    assert kept == image
+
+
+def test_a_lost_first_sector_is_a_crash_not_foreign_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "log.wal"
+    image = bytes(512) + frame(b"a later record whose page reached the disk")
+    path.write_bytes(image + bytes(GRANULE - len(image)))
+    with Wal.with_store(FileStore(path, window_size=GRANULE)) as wal:
+        assert wal.is_empty
 
 
 def test_an_implausible_first_length_claims_only_its_header(tmp_path: Path) -> None:

@@ -21,13 +21,7 @@ LIMITS = st.sampled_from([0, 1, 7, 64, 300, 1 << 20])
 
 
 def _python_walk(buf: bytes, start: int, limit: int, base: int, max_size: int) -> object:
-    frames = _format._iter_frames_python(buf, start, limit, base, max_size)
-    records: list[Record] = []
-    try:
-        while True:
-            records.append(next(frames))
-    except StopIteration as stop:
-        return records, stop.value
+    return _format._decode_batch_python(buf, start, limit, base, max_size, -1)
 
 
 def _c_walk(buf: bytes, start: int, limit: int, base: int, max_size: int) -> object:

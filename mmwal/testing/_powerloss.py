@@ -1,4 +1,4 @@
-"""Tools to prove crash safety: a power-loss simulator and a reusable store test suite.
+"""A power-loss simulator: every disk image a machine crash could leave.
 
 ``PowerLossStore`` is a ``Store`` that keeps two images of the log's files: the
 *page cache* (what the process sees, what ``write`` changes) and the *disk* (what
@@ -12,10 +12,9 @@ What a crash image may hold (the model, in the words of the durability contract)
 - Every other page that changed since it was last flushed is, independently of
   every other page, the old (durable) contents, the new contents, an earlier
   version the kernel may have written back meanwhile (one the page held at an
-  earlier ``write``, ``flush`` or ``discard_after``; the log's fast path copies
-  into a piece directly, so not every intermediate version is seen), or torn:
-  each 512-byte sector (``sector_size``) independently from one version or
-  another.
+  earlier ``write``, ``flush``, ``discard_after`` or crash image; the log's fast
+  path copies into a piece directly, so not every intermediate version is seen),
+  or torn: each 512-byte sector (``sector_size``) from one version or another.
 - Metadata (a segment file created or removed, a window added to a single file, a
   ``head`` file renamed into place) is durable once a later ``flush`` (or the
   operation's own directory sync) committed it. Before that, the pending changes
@@ -34,15 +33,10 @@ Not simulated: a crash inside one ``memcpy`` of a page that the kernel is writin
 back at that instant (covered in effect by torn sectors), bit rot and misdirected
 writes (the fuzz tests feed arbitrary bytes instead), lying disks that lose a
 completed flush, and anything below the sector (sectors are atomic).
-
-``StoreTests`` is a pytest suite (a plain class of ``test_*`` methods) that proves a
-``Store`` keeps the protocol of ``mmwal._store``; subclass it and implement
-``make_store``. It does not import pytest: skips raise ``unittest.SkipTest``.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import enum
 import errno
@@ -51,26 +45,24 @@ import mmap
 import os
 import random
 import threading
-import unittest
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
-from ._chunked import ChunkedStore
-from ._config import WalConfig
-from ._errors import CorruptionError, WalClosedError
-from ._filestore import FileStore
-from ._format import (
+from mmwal._chunked import ChunkedStore
+from mmwal._config import WalConfig
+from mmwal._errors import CorruptionError
+from mmwal._filestore import FileStore
+from mmwal._format import (
     HEAD_FILE_NAME,
     decode_head_file,
     encode_head_file,
     parse_segment_name,
     segment_name,
 )
-from ._segstore import SegmentStore
-from ._store import Buffer, Store
-from ._wal import Wal
+from mmwal._segstore import SegmentStore
+from mmwal._store import Buffer
+from mmwal._wal import Wal
 
 __all__ = [
     "LOG_FILE_NAME",
@@ -78,7 +70,6 @@ __all__ = [
     "MetadataOrder",
     "PageFate",
     "PowerLossStore",
-    "StoreTests",
 ]
 
 LOG_FILE_NAME = "wal.log"
@@ -189,10 +180,13 @@ class CrashImage:
 class _Unit:
     """One chunk of the simulated files: a segment, or one window of the single file."""
 
-    __slots__ = ("cache", "durable", "history", "index")
+    __slots__ = ("cache", "durable", "history", "index", "serial")
+
+    _serials = itertools.count()
 
     def __init__(self, index: int, cache: mmap.mmap, durable: bytearray) -> None:
         self.index = index
+        self.serial = next(self._serials)  # unlike id(), never reused
         self.cache: mmap.mmap | bytes = cache
         self.durable = durable
         # page number -> earlier page-cache versions since the page was last flushed
@@ -204,7 +198,7 @@ class _Metadata:
     """The durable directory state, or a copy of it being built into an image."""
 
     entries: dict[int, _Unit]  # segmented: index -> file whose name is durable
-    allocated: set[int]  # id() of units whose size is durable
+    allocated: set[int]  # serials of units whose size is durable
     head: int  # the head LSN the head file holds (0: none)
     file_exists: bool  # single file: its directory entry is durable
     windows: int  # single file: how many windows its durable size covers
@@ -226,7 +220,7 @@ class _Op:
         if self.kind == "create" and unit is not None:
             meta.entries[unit.index] = unit
         elif self.kind == "allocate" and unit is not None:
-            meta.allocated.add(id(unit))
+            meta.allocated.add(unit.serial)
             meta.windows = max(meta.windows, unit.index + 1)
         elif self.kind == "remove" and unit is not None:
             if meta.entries.get(unit.index) is unit:
@@ -327,7 +321,7 @@ class PowerLossStore(ChunkedStore):
         unit = _Unit(index, cache, durable)
         self._units[index] = unit
         self._chunks[index] = cache
-        self._disk.allocated.add(id(unit))
+        self._disk.allocated.add(unit.serial)
         return unit
 
     def _load_single(self, image: CrashImage) -> None:
@@ -404,6 +398,15 @@ class PowerLossStore(ChunkedStore):
             self._pending.append(_Op("allocate", unit))
         return cache
 
+    def _forget_chunk(self, index: int) -> None:
+        # A growth that failed part way gives back what it made: a segment file is
+        # removed (as pending as its creation), a window stays allocated.
+        with self._lock:
+            unit = self._units.pop(index)
+            if self.options.segment_size is not None:
+                unit.cache = bytes(self.chunk_size)
+                self._pending.append(_Op("remove", unit))
+
     def _before_flush(self) -> None:
         if self._pending:
             self._step("metadata")
@@ -456,6 +459,7 @@ class PowerLossStore(ChunkedStore):
         super().flush(start, end)
 
     def drop_before(self, offset: int) -> int:
+        self._check_open()
         if self.options.segment_size is None or offset <= self._head_lsn:
             return self._head_lsn
         with self._lock:
@@ -540,7 +544,7 @@ class PowerLossStore(ChunkedStore):
         if self.options.segment_size is not None:
             for index in sorted(meta.entries):
                 unit = meta.entries[index]
-                if not allocated_only or id(unit) in meta.allocated:
+                if not allocated_only or unit.serial in meta.allocated:
                     yield segment_name(index), unit, 0
             return
         if not meta.file_exists:
@@ -612,6 +616,8 @@ class PowerLossStore(ChunkedStore):
         forces how many pending metadata changes survive (in order).
         """
         with self._lock:
+            if not self.closed:
+                self._remember(self._head_lsn, self.capacity)
             pending = self._pending
             if metadata_ops is not None:
                 survivors = pending[: max(0, metadata_ops)]
@@ -672,354 +678,3 @@ class PowerLossStore(ChunkedStore):
 
 
 # -- the store behaviour suite ----------------------------------------------------------
-
-
-_CYCLE = bytes(range(1, 252))
-
-
-def _pattern(length: int, seed: int = 1) -> bytes:
-    """Return ``length`` bytes with no zero byte, different for each seed."""
-    shift = seed * 13 % len(_CYCLE)
-    cycle = _CYCLE[shift:] + _CYCLE[:shift]
-    return (cycle * (length // len(cycle) + 1))[:length]
-
-
-@contextmanager
-def _raises(*kinds: type[BaseException]) -> Iterator[None]:
-    try:
-        yield
-    except kinds:
-        return
-    names = " or ".join(kind.__name__ for kind in kinds)
-    raise AssertionError(f"expected {names}, nothing was raised")
-
-
-class StoreTests(abc.ABC):
-    """The store protocol as pytest tests: subclass, implement ``make_store``, collect.
-
-    Each test makes its stores through ``store()``, which closes them afterwards.
-    Optional hooks widen the suite: ``reopen`` (a store over what the first one made
-    durable) enables the durability tests, ``make_store_with_space`` the full-disk
-    tests. ``drops_prefix`` says whether ``drop_before`` forgets whole units.
-    """
-
-    #: Whether ``drop_before`` really forgets a prefix (segmented stores).
-    drops_prefix: ClassVar[bool] = False
-
-    _made: list[Store]
-
-    @abc.abstractmethod
-    def make_store(self) -> Store:
-        """Return a new, empty, writable store."""
-
-    def reopen(self, store: Store) -> Store | None:
-        """Close ``store`` and return a new one over what it made durable; None: unsupported."""
-        del store
-        return None
-
-    def make_store_with_space(self, space: int) -> Store | None:
-        """Return a new store that can back about ``space`` bytes; None: unsupported."""
-        del space
-        return None
-
-    # -- plumbing -----------------------------------------------------------------------
-
-    def setup_method(self) -> None:
-        """Start with no store to close."""
-        self._made = []
-
-    def teardown_method(self) -> None:
-        """Close every store the test made."""
-        for store in self._made:
-            store.close()
-
-    def store(self) -> Store:
-        """Return a new store from ``make_store``, closed after the test."""
-        store = self.make_store()
-        self._made.append(store)
-        return store
-
-    def _reopen(self, store: Store) -> Store:
-        again = self.reopen(store)
-        if again is None:
-            raise unittest.SkipTest(f"{type(store).__name__} has no durable state to reopen")
-        self._made.append(again)
-        return again
-
-    def _unit(self, store: Store) -> int:
-        """Return the size of the first piece: where a write first crosses pieces."""
-        store.ensure_capacity(1)
-        _buffer, base, limit = store.piece(store.head_lsn)
-        return limit - base
-
-    # -- tests ----------------------------------------------------------------------------
-
-    def test_new_store_is_empty(self) -> None:
-        store = self.store()
-        assert store.head_lsn == 0
-        assert store.capacity >= 0
-        assert not store.closed
-        assert store.nonzero_extent(0) is None
-        assert store.read(0, store.capacity) == bytes(store.capacity)
-        assert isinstance(store.location, str)
-        assert type(store).__name__ in repr(store)
-
-    def test_ensure_capacity_backs_zeros_and_never_shrinks(self) -> None:
-        store = self.store()
-        for end in (1, 100, 5000, 20000):
-            store.ensure_capacity(end)
-            assert store.capacity >= end
-            assert store.read(0, end) == bytes(end)
-        grown = store.capacity
-        store.ensure_capacity(10)
-        store.ensure_capacity(0)
-        assert store.capacity == grown
-
-    def test_write_then_read_within_a_piece(self) -> None:
-        store = self.store()
-        store.ensure_capacity(64)
-        store.write(3, b"hello")
-        assert store.read(0, 10) == b"\0\0\0hello\0\0"
-        assert store.read(3, 5) == b"hello"
-
-    def test_write_accepts_every_buffer_kind(self) -> None:
-        store = self.store()
-        store.ensure_capacity(64)
-        store.write(0, b"ab")
-        store.write(2, bytearray(b"cd"))
-        store.write(4, memoryview(b"xxef")[2:])
-        assert store.read(0, 6) == b"abcdef"
-
-    def test_write_and_read_across_pieces(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        end = 4 * unit + 17
-        store.ensure_capacity(end)
-        data = _pattern(3 * unit + 11)
-        start = unit - 5
-        store.write(start, data)
-        assert store.read(start, len(data)) == data
-        assert store.read(0, start) == bytes(start)
-        assert store.read(start + len(data), 6) == bytes(6)
-        # every split point reads the same bytes
-        padded = data + bytes(3)
-        for offset in (start, unit, unit + 1, 2 * unit - 1, start + len(data) - 1):
-            assert store.read(offset, 3) == padded[offset - start : offset - start + 3]
-
-    def test_read_is_clipped_at_capacity(self) -> None:
-        store = self.store()
-        store.ensure_capacity(10)
-        capacity = store.capacity
-        store.write(capacity - 3, b"xyz")
-        assert store.read(capacity - 3, 100) == b"xyz"
-        assert store.read(capacity, 10) == b""
-
-    def test_piece_holds_the_offset_and_checks_bounds(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(3 * unit)
-        capacity = store.capacity
-        data = _pattern(capacity)
-        store.write(0, data)
-        for offset in (0, 1, unit - 1, unit, unit + 1, capacity - 1):
-            buffer, base, limit = store.piece(offset)
-            assert base <= offset < limit <= capacity
-            assert bytes(buffer[offset - base : offset - base + 1]) == data[offset : offset + 1]
-            assert bytes(buffer[0 : limit - base]) == data[base:limit]
-        for outside in (capacity, capacity + 1, capacity + 10 * unit, -1):
-            with _raises(ValueError):
-                store.piece(outside)
-
-    def test_flush_keeps_bytes_and_accepts_any_range(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(2 * unit + 100)
-        data = _pattern(2 * unit + 100)
-        store.write(0, data)
-        store.flush(5, 5)
-        store.flush(3, 17)
-        store.flush(unit - 1, unit + 1)
-        store.flush(0, store.capacity)
-        store.flush(0, store.capacity + 12345)
-        assert store.read(0, len(data)) == data
-
-    def test_flushed_bytes_survive_reopen(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(2 * unit + 100)
-        data = _pattern(2 * unit + 100, seed=3)
-        store.write(0, data)
-        store.flush(0, len(data))
-        again = self._reopen(store)
-        assert again.read(0, len(data)) == data
-
-    def test_discard_after_zeroes_the_tail_and_keeps_the_rest(self) -> None:
-        for cut in self._cuts():
-            store = self.store()
-            unit = self._unit(store)
-            store.ensure_capacity(3 * unit)
-            length = store.capacity
-            data = _pattern(length, seed=cut)
-            store.write(0, data)
-            store.discard_after(cut)
-            assert store.read(0, cut) == data[:cut], cut
-            assert store.capacity >= cut
-            rest = store.capacity - cut
-            assert store.read(cut, rest) == bytes(rest), cut
-            assert store.nonzero_extent(0) == ((0, cut) if cut else None), cut
-            # growing again gives fresh zeros, never the old contents
-            store.ensure_capacity(length)
-            assert store.read(cut, length - cut) == bytes(length - cut), cut
-
-    def _cuts(self) -> list[int]:
-        probe = self.store()
-        unit = self._unit(probe)
-        return sorted({0, 1, unit - 1, unit, unit + 1, 2 * unit + 7, 3 * unit - 1})
-
-    def test_discard_after_is_durable(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(3 * unit)
-        data = _pattern(store.capacity, seed=5)
-        store.write(0, data)
-        store.flush(0, len(data))
-        cut = unit + unit // 2 + 1
-        store.discard_after(cut)
-        again = self._reopen(store)
-        assert again.read(0, cut) == data[:cut]
-        rest = again.capacity - cut
-        assert again.read(cut, rest) == bytes(rest)
-
-    def test_drop_before(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(4 * unit)
-        data = _pattern(store.capacity, seed=9)
-        store.write(0, data)
-        store.flush(0, len(data))
-        target = 2 * unit + 3
-        head = store.drop_before(target)
-        assert head == store.head_lsn
-        assert head <= target
-        if not self.drops_prefix:
-            assert head == 0
-        else:
-            assert head > 0
-            with _raises(ValueError):
-                store.piece(head - 1)
-        assert store.read(head, len(data) - head) == data[head:]
-        # a lower offset changes nothing
-        assert store.drop_before(max(head - 1, 0)) == head
-        assert store.drop_before(0) == head
-        if self.drops_prefix:
-            again = self._reopen(store)
-            assert again.head_lsn == head
-            assert again.read(head, len(data) - head) == data[head:]
-
-    def test_nonzero_extent(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(3 * unit)
-        assert store.nonzero_extent(0) is None
-        store.write(5, b"\1")
-        assert store.nonzero_extent(0) == (5, 6)
-        far = 2 * unit + 9
-        store.write(far, b"\0\2\0")
-        assert store.nonzero_extent(0) == (5, far + 2)
-        assert store.nonzero_extent(6) == (far + 1, far + 2)
-        assert store.nonzero_extent(far + 2) is None
-        assert store.nonzero_extent(store.capacity) is None
-
-    def test_units_created_counts_growth(self) -> None:
-        store = self.store()
-        before = store.units_created
-        unit = self._unit(store)
-        store.ensure_capacity(store.capacity + 2 * unit)
-        assert store.units_created >= before
-
-    def test_close_is_idempotent(self) -> None:
-        store = self.store()
-        store.ensure_capacity(10)
-        store.write(0, b"x")
-        store.close()
-        assert store.closed
-        store.close()
-        assert store.closed
-
-    def test_a_closed_store_refuses_every_operation(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(2 * unit)
-        store.close()
-        operations: list[tuple[str, Callable[[], object]]] = [
-            ("piece", lambda: store.piece(0)),
-            ("read", lambda: store.read(0, 1)),
-            ("write", lambda: store.write(0, b"x")),
-            ("ensure_capacity", lambda: store.ensure_capacity(8 * unit)),
-            ("flush", lambda: store.flush(0, unit)),
-            ("discard_after", lambda: store.discard_after(1)),
-            ("nonzero_extent", lambda: store.nonzero_extent(0)),
-        ]
-        wrong: list[str] = []
-        for name, operation in operations:
-            try:
-                operation()
-            except (ValueError, WalClosedError):
-                continue
-            except Exception as error:  # noqa: BLE001 - reported below
-                wrong.append(f"{name} raised {type(error).__name__}: {error}")
-            else:
-                wrong.append(f"{name} succeeded")
-        assert not wrong, "a closed store must raise ValueError: " + "; ".join(wrong)
-
-    def test_concurrent_writes_reads_and_flushes(self) -> None:
-        store = self.store()
-        unit = self._unit(store)
-        store.ensure_capacity(4 * unit)
-        size = store.capacity // 4
-        errors: list[BaseException] = []
-
-        def writer(part: int) -> None:
-            try:
-                data = _pattern(size, seed=part + 1)
-                piece = max(97, size // 256)
-                for step in range(0, size, piece):
-                    store.write(part * size + step, data[step : step + piece])
-                    store.read(part * size, 16)
-            except BaseException as error:  # noqa: BLE001 - re-raised by the test
-                errors.append(error)
-
-        def flusher() -> None:
-            try:
-                for _ in range(20):
-                    store.flush(0, 4 * size)
-            except BaseException as error:  # noqa: BLE001 - re-raised by the test
-                errors.append(error)
-
-        threads = [threading.Thread(target=writer, args=(part,)) for part in range(4)]
-        threads.append(threading.Thread(target=flusher))
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors, errors
-        for part in range(4):
-            assert store.read(part * size, size) == _pattern(size, seed=part + 1)
-
-    def test_out_of_space_changes_nothing(self) -> None:
-        probe = self.store()
-        unit = self._unit(probe)
-        store = self.make_store_with_space(2 * unit)
-        if store is None:
-            raise unittest.SkipTest(f"{type(probe).__name__} cannot simulate a full disk")
-        self._made.append(store)
-        store.ensure_capacity(unit)
-        store.write(0, b"kept")
-        capacity = store.capacity
-        with _raises(OSError):
-            store.ensure_capacity(capacity + 8 * unit)
-        assert store.capacity == capacity
-        assert store.read(0, 4) == b"kept"
-        store.write(capacity - 1, b"z")
-        store.flush(0, capacity)
-        assert store.read(capacity - 1, 1) == b"z"

@@ -1,0 +1,41 @@
+"""Smoke test of the benchmark harness: the quick mode runs and reports sane numbers.
+
+No timing is asserted: the machine may be slow or busy.  The run is shrunk with
+``--scale`` so it takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from perf import bench
+from perf.plan import WORKLOADS
+from perf.report import DISPLAY
+
+
+def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--reps", "1", "--scale", "0.02", "--dir", str(tmp_path), "--json", str(out)]
+    assert bench.main(argv) == 0
+
+    document = json.loads(out.read_text())
+    assert set(document) == {"meta", "results", "targets", "errors"}
+    assert document["errors"] == []
+    assert document["meta"]["engines"].keys() >= {"mmwal", "plainfile", "sqlite3"}
+
+    measured = {(r["workload"], r["engine"]) for r in document["results"]}
+    for workload in WORKLOADS:
+        engines = {"mmwal"} if workload == "append_threads" else {"mmwal", "plainfile", "sqlite3"}
+        assert {(workload, engine) for engine in engines} <= measured
+    assert ("sync_each", "raw-pwrite") in measured
+
+    for result in document["results"]:
+        metric = DISPLAY[result["workload"]][0][0]
+        stat = result["metrics"][metric]
+        assert stat["min"] > 0
+        assert stat["min"] <= stat["median"] <= stat["max"]
+
+    names = {target["name"] for target in document["targets"]}
+    assert "mmwal appends/s 256 B, no sync" in names
+    assert not any(Path(tmp_path).glob("mmwal-bench-*")), "scratch directory left behind"
