@@ -1,0 +1,1 @@
+"""Benchmark harness of mmwal: ``python -m perf.bench`` (see docs/BENCHMARKS.md)."""
