@@ -82,13 +82,17 @@ def oracle(image: bytes, max_record_size: int) -> Expected:
         records.append((pos, image[pos + 8 : pos + 8 + length]))
         pos += 8 + length
     refused = False
-    if pos == 0:
+    if pos == 0 and len(image) >= 8 and any(image[:8]):
+        # No valid frame at the head: refused unless a crash explains every nonzero
+        # byte (a partial first frame then zeros, a lost first sector, or a lost
+        # sector, 512 zero bytes in a row, starting inside the first frame's claim).
         claimed = 8
-        if len(image) >= 8:
-            (length,) = struct.unpack_from("<I", image, 4)
-            if length <= max_record_size:
-                claimed += length
-        refused = any(image[claimed:])
+        (length,) = struct.unpack_from("<I", image, 4)
+        lost_sector = -1
+        if length <= max_record_size:
+            claimed += length
+            lost_sector = (image + bytes(512)).find(bytes(512), 8)
+        refused = any(image[claimed:]) and not 0 <= lost_sector < claimed
     tail = image[pos:].rstrip(b"\0")
     return Expected(records, pos, refused, len(tail))
 
