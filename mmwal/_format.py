@@ -203,16 +203,22 @@ def decode_batch(
     base: int = 0,
     max_record_size: int,
     max_records: int,
+    max_bytes: int = -1,
 ) -> tuple[list[Record], int]:
     """Decode up to ``max_records`` good frames of ``buf[start:limit]``.
 
     Returns the records and the log offset where decoding stopped: at the first
-    frame that is not good (``diagnose`` says why), at ``limit``, or after
-    ``max_records`` frames (a negative bound means no bound).
+    frame that is not good (``diagnose`` says why), at ``limit``, after
+    ``max_records`` frames, or once ``max_bytes`` bytes of frames were decoded
+    (a negative bound means no bound).
     """
     if _speedups is None:
-        return _decode_batch_python(buf, start, limit, base, max_record_size, max_records)
-    records, stop, _ = _speedups.scan(buf, start, limit, base, max_record_size, Record, max_records)
+        return _decode_batch_python(
+            buf, start, limit, base, max_record_size, max_records, max_bytes
+        )
+    records, stop, _ = _speedups.scan(
+        buf, start, limit, base, max_record_size, Record, max_records, max_bytes
+    )
     assert records is not None
     return records, base + stop
 
@@ -224,6 +230,7 @@ def _decode_batch_python(  # noqa: PLR0917 - the hot loop takes its inputs posit
     base: int,
     max_record_size: int,
     max_records: int,
+    max_bytes: int = -1,
 ) -> tuple[list[Record], int]:
     """Do what ``decode_batch`` does, in Python: the reference the C walk must match."""
     # The hot loop of every replay without the C walk: each name is bound
@@ -239,7 +246,8 @@ def _decode_batch_python(  # noqa: PLR0917 - the hot loop takes its inputs posit
     copy = not isinstance(buf, bytes | mmap.mmap)
     header_limit = limit - HEADER_SIZE
     pos = start
-    while pos <= header_limit and len(records) != max_records:
+    byte_limit = limit if max_bytes < 0 else start + max_bytes
+    while pos <= header_limit and pos < byte_limit and len(records) != max_records:
         crc, length = unpack(buf, pos)
         payload_start = pos + HEADER_SIZE
         end = payload_start + length
@@ -265,7 +273,9 @@ def _verify(
 ) -> tuple[int, int]:
     """Check good frames from ``pos`` without copying; return ``(stop, frames checked)``."""
     if _speedups is not None:
-        _, stop, walked = _speedups.scan(view, pos, limit, 0, max_record_size, None, max_records)
+        _, stop, walked = _speedups.scan(
+            view, pos, limit, 0, max_record_size, None, max_records, -1
+        )
         return stop, walked
     return _verify_python(view, pos, limit, max_record_size, max_records)
 

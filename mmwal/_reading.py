@@ -32,9 +32,11 @@ from ._store import Buffer, Store
 
 __all__ = ["Lifetime", "RecoveryReport", "frame_at", "read_records", "scan_end"]
 
-# Records decoded per step of a walk: large enough to amortise the per-step cost,
-# small enough to bound the memory one step holds.
-_BATCH_RECORDS = 1024
+# What one step of a walk decodes: enough records to amortise the step, few
+# enough bytes that the payloads a step allocates are reused by the allocator
+# instead of being returned to the kernel and faulted in again at every step.
+_BATCH_RECORDS = 256
+_BATCH_BYTES = 128 * 1024
 
 _SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
 
@@ -161,6 +163,7 @@ def _decode_piece(  # noqa: PLR0917 - one call per piece, all of it state
 ) -> Generator[Record, None, int]:
     """Yield the good records of one piece from ``position``; return where they stop."""
     while True:
+        batch_start = position
         try:
             records, position = decode_batch(
                 buffer,
@@ -169,6 +172,7 @@ def _decode_piece(  # noqa: PLR0917 - one call per piece, all of it state
                 base=base,
                 max_record_size=max_record_size,
                 max_records=_BATCH_RECORDS,
+                max_bytes=_BATCH_BYTES,
             )
         except ValueError:
             if not lifetime.open:  # a mapping closed under the walk: say so
@@ -178,7 +182,8 @@ def _decode_piece(  # noqa: PLR0917 - one call per piece, all of it state
             if not lifetime.open:
                 raise WalClosedError()
             yield record
-        if len(records) < _BATCH_RECORDS or position >= stop_at:
+        bounded = len(records) == _BATCH_RECORDS or position - batch_start >= _BATCH_BYTES
+        if position >= stop_at or not bounded:
             return position
 
 

@@ -118,19 +118,21 @@ read_u32(const unsigned char *p)
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(buffer, start, limit, base, max_record_size, record_type, max_records)\n"
+"scan(buffer, start, limit, base, max_record_size, record_type, max_records,\n"
+"     max_bytes)\n"
 "--\n\n"
 "Walk good frames of buffer[start:limit]; return (records, stop, walked).\n\n"
 "records is a list of record_type(base + offset, payload) when record_type is\n"
 "not None, else None; stop is the buffer offset of the first frame that is not\n"
-"good (or where the walk ended); walked counts the good frames. At most\n"
-"max_records frames are walked when it is not negative.");
+"good (or where the walk ended); walked counts the good frames. The walk ends\n"
+"after max_records frames, or once it has passed max_bytes bytes of frames,\n"
+"when they are not negative.");
 
 static PyObject *
 scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes exactly 7 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes exactly 8 arguments");
         return NULL;
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
@@ -138,6 +140,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t base = PyLong_AsSsize_t(args[3]);
     long long max_record_size = PyLong_AsLongLong(args[4]);
     Py_ssize_t max_records = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[7]);
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -172,7 +175,9 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *data = (const unsigned char *)view.buf;
     Py_ssize_t pos = start;
     Py_ssize_t walked = 0;
-    while (walked != max_records && limit - pos >= HEADER_SIZE) {
+    Py_ssize_t decoded_bytes = 0;
+    while (walked != max_records && limit - pos >= HEADER_SIZE &&
+           (max_bytes < 0 || decoded_bytes < max_bytes)) {
         uint32_t crc = read_u32(data + pos);
         uint32_t length = read_u32(data + pos + 4);
         if ((long long)length > max_record_size ||
@@ -206,6 +211,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         pos += HEADER_SIZE + (Py_ssize_t)length;
+        decoded_bytes += HEADER_SIZE + (Py_ssize_t)length;
         walked++;
     }
     PyBuffer_Release(&view);

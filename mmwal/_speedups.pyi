@@ -12,6 +12,7 @@ def scan(
     max_record_size: int,
     record_type: type[tuple[Any, ...]] | None,
     max_records: int,
+    max_bytes: int,
     /,
 ) -> tuple[list[Any] | None, int, int]: ...
 def crc32c(data: Buffer, value: int = 0, /) -> int: ...

@@ -135,6 +135,9 @@ class Wal:
         self._appends = 0
         self._bytes_dropped = 0
         self._syncs_requested = 0
+        # Threads inside sync right now (under ``_commit``): the leader gives way
+        # to the others before it flushes only when there are others.
+        self._sync_callers = 0
         self._flushes = 0
         self._flush_seconds = 0.0
         try:
@@ -211,7 +214,10 @@ class Wal:
             raise RecordTooLargeError(length, self._max_record_size)
         frame = encode_frame(payload)
         if length < _INLINE_COPY_LIMIT:
-            with self._reserve:
+            # acquire/release rather than ``with``: half the cost on this path.
+            reserve = self._reserve
+            reserve.acquire()
+            try:
                 lsn = self._next_lsn
                 end = lsn + length + HEADER_SIZE
                 if end <= self._fast_limit:
@@ -220,6 +226,8 @@ class Wal:
                     self._next_lsn = end
                     self._appends += 1
                     return lsn
+            finally:
+                reserve.release()
         return self._place(frame, 1)
 
     def append_many(self, records: Iterable[Buffer]) -> list[int]:
@@ -341,6 +349,17 @@ class Wal:
         commit = self._commit
         with commit:
             self._syncs_requested += 1
+            self._sync_callers += 1
+        try:
+            self._await_durable(target)
+        finally:
+            with commit:
+                self._sync_callers -= 1
+
+    def _await_durable(self, target: int) -> None:
+        """Return once ``target`` is durable: as a follower, or as the leader."""
+        commit = self._commit
+        with commit:
             while True:
                 # Broken first: a waiter whose flush failed hears of the failure
                 # even when a close finished meanwhile.
@@ -359,6 +378,12 @@ class Wal:
     def _lead_flush(self, target: int) -> None:
         """Flush as the one leader: up to the watermark, at least up to ``target``."""
         try:
+            if self._sync_callers > 1:
+                # Other threads are committing too: let those a previous flush
+                # just released append before this flush takes its range, so one
+                # flush covers their commits as well. (Alone, a thread never
+                # waits: sleep(0) costs a timer slack, tens of microseconds.)
+                time.sleep(0)
             with self._reserve:
                 while self._in_flight and min(self._in_flight) < target and not self._broken:
                     self._copies_done.wait()

@@ -25,7 +25,7 @@ def _python_walk(buf: bytes, start: int, limit: int, base: int, max_size: int) -
 
 
 def _c_walk(buf: bytes, start: int, limit: int, base: int, max_size: int) -> object:
-    records, stop, walked = speedups.scan(buf, start, limit, base, max_size, Record, -1)
+    records, stop, walked = speedups.scan(buf, start, limit, base, max_size, Record, -1, -1)
     assert records is not None
     assert walked == len(records)
     return records, base + stop
@@ -54,7 +54,7 @@ def test_the_c_walk_matches_the_python_walk(
     )
     view = memoryview(image)
     python_stop, python_checked = _format._verify_python(view, start, limit, max_size, -1)
-    _, c_stop, c_walked = speedups.scan(view, start, limit, 0, max_size, None, -1)
+    _, c_stop, c_walked = speedups.scan(view, start, limit, 0, max_size, None, -1, -1)
     assert (c_stop, c_walked) == (python_stop, python_checked)
 
 
@@ -67,21 +67,29 @@ def test_arbitrary_bytes_never_read_out_of_bounds(image: bytes, tail: bytes) -> 
 
 def test_max_records_bounds_the_walk() -> None:
     image = encode_frames([b"a", b"bb", b"ccc"])
-    records, stop, walked = speedups.scan(image, 0, len(image), 0, 100, Record, 2)
+    records, stop, walked = speedups.scan(image, 0, len(image), 0, 100, Record, 2, -1)
     assert records == [Record(0, b"a"), Record(9, b"bb")]
     assert (stop, walked) == (19, 2)
 
 
+@given(logs(), st.integers(1, 5), st.integers(0, 300))
+@settings(max_examples=200, deadline=None)
+def test_bounded_batches_match(image: bytes, max_records: int, max_bytes: int) -> None:
+    python = _format._decode_batch_python(image, 0, len(image), 0, 100, max_records, max_bytes)
+    records, stop, _ = speedups.scan(image, 0, len(image), 0, 100, Record, max_records, max_bytes)
+    assert (records, stop) == python
+
+
 def test_a_limit_beyond_the_buffer_is_clipped() -> None:
     image = encode_frames([b"abc"])
-    records, stop, _ = speedups.scan(image, 0, 10**9, 0, 100, Record, -1)
+    records, stop, _ = speedups.scan(image, 0, 10**9, 0, 100, Record, -1, -1)
     assert records == [Record(0, b"abc")]
     assert stop == len(image)
 
 
 def test_record_type_must_be_a_tuple_subclass() -> None:
     with pytest.raises(TypeError):
-        speedups.scan(b"", 0, 0, 0, 0, dict, -1)
+        speedups.scan(b"", 0, 0, 0, 0, dict, -1, -1)
 
 
 @given(st.binary(max_size=5000), st.integers(0, 0xFFFFFFFF))
