@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import pytest
+from thread_runner import DEADLINE, Outcome, Runner
 
 import mmwal
 from mmwal import (
@@ -43,62 +44,8 @@ from mmwal import (
 
 T = TypeVar("T")
 
-# How long a step may take before it counts as a hang. Generous: it only bounds a
-# failure, a passing run never waits for it.
-DEADLINE = 30.0
 HEADER = 8
 WINDOW = 1 << 20  # one window holds every test's data: one msync per flush
-
-
-class Outcome:
-    """A daemon thread whose exception (or normal return) is kept for the test."""
-
-    def __init__(self, name: str) -> None:
-        self.error: BaseException | None = None
-        self.returned = False
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _call(self) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        try:
-            self._call()
-            self.returned = True
-        except BaseException as error:  # collected: the test asserts on it
-            self.error = error
-
-    def join(self) -> None:
-        self.thread.join(DEADLINE)
-        if self.thread.is_alive():
-            pytest.fail(f"{self.thread.name} hung: still running after {DEADLINE} s")
-
-
-class Runner(Outcome, Generic[T]):
-    """Run ``fn`` in a daemon thread; keep its result or exception for the test."""
-
-    def __init__(self, name: str, fn: Callable[[], T]) -> None:
-        super().__init__(name)
-        self.value: T | None = None
-        self._fn = fn
-
-    def _call(self) -> None:
-        self.value = self._fn()
-
-    def start(self) -> Runner[T]:
-        self.thread.start()
-        return self
-
-    def result(self) -> T:
-        self.join()
-        if self.error is not None:
-            raise AssertionError(f"{self.thread.name} raised {self.error!r}") from self.error
-        assert self.returned
-        return self.value  # type: ignore[return-value]
-
-    @property
-    def ident(self) -> int | None:
-        return self.thread.ident
 
 
 def wait_until(predicate: Callable[[], bool], what: str) -> None:
