@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from spec import spec_crc32c, spec_frame
 
 from mmwal import (
     CorruptionError,
@@ -33,32 +34,6 @@ from mmwal import (
 )
 
 # -- the oracle: the format, from the spec ----------------------------------------
-
-
-def _crc_table() -> list[int]:
-    table: list[int] = []
-    for byte in range(256):
-        value = byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0x82F63B78 if value & 1 else value >> 1
-        table.append(value)
-    return table
-
-
-_TABLE = _crc_table()
-
-
-def spec_crc32c(data: bytes) -> int:
-    """CRC-32C: poly 0x1EDC6F41 reflected (0x82F63B78), init and xorout 0xFFFFFFFF."""
-    value = 0xFFFFFFFF
-    for byte in data:
-        value = _TABLE[(value ^ byte) & 0xFF] ^ (value >> 8)
-    return value ^ 0xFFFFFFFF
-
-
-def spec_frame(payload: bytes) -> bytes:
-    length = struct.pack("<I", len(payload))
-    return struct.pack("<I", spec_crc32c(length + payload)) + length + payload
 
 
 @dataclass

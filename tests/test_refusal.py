@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from spec import spec_frame as frame
 
 import mmwal
 from mmwal import CorruptionError, FileStore, SegmentStore, Wal, WalConfig
@@ -39,21 +40,6 @@ def snapshot(root: Path) -> Snapshot:
             data = path.read_bytes()
             files[str(path.relative_to(root))] = (len(data), hashlib.sha256(data).hexdigest())
     return files
-
-
-def frame(payload: bytes) -> bytes:
-    length = struct.pack("<I", len(payload))
-    return struct.pack("<I", mmwal_crc(length + payload)) + length + payload
-
-
-def mmwal_crc(data: bytes) -> int:
-    # A bitwise CRC-32C from the spec (reflected 0x1EDC6F41), independent of mmwal.
-    value = 0xFFFFFFFF
-    for byte in data:
-        value ^= byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0x82F63B78 if value & 1 else value >> 1
-    return value ^ 0xFFFFFFFF
 
 
 def test_the_frame_helper_matches_the_spec_vector() -> None:

@@ -13,30 +13,11 @@ import random
 from pathlib import Path
 
 import pytest
+from spec import spec_crc32c
 
 from mmwal import FileStore, Record, SegmentStore, Wal, WalConfig, WalReadOnlyError
 
 # -- the independent codec -------------------------------------------------------------
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_TABLE = _crc_table()
-
-
-def spec_crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
-    return crc ^ 0xFFFFFFFF
 
 
 def spec_encode(payloads: list[bytes]) -> bytes:
