@@ -26,6 +26,7 @@ _log = logging.getLogger("mmwal")
 
 # The unit a disk writes whole: a crash loses or keeps sectors, not single bytes.
 _SECTOR = 512
+_SCAN_BLOCK = 64 * 1024
 
 
 def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> RecoveryReport:
@@ -90,9 +91,7 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
     claimed_end = head + HEADER_SIZE
     if length <= max_record_size:
         claimed_end += length
-        frame_and_after = store.read(head, claimed_end - head + _SECTOR - 1)
-        lost_sector = frame_and_after.find(bytes(_SECTOR), HEADER_SIZE)
-        if 0 <= lost_sector < claimed_end - head:
+        if _lost_sector_before(store, head + HEADER_SIZE, claimed_end):
             return
     extent = store.nonzero_extent(claimed_end)
     if extent is None:
@@ -106,3 +105,20 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
         hint="nothing was changed; check the path and max_record_size, or run "
         "mmwal.repair() to quarantine the unreadable bytes and start afresh",
     )
+
+
+def _lost_sector_before(store: Store, start: int, end: int) -> bool:
+    """Say whether a run of ``_SECTOR`` zero bytes starts in ``[start, end)``.
+
+    Reads a block at a time (each overlapping the next by a sector less a byte),
+    so a hostile length never drives a large read.
+    """
+    zero_sector = bytes(_SECTOR)
+    position = start
+    while position < end:
+        span = min(end - position, _SCAN_BLOCK)
+        found = store.read(position, span + _SECTOR - 1).find(zero_sector)
+        if 0 <= found < span:
+            return True
+        position += span
+    return False
