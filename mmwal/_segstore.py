@@ -30,6 +30,8 @@ def infer_segment_size(sizes: list[tuple[str, int]], requested: int | None) -> i
 
     Every file but the last has the segment size; the last may be shorter (wal-db
     leaves it so). ``requested`` must agree with the files, else ``ValueError``.
+    A lone file is taken at its size, which is right for mmwal's own segments
+    (always full) and ambiguous for a lone short file wal-db left: pass the size.
     """
     if requested is not None and (
         isinstance(requested, bool) or not isinstance(requested, int) or requested <= 0
