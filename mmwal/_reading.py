@@ -76,9 +76,7 @@ def frame_at(store: Store, position: int, limit: int, max_record_size: int) -> S
     )
 
 
-def _scan_step(
-    store: Store, position: int, limit: int, max_record_size: int, *, collect: bool
-) -> Scan:
+def _scan_step(store: Store, position: int, limit: int, max_record_size: int) -> Scan:
     """Check frames from ``position`` within one piece; a crossing frame is read whole."""
     buffer, base, piece_limit = store.piece(position)
     stop_at = min(piece_limit, limit)
@@ -88,8 +86,7 @@ def _scan_step(
         stop_at - base,
         base=base,
         max_record_size=max_record_size,
-        collect=collect,
-        max_records=_BATCH_RECORDS if collect else -1,
+        collect=False,
     )
     if scan.stop in _SHORT and stop_at < limit:
         if scan.end == position:
@@ -127,7 +124,7 @@ def scan_end(store: Store, config: WalConfig) -> RecoveryReport:
     pending: list[CorruptionError] = []
     stop: Stop | None = None
     while position < limit:
-        scan = _scan_step(store, position, limit, config.max_record_size, collect=False)
+        scan = _scan_step(store, position, limit, config.max_record_size)
         if scan.end > position:
             good_end = scan.end
             skipped.extend(pending)

@@ -283,8 +283,8 @@ class SegmentStore(ChunkedStore):
         self.syscalls.msync(self._addresses[index] + start, length)
 
     def _release_chunk(self, index: int) -> bool:
+        # The caller unmaps the chunk once this returns True.
         self._addresses.pop(index, None)
-        self._chunks[index].close()
         self.syscalls.remove(self.segment_path(index))
         with self._metadata_lock:
             self._directory_dirty = True
