@@ -9,12 +9,14 @@ import os
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import (
     CorruptionError,
+    InvalidLSNError,
     RecordTooLargeError,
     WalBrokenError,
     WalClosedError,
     WalError,
     WalLockedError,
     WalReadOnlyError,
+    WalTruncatedError,
 )
 from ._filestore import FileStore
 from ._format import Record
@@ -29,6 +31,7 @@ from ._wal import Wal, WalIterator, WalStats
 __all__ = [
     "CorruptionError",
     "FileStore",
+    "InvalidLSNError",
     "MemStore",
     "Record",
     "RecordTooLargeError",
@@ -47,6 +50,7 @@ __all__ = [
     "WalLockedError",
     "WalReadOnlyError",
     "WalStats",
+    "WalTruncatedError",
     "open",
     "repair",
 ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptionError",
+    "InvalidLSNError",
     "RecordTooLargeError",
     "WalBrokenError",
     "WalClosedError",
     "WalError",
     "WalLockedError",
     "WalReadOnlyError",
+    "WalTruncatedError",
 ]
 
 
@@ -108,4 +110,50 @@ class WalReadOnlyError(WalError):
         super().__init__(
             f"{location} is open read-only (hint: open it without readonly=True to write; "
             f"only one writer may have it open)"
+        )
+
+
+class InvalidLSNError(WalError, ValueError):
+    """An LSN a caller passed is not one the call can take; nothing changed.
+
+    A caller's mistake, not damage: ``lsn`` is what was passed, ``before`` and
+    ``after`` the nearest LSNs the call would take (``None`` where there is none).
+    """
+
+    def __init__(
+        self,
+        lsn: int,
+        reason: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> None:
+        self.lsn = lsn
+        self.reason = reason
+        self.before = before
+        self.after = after
+        nearest = [
+            f"{name} {value}"
+            for name, value in (("before", before), ("after", after))
+            if value is not None
+        ]
+        message = f"LSN {lsn} {reason}"
+        if nearest:
+            message += f" (nearest valid LSNs: {', '.join(nearest)})"
+        super().__init__(message + "; nothing was changed")
+
+
+class WalTruncatedError(WalError):
+    """A reader's position was removed by ``truncate_before`` or ``truncate_after``.
+
+    ``lsn`` is the position the reader was at (the next record it would have read).
+    Records it already yielded were real; the rest of what it would have read is gone.
+    """
+
+    def __init__(self, lsn: int, what: str = "the log was truncated") -> None:
+        self.lsn = lsn
+        self.what = what
+        super().__init__(
+            f"LSN {lsn} is no longer in the log: {what} (hint: start a new iterator "
+            f"from head_lsn, or from a position read after the truncation)"
         )
