@@ -26,10 +26,12 @@ from ._repair import RepairReport, repair
 from ._segstore import SegmentStore
 from ._store import Store
 from ._syscalls import Syscalls
+from ._verify import Damage, VerifyReport, verify
 from ._wal import Wal, WalIterator, WalStats
 
 __all__ = [
     "CorruptionError",
+    "Damage",
     "FileStore",
     "InvalidLSNError",
     "MemStore",
@@ -41,6 +43,7 @@ __all__ = [
     "SegmentStore",
     "Store",
     "Syscalls",
+    "VerifyReport",
     "Wal",
     "WalBrokenError",
     "WalClosedError",
@@ -53,6 +56,7 @@ __all__ = [
     "WalTruncatedError",
     "open",
     "repair",
+    "verify",
 ]
 
 __version__ = "0.1.0"

@@ -41,20 +41,29 @@ def _dump(arguments: argparse.Namespace) -> int:
 
 
 def _verify(arguments: argparse.Namespace) -> int:
+    config = mmwal.WalConfig(max_record_size=arguments.max_record_size)
     try:
-        with _open_readonly(arguments) as wal:
-            count = sum(1 for _ in wal)
-            report = wal.recovery
+        report = mmwal.verify(arguments.path, config=config)
     except mmwal.CorruptionError as error:
         print(f"FAIL: {error}", file=sys.stderr)
         return 1
-    if report.discarded_bytes:
+    for damage in report.damage:
+        durable = " below the recovery point (it was durable)" if damage.durable else ""
         print(
-            f"WARN: {count} intact records up to LSN {report.end}; {report.discarded_bytes} "
-            f"bytes past the end ({report.stop.value if report.stop else 'end of store'})"
+            f"FAIL: damaged record at LSN {damage.lsn}{durable}: {damage.reason}; "
+            f"{damage.intact_after} intact records follow it",
+            file=sys.stderr,
+        )
+    if report.damage:
+        return 1
+    if report.tail_bytes:
+        print(
+            f"WARN: {report.records} intact records up to LSN {report.end}; "
+            f"{report.tail_bytes} bytes past the end "
+            f"({report.tail_stop.value if report.tail_stop else 'end of store'})"
         )
         return 2
-    print(f"OK: {count} intact records, LSN {report.head} to {report.end}")
+    print(f"OK: {report.records} intact records, LSN {report.head} to {report.end}")
     return 0
 
 
@@ -86,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--hex", action="store_true", help="print payloads as hex")
     dump.set_defaults(run=_dump)
     verify = commands.add_parser(
-        "verify", help="check every record (read-only); exit 1 if refused, 2 if a tail is torn"
+        "verify",
+        help="check every record (read-only); exit 1 if refused or damaged, 2 if a tail is torn",
     )
     verify.add_argument("path")
     verify.set_defaults(run=_verify)

@@ -22,6 +22,7 @@ import mmap
 import os
 
 from ._errors import WalClosedError
+from ._files import read_small_file, replace_file_durably
 from ._store import Buffer, Store
 from ._syscalls import PAGE_SIZE, Syscalls
 
@@ -98,6 +99,11 @@ class ChunkedStore(Store):
     def _quarantine_base(self, offset: int) -> str | None:
         """Return the path a quarantine of bytes from ``offset`` goes to, or None."""
         del offset
+        return None
+
+    def _side_path(self, name: str) -> str | None:
+        """Return the path of the side file ``name``, or None for a store with no files."""
+        del name
         return None
 
     # -- the store protocol -----------------------------------------------------
@@ -264,6 +270,36 @@ class ChunkedStore(Store):
             os.close(fd)
         self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
         return path
+
+    @property
+    def unit_size(self) -> int:
+        return self.chunk_size
+
+    # Side files are a few dozen bytes; more than this is not one of ours.
+    _SIDE_FILE_LIMIT = 4096
+
+    def load_side_file(self, name: str) -> bytes | None:
+        path = self._side_path(name)
+        return None if path is None else read_small_file(path, self._SIDE_FILE_LIMIT)
+
+    def save_side_file(self, name: str, data: bytes) -> bool:
+        self._check_open()
+        path = self._side_path(name)
+        if path is None or not self.writable:
+            return False
+        replace_file_durably(path, data, self.syscalls)
+        return True
+
+    def remove_side_file(self, name: str) -> None:
+        self._check_open()
+        path = self._side_path(name)
+        if path is None or not self.writable:
+            return
+        try:
+            self.syscalls.remove(path)
+        except FileNotFoundError:
+            return
+        self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
 
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         self._check_open()

@@ -7,11 +7,21 @@ import errno
 import fcntl
 import mmap
 import os
+import stat
 import sys
 
 from ._errors import WalLockedError
+from ._syscalls import Syscalls
 
-__all__ = ["drop_resident", "lock_exclusively", "map_range", "open_directory", "prefault"]
+__all__ = [
+    "drop_resident",
+    "lock_exclusively",
+    "map_range",
+    "open_directory",
+    "prefault",
+    "read_small_file",
+    "replace_file_durably",
+]
 
 # MADV_POPULATE_WRITE (Linux 5.14): fault a whole new chunk in with one call
 # instead of one page fault per page on the append path. Python 3.11's mmap
@@ -66,3 +76,61 @@ def drop_resident(mapping: mmap.mmap) -> None:
     """
     with contextlib.suppress(OSError, ValueError, AttributeError):
         mapping.madvise(mmap.MADV_DONTNEED)
+
+
+# A file mmwal creates beside the log: only its owner may read it, and a name
+# planted as a symlink (or left by a crash) is never followed or reused.
+_SIDE_FILE_MODE = 0o600
+_CREATE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def replace_file_durably(path: str, data: bytes, syscalls: Syscalls) -> None:
+    """Put ``data`` at ``path`` atomically and durably: a crash leaves the old file or the new.
+
+    Rules: the temporary is created fresh (``O_EXCL|O_NOFOLLOW``, mode 0o600),
+    written, fsynced, renamed over ``path``, and the directory fsynced, all through
+    ``syscalls``. A temporary a crash left behind is removed first.
+    """
+    temporary = path + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        syscalls.remove(temporary)
+    fd = os.open(temporary, _CREATE_FLAGS, _SIDE_FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        syscalls.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            syscalls.remove(temporary)
+        raise
+    os.close(fd)
+    syscalls.replace(temporary, path)
+    syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def read_small_file(path: str, limit: int) -> bytes | None:
+    """Return up to ``limit`` bytes of the regular file at ``path``; None if it is absent.
+
+    A symlink or anything else that cannot be opened as a plain file reads as absent.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

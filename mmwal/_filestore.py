@@ -121,6 +121,9 @@ class FileStore(ChunkedStore):
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         self.syscalls.msync(self._addresses[index] + start, length)
 
+    def _side_path(self, name: str) -> str | None:
+        return f"{self.path}.{name}"
+
     def _quarantine_base(self, offset: int) -> str | None:
         return f"{self.path}.quarantine-{offset:020d}"
 

@@ -21,6 +21,18 @@ Head file (``head``, 12 bytes)::
 
 Segment files are named by their index, zero-padded to 20 digits, plus ``.wal``;
 segment ``k`` of size ``S`` holds log bytes ``[k*S, (k+1)*S)``.
+
+Recovery point (mmwal's own, not wal-db's: ``recovery`` in a segment directory,
+``<file>.recovery`` beside a single file; wal-db ignores both names), 48 bytes::
+
+    0       8     magic      b"mmwalRP1"
+    8       8     end        every log byte below it is durable; a record boundary
+    16      8     last_lsn   the LSN of the record that ends at ``end``
+    24      4     last_crc   that record's CRC field
+    28      4     last_length  that record's length field (``end - last_lsn - 8``)
+    32      8     unit_size  the store's unit (segment size) when it was written
+    40      4     reserved   zero
+    44      4     crc32c     CRC-32C of bytes 0 .. 44
 """
 
 from __future__ import annotations
@@ -53,18 +65,23 @@ __all__ = [
     "HEAD_FILE_NAME",
     "HEAD_FILE_SIZE",
     "LENGTH",
+    "RECOVERY_FILE_NAME",
+    "RECOVERY_POINT_SIZE",
     "SEGMENT_NAME_DIGITS",
     "SEGMENT_SUFFIX",
     "SPEEDUPS",
     "Record",
+    "RecoveryPoint",
     "Scan",
     "Stop",
     "decode_batch",
     "decode_head_file",
+    "decode_recovery_point",
     "diagnose",
     "encode_frame",
     "encode_frames",
     "encode_head_file",
+    "encode_recovery_point",
     "frame_crc",
     "frame_size",
     "parse_segment_name",
@@ -85,6 +102,13 @@ SEGMENT_SUFFIX = ".wal"
 assert HEADER.size == HEADER_SIZE
 assert LENGTH.size == HEADER_SIZE - 4
 assert HEAD_FILE.size == HEAD_FILE_SIZE
+
+RECOVERY_FILE_NAME = "recovery"
+RECOVERY_POINT_SIZE = 48
+_RECOVERY_MAGIC = b"mmwalRP1"
+_RECOVERY_BODY = struct.Struct("<8sQQIIQI")
+_RECOVERY_CRC = struct.Struct("<I")
+assert _RECOVERY_BODY.size + _RECOVERY_CRC.size == RECOVERY_POINT_SIZE
 
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
@@ -380,3 +404,48 @@ def parse_segment_name(name: str) -> int | None:
     if not (digits.isascii() and digits.isdigit()):
         return None
     return int(digits)
+
+
+class RecoveryPoint(NamedTuple):
+    """How far a log was known durable, and the record that identifies that log.
+
+    Every byte below ``end`` was on stable storage when the point was written;
+    ``end`` is where the record at ``last_lsn`` (with CRC field ``last_crc`` and
+    length ``last_length``) ends. ``unit_size`` is the store's unit size then.
+    """
+
+    end: int
+    last_lsn: int
+    last_crc: int
+    last_length: int
+    unit_size: int
+
+
+def encode_recovery_point(point: RecoveryPoint) -> bytes:
+    """Return the bytes of a recovery point file naming ``point``."""
+    if point.end != point.last_lsn + HEADER_SIZE + point.last_length:
+        raise ValueError(f"a recovery point must end where its record ends: {point}")
+    body = _RECOVERY_BODY.pack(
+        _RECOVERY_MAGIC,
+        point.end,
+        point.last_lsn,
+        point.last_crc,
+        point.last_length,
+        point.unit_size,
+        0,
+    )
+    return body + _RECOVERY_CRC.pack(crc32c(body))
+
+
+def decode_recovery_point(data: bytes) -> RecoveryPoint | None:
+    """Return the point a recovery point file names; None unless it is whole and checks."""
+    if len(data) != RECOVERY_POINT_SIZE:
+        return None
+    body = bytes(data[: _RECOVERY_BODY.size])
+    (crc,) = _RECOVERY_CRC.unpack_from(data, _RECOVERY_BODY.size)
+    if crc32c(body) != crc:
+        return None
+    magic, end, last_lsn, last_crc, last_length, unit_size, _ = _RECOVERY_BODY.unpack(body)
+    if magic != _RECOVERY_MAGIC or end != last_lsn + HEADER_SIZE + last_length:
+        return None
+    return RecoveryPoint(end, last_lsn, last_crc, last_length, unit_size)

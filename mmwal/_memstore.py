@@ -24,6 +24,7 @@ class MemStore(ChunkedStore):
 
     def __init__(self, chunk_size: int = _DEFAULT_CHUNK_SIZE) -> None:
         super().__init__(chunk_size, None, writable=True)
+        self._side_files: dict[str, bytes] = {}
 
     @classmethod
     def from_bytes(cls, data: Buffer, chunk_size: int = _DEFAULT_CHUNK_SIZE) -> MemStore:
@@ -45,3 +46,15 @@ class MemStore(ChunkedStore):
 
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         """Nothing to write back: memory is all there is."""
+
+    def load_side_file(self, name: str) -> bytes | None:
+        return self._side_files.get(name)
+
+    def save_side_file(self, name: str, data: bytes) -> bool:
+        self._check_open()
+        self._side_files[name] = bytes(data)
+        return True
+
+    def remove_side_file(self, name: str) -> None:
+        self._check_open()
+        self._side_files.pop(name, None)

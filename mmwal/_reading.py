@@ -6,6 +6,9 @@ These functions know records (through ``_format``) and stores (through the
 Rules kept here:
 
 - A length is checked against ``max_record_size`` before any payload byte is read.
+  A longer frame that fits the log is checked in place, a block at a time, and
+  is a record when its CRC checks: a smaller limit today never makes records
+  written under a larger one read as damage.
 - A frame that crosses a piece boundary is read through ``Store.read`` and checked
   with the same ``scan_frames`` as every other frame.
 - Nothing here writes.
@@ -17,10 +20,12 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from ._config import RecoveryPolicy, WalConfig
+from ._crc import crc32c
 from ._errors import CorruptionError, WalClosedError
 from ._format import (
     HEADER,
     HEADER_SIZE,
+    LENGTH,
     Record,
     Scan,
     Stop,
@@ -30,7 +35,14 @@ from ._format import (
 )
 from ._store import Buffer, Store
 
-__all__ = ["Lifetime", "RecoveryReport", "frame_at", "read_records", "scan_end"]
+__all__ = [
+    "Lifetime",
+    "RecoveryReport",
+    "frame_at",
+    "last_record_start",
+    "read_records",
+    "scan_end",
+]
 
 # What one step of a walk decodes: enough records to amortise the step, few
 # enough bytes that the payloads a step allocates are reused by the allocator
@@ -39,6 +51,13 @@ _BATCH_RECORDS = 256
 _BATCH_BYTES = 128 * 1024
 
 _SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
+
+# How much of a frame longer than ``max_record_size`` one read copies while its
+# CRC is checked: the check never allocates what its length field says.
+_CHECK_BLOCK = 64 * 1024
+
+# How many frames one step of ``last_record_start`` checks before it looks again.
+_WALK_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -50,7 +69,9 @@ class RecoveryReport:
     tail was clean); ``stop`` why the scan ended (``None``: it reached the end of
     the store); ``skipped`` the damaged records kept in place under
     ``RecoveryPolicy.SKIP_BAD_RECORDS``; ``quarantine_path`` where the discarded
-    bytes were kept, if anywhere.
+    bytes were kept, if anywhere; ``recovery_point`` the end the log's recovery
+    point vouched for (every byte below it durable), when one agreed with the log
+    and the scan started there, else None (the scan started at the head).
     """
 
     head: int
@@ -59,25 +80,59 @@ class RecoveryReport:
     stop: Stop | None = None
     skipped: list[CorruptionError] = field(default_factory=list)
     quarantine_path: str | None = None
+    recovery_point: int | None = None
 
 
-def frame_at(store: Store, position: int, limit: int, max_record_size: int) -> Scan:
-    """Check the one frame at ``position``, which must end at or before ``limit``."""
+def _crc_checks_in_place(store: Store, position: int, crc: int, length: int) -> bool:
+    """Say whether the frame at ``position`` checks, reading it a block at a time."""
+    value = crc32c(LENGTH.pack(length))
+    at = position + HEADER_SIZE
+    end = at + length
+    while at < end:
+        block = store.read(at, min(end - at, _CHECK_BLOCK))
+        if not block:
+            return False
+        value = crc32c(block, value)
+        at += len(block)
+    return value == crc
+
+
+def frame_at(
+    store: Store, position: int, limit: int, max_record_size: int, *, collect: bool = True
+) -> Scan:
+    """Check the one frame at ``position``, which must end at or before ``limit``.
+
+    A frame longer than ``max_record_size`` is checked in place before any of it is
+    kept; it is a record when its CRC checks. ``collect`` false keeps no payload.
+    """
     if position + HEADER_SIZE > limit:
         return Scan([], position, Stop.SHORT_HEADER, 0)
-    _, length = HEADER.unpack(store.read(position, HEADER_SIZE))
+    crc, length = HEADER.unpack(store.read(position, HEADER_SIZE))
+    end = position + HEADER_SIZE + length
     if length > max_record_size:
-        return Scan([], position, Stop.BAD_LENGTH, length)
-    if position + HEADER_SIZE + length > limit:
+        if end > limit or not _crc_checks_in_place(store, position, crc, length):
+            return Scan([], position, Stop.BAD_LENGTH, length)
+        if not collect:
+            return Scan([], end, None, 0)
+        return Scan([Record(position, store.read(position + HEADER_SIZE, length))], end, None, 0)
+    if end > limit:
         return Scan([], position, Stop.SHORT_PAYLOAD, length)
     frame = store.read(position, HEADER_SIZE + length)
     return scan_frames(
-        frame, 0, len(frame), base=position, max_record_size=max_record_size, max_records=1
+        frame,
+        0,
+        len(frame),
+        base=position,
+        max_record_size=max_record_size,
+        max_records=1,
+        collect=collect,
     )
 
 
-def _scan_step(store: Store, position: int, limit: int, max_record_size: int) -> Scan:
-    """Check frames from ``position`` within one piece; a crossing frame is read whole."""
+def _scan_step(
+    store: Store, position: int, limit: int, max_record_size: int, max_records: int = -1
+) -> Scan:
+    """Check frames from ``position`` within one piece; a crossing or long frame alone."""
     buffer, base, piece_limit = store.piece(position)
     stop_at = min(piece_limit, limit)
     scan = scan_frames(
@@ -87,13 +142,39 @@ def _scan_step(store: Store, position: int, limit: int, max_record_size: int) ->
         base=base,
         max_record_size=max_record_size,
         collect=False,
+        max_records=max_records,
     )
-    if scan.stop in _SHORT and stop_at < limit:
+    if scan.stop is Stop.BAD_LENGTH or (scan.stop in _SHORT and stop_at < limit):
         if scan.end == position:
-            return frame_at(store, position, limit, max_record_size)
-        # The frames before the crossing one are good; the next step reads it.
+            return frame_at(store, position, limit, max_record_size, collect=False)
+        # The frames before it are good; the next step checks this one alone.
         return scan._replace(stop=None)
     return scan
+
+
+def last_record_start(store: Store, start: int, end: int, max_record_size: int) -> int | None:
+    """Return the LSN of the record that ends at ``end``, walking from the record at ``start``.
+
+    Every frame walked is checked. None when the frames from ``start`` are not
+    good up to ``end`` or do not end exactly there.
+    """
+    position = start
+    batch_start = start
+    while position < end:
+        scan = _scan_step(store, position, end, max_record_size, _WALK_BATCH)
+        if scan.end == position or (scan.stop is not None and scan.end < end):
+            return None
+        batch_start, position = position, scan.end
+    if position != end or batch_start >= end:
+        return None
+    # The last batch holds at most ``_WALK_BATCH`` frames: step through its headers.
+    lsn = batch_start
+    while True:
+        _, length = HEADER.unpack(store.read(lsn, HEADER_SIZE))
+        following = lsn + HEADER_SIZE + length
+        if following >= end:
+            return lsn if following == end else None
+        lsn = following
 
 
 def _damage(scan: Scan, store: Store) -> CorruptionError:
@@ -110,16 +191,17 @@ def _skippable(scan: Scan, limit: int) -> bool:
     return scan.stop is Stop.BAD_CRC and scan.end + HEADER_SIZE + scan.length <= limit
 
 
-def scan_end(store: Store, config: WalConfig) -> RecoveryReport:
-    """Find the end of the log in ``store``: where the first bad frame starts.
+def scan_end(store: Store, config: WalConfig, start: int | None = None) -> RecoveryReport:
+    """Find the end of the log in ``store``: where the first bad frame from ``start`` starts.
 
-    Under ``SKIP_BAD_RECORDS`` a checksum failure with a plausible length is stepped
-    over and reported; the end is then just past the last intact frame.
+    ``start`` (the head by default) must be a record start. Under
+    ``SKIP_BAD_RECORDS`` a checksum failure with a plausible length is stepped over
+    and reported; the end is then just past the last intact frame.
     """
     head = store.head_lsn
     limit = store.capacity
     skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
-    position = good_end = head
+    position = good_end = head if start is None else start
     skipped: list[CorruptionError] = []
     pending: list[CorruptionError] = []
     stop: Stop | None = None
@@ -213,8 +295,9 @@ def read_records(
             continue
         stop, length = diagnose(buffer, position - base, stop_at - base, max_record_size)
         scan = Scan([], position, stop, length)
-        if stop in _SHORT and stop_at < end:
-            # The frame crosses into the next piece: read it whole.
+        if stop is Stop.BAD_LENGTH or (stop in _SHORT and stop_at < end):
+            # The frame crosses into the next piece, or is longer than today's
+            # limit: check it alone (a long one in place, before it is read).
             scan = frame_at(store, position, end, max_record_size)
             if scan.stop is None:
                 yield from scan.records

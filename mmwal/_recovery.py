@@ -8,16 +8,24 @@ Rules kept here:
 - The zeroing is durable before recovery returns, so no later append can join an
   old intact frame lying past a torn one (a ghost) to the log.
 - A read-only store is only scanned.
+- With a recovery point that agrees with the log, the scan starts at the record
+  that ends at the point: open time does not grow with the log. Bytes below the
+  point were durable, so a bad frame there is damage, never a torn tail: a
+  writable open refuses (nothing changes), a read-only one and
+  ``SKIP_BAD_RECORDS`` leave it in place and find the true end past the point.
+  Only bytes past the point can be a torn tail.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from ._config import WalConfig
+from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError
-from ._format import HEADER, HEADER_SIZE, Stop
+from ._format import HEADER, HEADER_SIZE, RECOVERY_FILE_NAME, RecoveryPoint, Stop
 from ._reading import RecoveryReport, scan_end
+from ._recovery_point import load_point
 from ._store import Store
 
 __all__ = ["recover"]
@@ -34,9 +42,17 @@ def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> 
 
     With ``refuse_foreign`` (every open), a store with no valid frame at its head
     but nonzero bytes beyond the first frame's claimed extent raises
-    ``CorruptionError`` and is left untouched; ``repair`` passes False.
+    ``CorruptionError`` and is left untouched, and so does a writable open that
+    meets damage below the recovery point. ``repair`` passes False: it scans from
+    the head, takes the first bad frame as the end, and drops the point.
     """
-    found = scan_end(store, config)
+    point = load_point(store) if refuse_foreign else None
+    if point is None:
+        found = scan_end(store, config)
+        scan_start = found.head
+    else:
+        found = _scan_from_point(store, config, point)
+        scan_start = point.last_lsn
     head, end = found.head, found.end
     if end == head and refuse_foreign:
         _refuse_foreign_bytes(store, head, found.stop, config.max_record_size)
@@ -55,7 +71,12 @@ def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> 
                 quarantine_path or "no quarantine (the store has no place for it)",
             )
         store.discard_after(end)
-        store.flush(head, end)
+        if point is None:
+            # A point this open did not trust (or repair's) must not come to
+            # agree with bytes appended later.
+            store.remove_side_file(RECOVERY_FILE_NAME)
+        # Below the point everything was durable already.
+        store.flush(scan_start, end)
     return RecoveryReport(
         head=head,
         end=end,
@@ -63,7 +84,37 @@ def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> 
         stop=found.stop,
         skipped=found.skipped,
         quarantine_path=quarantine_path,
+        recovery_point=None if point is None else point.end,
     )
+
+
+def _scan_from_point(store: Store, config: WalConfig, point: RecoveryPoint) -> RecoveryReport:
+    """Scan from the record that ends at ``point``; a bad frame below the point is damage.
+
+    The scan starts at ``point.last_lsn``, so the only frame below the point it
+    meets is that record's. When it is bad, a writable open under the default
+    policy raises; otherwise the scan goes on from the point (whose extent is
+    known), and under ``SKIP_BAD_RECORDS`` the record is listed as skipped.
+    """
+    found = scan_end(store, config, point.last_lsn)
+    if found.end >= point.end:
+        return found
+    reason = found.stop.value if found.stop is not None else "no frame"
+    damage = CorruptionError(
+        point.last_lsn,
+        f"the record at LSN {point.last_lsn} is damaged ({reason}), below the recovery "
+        f"point {point.end}: it was durable, so this is not a torn tail",
+        path=store.location,
+        hint="nothing was changed; open with readonly=True, or "
+        "RecoveryPolicy.SKIP_BAD_RECORDS, to read the intact records around it; "
+        "mmwal.repair() cuts the log at the damage, keeping what follows in a quarantine file",
+    )
+    skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
+    if store.writable and not skip:
+        raise damage
+    rest = scan_end(store, config, point.end)
+    skipped = [*found.skipped, damage, *rest.skipped] if skip else rest.skipped
+    return dataclasses.replace(rest, skipped=skipped)
 
 
 def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record_size: int) -> None:

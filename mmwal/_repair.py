@@ -30,6 +30,9 @@ __all__ = ["RepairReport", "repair"]
 
 QUARANTINE_SUFFIX = ".quarantine"
 
+# The largest length a frame can carry (a u32 field).
+_LENGTH_FIELD_MAX = 0xFFFF_FFFF
+
 
 @dataclass(frozen=True)
 class RepairReport:
@@ -170,12 +173,13 @@ def _first_frame(directory: str, indices: list[int], size: int, config: WalConfi
     for index in indices[:2]:
         with open(os.path.join(directory, segment_name(index)), "rb") as segment:
             data += segment.read()
+    del config  # every frame in memory is checked whole, whatever today's limit
     for offset in range(min(size, len(data))):
         scan = scan_frames(
             data,
             offset,
             len(data),
-            max_record_size=config.max_record_size,
+            max_record_size=_LENGTH_FIELD_MAX,
             collect=False,
             max_records=1,
         )

@@ -327,6 +327,10 @@ class SegmentStore(ChunkedStore):
         self.syscalls.fsync_directory(self.path)
         return offset
 
+    def _side_path(self, name: str) -> str | None:
+        # Neither a segment name nor ``head``: wal-db ignores it.
+        return self._file(name)
+
     def _quarantine_base(self, offset: int) -> str | None:
         # Not a segment name, so wal-db and mmwal both ignore it.
         return self._file(f"quarantine-{offset:020d}")

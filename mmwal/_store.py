@@ -124,6 +124,33 @@ class Store(abc.ABC):
         return None
 
     @property
+    def unit_size(self) -> int:
+        """The size of the store's units (segments, windows, chunks); 0 when it has none."""
+        return 0
+
+    def load_side_file(self, name: str) -> bytes | None:
+        """Return the small file ``name`` kept beside the log, or None when there is none.
+
+        Side files (the recovery point) are optional: a store with no place for
+        them keeps none, and the log then reads the log itself.
+        """
+        del name
+        return None
+
+    def save_side_file(self, name: str, data: bytes) -> bool:
+        """Replace the small file ``name`` beside the log; return False if nowhere to keep it.
+
+        Crash cost: none once it returns; a crash during it leaves the old file
+        or the new one, never a mix. Raises ``OSError``.
+        """
+        del name, data
+        return False
+
+    def remove_side_file(self, name: str) -> None:
+        """Remove the small file ``name`` beside the log, durably; absent is fine."""
+        del name
+
+    @property
     def units_created(self) -> int:
         """How many storage units (segments, windows) this store has created."""
         return 0

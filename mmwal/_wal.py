@@ -37,6 +37,7 @@ from ._filestore import FileStore
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
 from ._reading import Lifetime, frame_at, read_records
 from ._recovery import recover
+from ._recovery_point import PointKeeper
 from ._segstore import SegmentStore
 from ._store import Buffer, Store
 
@@ -160,6 +161,12 @@ class Wal:
             raise
         end = self.recovery.end
         self._next_lsn = self._durable_lsn = end
+        # Recovery made the range it scanned durable; a point found agrees.
+        point = self.recovery.recovery_point
+        scanned_from = self.recovery.head if point is None else point
+        self._points = PointKeeper(store, self._max_record_size, (scanned_from, end))
+        if point is not None:
+            self._points.adopt(point)
         self._end_at_open = end
         self._units_at_open = store.units_created
         # The append fast path copies a frame straight into the store's piece that
@@ -429,6 +436,7 @@ class Wal:
             elapsed = time.perf_counter() - began
             # Still the one flusher, so no truncation or close runs meanwhile.
             self._store.release(flush_to)
+            self._points.flushed(start, flush_to)
         except OSError as error:
             with self._reserve:
                 self._break_locked(error, "a flush")
@@ -546,6 +554,8 @@ class Wal:
             self._check_writable()
             new_end = self._check_record_start(lsn, self._next_lsn)
             self._fast_limit = 0
+            # The point must not vouch for records this drops: it moves first.
+            self._points.truncating(lsn, new_end, durable=self._durable_lsn >= new_end)
             try:
                 self._store.discard_after(new_end)
             except OSError as error:
@@ -587,10 +597,15 @@ class Wal:
             try:
                 # The records the new head points at must be on disk before the
                 # head file names them, or a crash leaves a head on a torn record.
-                self._store.flush(self._durable_lsn, end)
+                start = self._durable_lsn
+                self._store.flush(start, end)
                 with self._commit:
                     self._durable_lsn = max(self._durable_lsn, end)
-                return self._store.drop_before(lsn)
+                self._points.flushed(start, end)
+                new_head = self._store.drop_before(lsn)
+                # The point may name a record the drop removed: name the end.
+                self._points.save_durable_end(end)
+                return new_head
             except OSError as error:
                 # The head file or the removals may be half durable: fail-stop.
                 self._break_locked(error, "the durable steps of truncate_before")
@@ -693,6 +708,8 @@ class Wal:
         finally:
             try:
                 with self._exclusive():
+                    if self._broken is None and self._store.writable:
+                        self._points.save_durable_end(self._durable_lsn)
                     self._closed = True
                     self._lifetime.open = False
                     self._store.close()

@@ -101,17 +101,40 @@ def test_zero_limit_takes_only_empty_records(tmp_path: Path) -> None:
         assert list(wal) == [Record(0, b""), Record(8, b""), Record(16, b"")]
 
 
-def test_limit_applies_to_reading_too(tmp_path: Path) -> None:
-    """A log read with a smaller limit than it was written with is refused, not wiped."""
+def test_a_smaller_limit_reads_larger_records_and_changes_nothing(tmp_path: Path) -> None:
+    """A record longer than today's limit whose CRC checks is a record, not damage.
+
+    Catches: a configuration change reading synced records as a torn tail and
+    quarantining them (found-item 1 of issue 8).
+    """
     path = tmp_path / "log"
     with Wal.open(path, WalConfig(max_record_size=500)) as wal:
-        wal.append(b"q" * 400)
+        wal.append_many([b"a", b"q" * 400, b"b"])
+    (tmp_path / "log.recovery").unlink()  # the full scan meets the long record too
     before = path.read_bytes()
-    with pytest.raises(CorruptionError):
-        Wal.open(path, WalConfig(max_record_size=100))
+    with Wal.open(path, WalConfig(max_record_size=100)) as wal:
+        assert [r.data for r in wal] == [b"a", b"q" * 400, b"b"]
+        assert [r.data for r in wal.iter(9)] == [b"q" * 400, b"b"]
+        with pytest.raises(RecordTooLargeError):
+            wal.append(b"q" * 101)
     assert path.read_bytes() == before
-    with Wal.open(path, WalConfig(max_record_size=400)) as wal:
-        assert [r.data for r in wal] == [b"q" * 400]
+    assert sorted(p.name for p in tmp_path.iterdir() if "quarantine" in p.name) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_a_long_record_with_a_bad_crc_is_still_the_end(tmp_path: Path, kind: str) -> None:
+    """Past the limit, only a CRC that checks makes a record: garbage stays the end."""
+    with open_kind(kind, tmp_path, WalConfig(max_record_size=500)) as wal:
+        wal.append_many([b"a", b"q" * 400])
+    path = tmp_path / "log"
+    side = tmp_path / "log.recovery" if path.is_file() else path / "recovery"
+    side.unlink()
+    target = path if path.is_file() else path / "00000000000000000000.wal"
+    with target.open("r+b") as file:
+        file.seek(9 + 8 + 200)
+        file.write(b"X")
+    with open_kind(kind, tmp_path, WalConfig(max_record_size=100)) as wal:
+        assert [r.data for r in wal] == [b"a"]
 
 
 # -- append_many is all or nothing ------------------------------------------------------

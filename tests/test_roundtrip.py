@@ -125,9 +125,9 @@ def test_records_survive_reopen_segmented(
         wal.sync()
         assert list(wal) == expected_records(payloads)
     end = log_end(payloads)
-    files = sorted(p.name for p in directory.iterdir())
+    files = sorted(p.name for p in directory.glob("*.wal"))
     assert files == [f"{i:020d}.wal" for i in range(-(-end // segment_size))]
-    assert {p.stat().st_size for p in directory.iterdir()} == {segment_size}
+    assert {p.stat().st_size for p in directory.glob("*.wal")} == {segment_size}
     with Wal.open_segmented(directory, None, config) as wal:
         assert list(wal) == expected_records(payloads)
         assert wal.next_lsn == end
@@ -321,7 +321,7 @@ def test_mmwal_open_segment_size_means_segmented(tmp_path: Path) -> None:
         assert wal.store.segment_size == 128
         wal.append(b"x" * 300)
     assert directory.is_dir()
-    assert sorted(p.name for p in directory.iterdir()) == [f"{i:020d}.wal" for i in range(3)]
+    assert sorted(p.name for p in directory.glob("*.wal")) == [f"{i:020d}.wal" for i in range(3)]
     # An existing directory is a segmented log; its segment size is inferred.
     with mmwal.open(directory) as wal:
         assert isinstance(wal.store, SegmentStore)

@@ -1,0 +1,181 @@
+"""The recovery point: how far the log is known durable, kept in a side file.
+
+Open scans from the recovery point instead of the head, so its time does not grow
+with the log; and a bad frame below the point is damage, never a torn tail.
+
+Rules kept here:
+
+- A point is written only after the flush that covered it returned: it never
+  claims a byte that is not durable.
+- A point names the record that ends at it (LSN, CRC field, length) and the
+  store's unit size. One that does not match the log (rewritten, restored from a
+  backup, truncated, copied from another log) is ignored: open then scans from
+  the head, exactly as for a log that never had one.
+- Writing a point is optional work: a failure to write one is logged and leaves
+  the previous one (still true) in place; it never breaks the log.
+- Points are written by the one flush leader (or under the log's exclusive
+  section), never on the append path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ._format import (
+    HEADER,
+    HEADER_SIZE,
+    RECOVERY_FILE_NAME,
+    RECOVERY_POINT_SIZE,
+    RecoveryPoint,
+    decode_recovery_point,
+    encode_recovery_point,
+)
+from ._reading import last_record_start
+from ._store import Store
+
+__all__ = ["POINT_INTERVAL_BYTES", "POINT_INTERVAL_SECONDS", "PointKeeper", "load_point"]
+
+_log = logging.getLogger("mmwal")
+
+#: A flush writes a new point once this many bytes became durable since the last.
+POINT_INTERVAL_BYTES = 16 * 1024 * 1024
+#: ... or once this long passed since the last point, if anything new is durable.
+POINT_INTERVAL_SECONDS = 5.0
+
+
+def load_point(store: Store) -> RecoveryPoint | None:
+    """Return the store's recovery point if it agrees with the log, else None.
+
+    Agreeing means: a whole, checksummed file; the same unit size; the record it
+    names lies at or above the head and below the store's capacity, and its header
+    on disk carries the CRC and length the point recorded. The record's payload is
+    checked by the scan that starts there.
+    """
+    data = store.load_side_file(RECOVERY_FILE_NAME)
+    if data is None:
+        return None
+    point = decode_recovery_point(data[: RECOVERY_POINT_SIZE + 1])
+    if point is None:
+        _log.warning("ignored the unreadable recovery point of %s", store.location)
+        return None
+    if _agrees(store, point):
+        return point
+    _log.warning(
+        "ignored the recovery point of %s (LSN %d): it does not match the log; scanning "
+        "from the head",
+        store.location,
+        point.end,
+    )
+    return None
+
+
+def _agrees(store: Store, point: RecoveryPoint) -> bool:
+    if (
+        point.unit_size != store.unit_size
+        or point.last_lsn < store.head_lsn
+        or point.end > store.capacity
+    ):
+        return False
+    crc, length = HEADER.unpack(store.read(point.last_lsn, HEADER_SIZE))
+    return (crc, length) == (point.last_crc, point.last_length)
+
+
+class PointKeeper:
+    """Decide when a flush writes a recovery point, and write it.
+
+    The log calls ``flushed`` after every flush that returned, and ``save`` where it
+    must (close, truncation). Both run with no other flush, truncation or close
+    in progress.
+    """
+
+    def __init__(self, store: Store, max_record_size: int, recovered: tuple[int, int]) -> None:
+        """Keep the points of ``store``; recovery made ``recovered`` durable, a record range."""
+        self._store = store
+        self._max_record_size = max_record_size
+        # Whether the store keeps side files at all; a store that does not never
+        # pays for the walk that finds a point's record.
+        self._enabled = True
+        # The end the point on disk vouches for (None: there is none we trust).
+        self.saved_end: int | None = None
+        self._saved_at = time.monotonic()
+        # The last durable range that held records: a record starts at its start.
+        self._flushed = recovered
+
+    def adopt(self, end: int) -> None:
+        """Take the point recovery found (vouching for ``end``) as the one on disk."""
+        self.saved_end = end
+
+    def flushed(self, start: int, end: int) -> None:
+        """Note that ``[start, end)`` (``start`` a record start) is durable; maybe save."""
+        if end <= start:
+            return
+        self._flushed = (start, end)
+        if not self._enabled:
+            return
+        saved = self.saved_end
+        unit = self._store.unit_size
+        due = (
+            saved is None
+            or saved > end
+            or end - saved >= POINT_INTERVAL_BYTES
+            or (unit and end // unit != saved // unit)
+            or time.monotonic() - self._saved_at >= POINT_INTERVAL_SECONDS
+        )
+        if due:
+            self.save(start, end)
+
+    def save_durable_end(self, end: int) -> None:
+        """Write a point at ``end``, the durable end, if the last durable range ends there."""
+        start, flushed_end = self._flushed
+        if self._enabled and flushed_end == end and self.saved_end != end:
+            self.save(start, end)
+
+    def truncating(self, lsn: int, new_end: int, *, durable: bool) -> None:
+        """Before the log is cut to ``new_end`` (where the record at ``lsn`` ends).
+
+        A point past the cut moves to it, or is removed, before a byte is zeroed:
+        raises ``OSError`` (the cut must not go ahead) when neither can be done.
+        """
+        _, flushed_end = self._flushed
+        if flushed_end > new_end:
+            self._flushed = (lsn, new_end) if durable else (0, 0)
+        if self.saved_end is None or self.saved_end <= new_end:
+            return
+        # The saved point was durable and lies past the cut, so the cut is durable.
+        if not self.save(lsn, new_end, strict=True):
+            self._store.remove_side_file(RECOVERY_FILE_NAME)
+            self.saved_end = None
+
+    def save(self, start: int, end: int, *, strict: bool = False) -> bool:
+        """Write a point at ``end`` (durable), finding its record from the record at ``start``.
+
+        Returns whether a point was written. A failure to write is logged, or
+        raised with ``strict``.
+        """
+        store = self._store
+        # A prefix dropped since: the head is a record start too.
+        start = max(start, store.head_lsn)
+        if start >= end:
+            return False
+        lsn = last_record_start(store, start, end, self._max_record_size)
+        if lsn is None:
+            # Not a walk of good frames: vouch for nothing rather than guess.
+            _log.warning("no recovery point written for %s at LSN %d", store.location, end)
+            return False
+        crc, length = HEADER.unpack(store.read(lsn, HEADER_SIZE))
+        point = RecoveryPoint(end, lsn, crc, length, store.unit_size)
+        try:
+            saved = store.save_side_file(RECOVERY_FILE_NAME, encode_recovery_point(point))
+        except OSError as error:
+            if strict:
+                raise
+            # The previous point (or none) still holds: it vouches for less.
+            _log.warning("could not write the recovery point of %s: %s", store.location, error)
+            return False
+        if saved:
+            self.saved_end = end
+            self._saved_at = time.monotonic()
+        else:
+            self._enabled = False
+        return saved
