@@ -271,10 +271,6 @@ class ChunkedStore(Store):
         self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
         return path
 
-    @property
-    def unit_size(self) -> int:
-        return self.chunk_size
-
     # Side files are a few dozen bytes; more than this is not one of ours.
     _SIDE_FILE_LIMIT = 4096
 

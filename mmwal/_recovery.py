@@ -24,7 +24,7 @@ import logging
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError
 from ._format import HEADER, HEADER_SIZE, RECOVERY_FILE_NAME, RecoveryPoint, Stop
-from ._reading import RecoveryReport, scan_end
+from ._reading import RecoveryReport, frame_at, scan_end
 from ._recovery_point import load_point
 from ._store import Store
 
@@ -91,30 +91,41 @@ def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> 
 def _scan_from_point(store: Store, config: WalConfig, point: RecoveryPoint) -> RecoveryReport:
     """Scan from the record that ends at ``point``; a bad frame below the point is damage.
 
-    The scan starts at ``point.last_lsn``, so the only frame below the point it
-    meets is that record's. When it is bad, a writable open under the default
+    Open checks two frames below the point: the one at the head (so a log whose
+    start was overwritten is not taken for a log) and the one the point names,
+    where the scan starts. When either is bad, a writable open under the default
     policy raises; otherwise the scan goes on from the point (whose extent is
     known), and under ``SKIP_BAD_RECORDS`` the record is listed as skipped.
     """
+    head = store.head_lsn
+    skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
+    damaged: list[CorruptionError] = []
+    if head < point.last_lsn:
+        first = frame_at(store, head, point.end, config.max_record_size, collect=False)
+        if first.stop is not None:
+            damaged.append(_damage_below(store, head, point, first.stop))
     found = scan_end(store, config, point.last_lsn)
-    if found.end >= point.end:
+    if found.end < point.end:
+        stop = found.stop if found.stop is not None else Stop.SHORT_PAYLOAD
+        damaged.append(_damage_below(store, point.last_lsn, point, stop))
+        found = dataclasses.replace(scan_end(store, config, point.end), skipped=found.skipped)
+    if damaged and store.writable and not skip:
+        raise damaged[0]
+    if not skip:
         return found
-    reason = found.stop.value if found.stop is not None else "no frame"
-    damage = CorruptionError(
-        point.last_lsn,
-        f"the record at LSN {point.last_lsn} is damaged ({reason}), below the recovery "
-        f"point {point.end}: it was durable, so this is not a torn tail",
+    return dataclasses.replace(found, skipped=[*damaged, *found.skipped])
+
+
+def _damage_below(store: Store, lsn: int, point: RecoveryPoint, stop: Stop) -> CorruptionError:
+    return CorruptionError(
+        lsn,
+        f"the record at LSN {lsn} is damaged ({stop.value}), below the recovery point "
+        f"{point.end}: it was durable, so this is not a torn tail",
         path=store.location,
         hint="nothing was changed; open with readonly=True, or "
         "RecoveryPolicy.SKIP_BAD_RECORDS, to read the intact records around it; "
         "mmwal.repair() cuts the log at the damage, keeping what follows in a quarantine file",
     )
-    skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
-    if store.writable and not skip:
-        raise damage
-    rest = scan_end(store, config, point.end)
-    skipped = [*found.skipped, damage, *rest.skipped] if skip else rest.skipped
-    return dataclasses.replace(rest, skipped=skipped)
 
 
 def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record_size: int) -> None:

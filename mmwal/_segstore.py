@@ -128,6 +128,10 @@ class SegmentStore(ChunkedStore):
         """The size of every segment file."""
         return self.chunk_size
 
+    @property
+    def unit_size(self) -> int:
+        return self.chunk_size
+
     def segment_path(self, index: int) -> str:
         """Return the path of segment ``index``."""
         return self._file(segment_name(index))

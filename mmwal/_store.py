@@ -125,7 +125,10 @@ class Store(abc.ABC):
 
     @property
     def unit_size(self) -> int:
-        """The size of the store's units (segments, windows, chunks); 0 when it has none."""
+        """The size of the files the log is split into (segments); 0 for one file or memory.
+
+        It fixes where log bytes lie on disk, so a recovery point records it.
+        """
         return 0
 
     def load_side_file(self, name: str) -> bytes | None:

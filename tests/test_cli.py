@@ -43,6 +43,9 @@ def test_verify_reports_a_torn_tail_without_changing_it(
 ) -> None:
     path = tmp_path / "a.wal"
     _log(path, [b"first", b"second"])
+    # No recovery point (a crash before one was written): the bad last record may
+    # be a torn write.
+    Path(f"{path}.recovery").unlink()
     with path.open("r+b") as file:
         file.seek(13 + 8)
         file.write(b"X")
@@ -50,6 +53,59 @@ def test_verify_reports_a_torn_tail_without_changing_it(
     assert main(["verify", str(path)]) == 2
     assert "1 intact records up to LSN 13" in capsys.readouterr().out
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("point", [True, False])
+def test_verify_names_damage_with_intact_records_after_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], point: bool
+) -> None:
+    """Catches: verify calling durable damage with 990 intact records after it a torn tail."""
+    path = tmp_path / "a.wal"
+    payloads = [b"r%04d" % i for i in range(1000)]
+    _log(path, payloads)
+    if not point:
+        Path(f"{path}.recovery").unlink()
+    victim = 10 * 13
+    with path.open("r+b") as file:
+        file.seek(victim + 9)
+        file.write(b"X")
+    before = path.read_bytes()
+    assert main(["verify", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"damaged record at LSN {victim}" in err
+    assert "989 intact records follow it" in err
+    assert ("below the recovery point" in err) == point
+    assert path.read_bytes() == before
+    report = mmwal.verify(path)
+    assert not report.ok
+    assert [(d.lsn, d.intact_after, d.durable) for d in report.damage] == [(victim, 989, point)]
+    assert report.records == 999
+
+
+def test_verify_of_a_healthy_log_is_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"a", b"bb"])
+    assert main(["verify", str(path)]) == 0
+    assert "OK: 2 intact records" in capsys.readouterr().out
+    assert mmwal.verify(path).ok
+
+
+@pytest.mark.parametrize("command", ["repair", "verify", "info", "dump"])
+def test_a_small_max_record_size_flag_destroys_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Catches: ``--max-record-size 10 repair`` zeroing every record of a healthy log."""
+    path = tmp_path / "a.wal"
+    payloads = [b"x" * 100, b"y" * 50, b"z"]
+    _log(path, payloads)
+    Path(f"{path}.recovery").unlink()  # the full scan meets every record
+    before = path.read_bytes()
+    assert main(["--max-record-size", "10", command, str(path)]) == 0
+    capsys.readouterr()
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*quarantine*"))
+    with mmwal.open(path) as wal:
+        assert [record.data for record in wal] == payloads
 
 
 def test_verify_fails_on_what_is_not_a_log(tmp_path: Path) -> None:

@@ -83,6 +83,20 @@ class Log:
             finally:
                 os.close(fd)
 
+    def forget_point(self) -> None:
+        """Remove the recovery point: the log is then one wal-db wrote, or lost it."""
+        if self.kind == "mem":
+            return  # a MemStore image carries no side files
+        side = self.path / "recovery" if self.kind != "file" else Path(f"{self.path}.recovery")
+        side.unlink(missing_ok=True)
+
+    def files(self) -> dict[str, bytes]:
+        if self.kind == "mem":
+            return {"mem": self.mem_image}
+        if self.kind == "file":
+            return {"log": self.path.read_bytes()}
+        return {p.name: p.read_bytes() for p in sorted(self.path.iterdir())}
+
     def damage_at_rest(self, offset: int, data: bytes) -> None:
         """Overwrite log bytes at ``offset`` of a closed log."""
         if self.kind == "mem":
@@ -194,15 +208,20 @@ def test_skip_policy_iteration_steps_over_damaged_records(
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("victim", [1, 5, 9])
-def test_opening_with_damage_in_the_middle(tmp_path: Path, kind: str, victim: int) -> None:
+def test_opening_with_damage_in_the_middle_without_a_recovery_point(
+    tmp_path: Path, kind: str, victim: int
+) -> None:
+    """A log wal-db wrote (no recovery point) opens exactly as before the point existed."""
     log = Log(kind, tmp_path)
     records, wal = log.create()
     log.close(wal)
+    log.forget_point()
     lsn, payload = records[victim]
     log.damage_at_rest(payload_middle(lsn, payload), b"\x00\xff")
 
     # SKIP_BAD_RECORDS keeps the intact records after the damaged one.
     wal = log.open(SKIP)
+    assert wal.recovery.recovery_point is None
     assert wal.recovery.end == records[-1][0] + 8 + len(records[-1][1])
     assert [item.offset for item in wal.recovery.skipped] == [lsn]
     assert all(isinstance(item, CorruptionError) for item in wal.recovery.skipped)
@@ -213,12 +232,15 @@ def test_opening_with_damage_in_the_middle(tmp_path: Path, kind: str, victim: in
     new = wal.append(b"after")
     assert new == wal.recovery.end
     log.close(wal)
+    log.forget_point()
     wal = log.open(SKIP)
     got, _, _ = walk(wal)
     assert got == [*records[:victim], *records[victim + 1 :], (new, b"after")]
     log.close(wal)
+    log.forget_point()
 
-    # The default policy discards everything from the damaged record on.
+    # The default policy cannot tell damage from a torn tail: it discards (and
+    # quarantines) everything from the damaged record on.
     wal = log.open(STOP)
     assert wal.recovery.end == lsn
     assert wal.recovery.skipped == []
@@ -231,12 +253,62 @@ def test_opening_with_damage_in_the_middle(tmp_path: Path, kind: str, victim: in
     log.close(wal)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_skip_policy_drops_a_damaged_last_record(tmp_path: Path, kind: str) -> None:
-    """Damage with nothing intact after it is a torn tail: the end, not a skipped record."""
+@pytest.mark.parametrize("kind", ["file", "seg32", "seg64"])
+@pytest.mark.parametrize("victim", [1, 5, 9])
+def test_damage_below_the_recovery_point_is_kept_and_reported(
+    tmp_path: Path, kind: str, victim: int
+) -> None:
+    """Catches: a flipped byte in a synced, cleanly closed log discarding every record
+    after it (found-item 2 of issue 8)."""
     log = Log(kind, tmp_path)
     records, wal = log.create()
     log.close(wal)
+    end = records[-1][0] + 8 + len(records[-1][1])
+    lsn, payload = records[victim]
+    log.damage_at_rest(payload_middle(lsn, payload), b"\x00\xff")
+    before = log.files()
+
+    # The open does not meet the damage: it keeps the true end and changes nothing.
+    for config in (STOP, SKIP):
+        wal = log.open(config)
+        assert wal.recovery.recovery_point == end
+        assert (wal.recovery.end, wal.recovery.discarded_bytes) == (end, 0)
+        got, error, skipped = walk(wal)
+        if config is STOP:
+            assert got == records[:victim]
+            assert error is not None, "iteration ended silently at durable damage"
+            assert error.offset == lsn
+        else:
+            assert error is None
+            assert got == records[:victim] + records[victim + 1 :]
+            assert [item.offset for item in skipped] == [lsn]
+        log.close(wal)
+        assert log.files() == before
+
+    # A read-only open reads up to it too.
+    readonly = (
+        Wal.open(log.path, readonly=True)
+        if kind == "file"
+        else Wal.open_segmented(log.path, readonly=True)
+    )
+    with readonly:
+        assert readonly.next_lsn == end
+        got, error, _ = walk(readonly)
+        assert got == records[:victim]
+        assert error is not None
+        assert error.offset == lsn
+    assert log.files() == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_skip_policy_drops_a_damaged_last_record_past_what_is_known_durable(
+    tmp_path: Path, kind: str
+) -> None:
+    """Damage with nothing intact after it, and no point: a torn tail, not a skipped record."""
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    log.close(wal)
+    log.forget_point()
     lsn, payload = records[-1]
     log.damage_at_rest(payload_middle(lsn, payload), b"\x00")
     wal = log.open(SKIP)
@@ -247,11 +319,38 @@ def test_skip_policy_drops_a_damaged_last_record(tmp_path: Path, kind: str) -> N
     log.close(wal)
 
 
+@pytest.mark.parametrize("kind", ["file", "seg32", "seg64"])
+def test_a_damaged_record_at_the_recovery_point_is_refused_not_cut(
+    tmp_path: Path, kind: str
+) -> None:
+    """The last record below the point is the one open meets: damage, never a torn tail."""
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    log.close(wal)
+    lsn, payload = records[-1]
+    end = lsn + 8 + len(payload)
+    log.damage_at_rest(payload_middle(lsn, payload), b"\x00")
+    before = log.files()
+    with pytest.raises(CorruptionError) as caught:
+        log.open(STOP)
+    assert caught.value.offset == lsn
+    assert "recovery point" in str(caught.value)
+    assert log.files() == before, "a refused open changed the files"
+    # SKIP_BAD_RECORDS steps over it, keeping the true end.
+    wal = log.open(SKIP)
+    assert wal.recovery.end == end
+    assert [item.offset for item in wal.recovery.skipped] == [lsn]
+    got, error, _ = walk(wal)
+    assert (got, error) == (records[:-1], None)
+    log.close(wal)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_all_zero_header_is_the_end_even_under_skip(tmp_path: Path, kind: str) -> None:
     log = Log(kind, tmp_path)
     records, wal = log.create()
     log.close(wal)
+    log.forget_point()
     victim = 6
     lsn = records[victim][0]
     log.damage_at_rest(lsn, bytes(8))

@@ -103,8 +103,16 @@ class Target:
     def path(self) -> Path:
         return self.root / ("log.wal" if self.kind == "file" else "log")
 
+    def forget_point(self) -> None:
+        """Remove mmwal's recovery point: the log is as wal-db, or a crash before one, left it."""
+        if self.kind == "file":
+            Path(f"{self.path}.recovery").unlink(missing_ok=True)
+        elif self.kind != "mem":
+            (self.path / "recovery").unlink(missing_ok=True)
+
     def write_image(self, image: bytes, *, pad: bool) -> None:
         """Lay ``image`` out as this kind stores it; ``pad`` fills the last unit with zeros."""
+        self.forget_point()
         if self.kind == "mem":
             self.mem_image = image
         elif self.kind == "file":
@@ -399,6 +407,8 @@ def write_and_tear_b(
     lsns = [wal.append(payload) for payload in payloads]
     wal.sync()
     target.close(wal)
+    # The tear stands for a crash before B was known durable: no point vouches for it.
+    target.forget_point()
     image = bytearray(target.raw())
     written = b"".join(spec_frame(payload) for payload in payloads)
     assert bytes(image[: len(written)]) == written, "mmwal did not write the spec's frames"
