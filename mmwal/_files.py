@@ -102,17 +102,18 @@ def replace_file_durably(path: str, data: bytes, syscalls: Syscalls) -> None:
         syscalls.remove(temporary)
     fd = os.open(temporary, _CREATE_FLAGS, _SIDE_FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        syscalls.fsync(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            syscalls.fsync(fd)
+        finally:
+            os.close(fd)
+        syscalls.replace(temporary, path)
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(OSError):
             syscalls.remove(temporary)
         raise
-    os.close(fd)
-    syscalls.replace(temporary, path)
     syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 

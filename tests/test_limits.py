@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mmwal import (
-    CorruptionError,
     MemStore,
     Record,
     RecordTooLargeError,
