@@ -45,7 +45,7 @@ def test_verify_reports_a_torn_tail_without_changing_it(
     _log(path, [b"first", b"second"])
     # No recovery point (a crash before one was written): the bad last record may
     # be a torn write.
-    Path(f"{path}.recovery").unlink()
+    Path(f"{path}.recovery").unlink(missing_ok=True)
     with path.open("r+b") as file:
         file.seek(13 + 8)
         file.write(b"X")
@@ -64,7 +64,7 @@ def test_verify_names_damage_with_intact_records_after_it(
     payloads = [b"r%04d" % i for i in range(1000)]
     _log(path, payloads)
     if not point:
-        Path(f"{path}.recovery").unlink()
+        Path(f"{path}.recovery").unlink(missing_ok=True)
     victim = 10 * 13
     with path.open("r+b") as file:
         file.seek(victim + 9)
@@ -98,7 +98,7 @@ def test_a_small_max_record_size_flag_destroys_nothing(
     path = tmp_path / "a.wal"
     payloads = [b"x" * 100, b"y" * 50, b"z"]
     _log(path, payloads)
-    Path(f"{path}.recovery").unlink()  # the full scan meets every record
+    Path(f"{path}.recovery").unlink(missing_ok=True)  # the full scan meets every record
     before = path.read_bytes()
     assert main(["--max-record-size", "10", command, str(path)]) == 0
     capsys.readouterr()

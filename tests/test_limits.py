@@ -109,7 +109,7 @@ def test_a_smaller_limit_reads_larger_records_and_changes_nothing(tmp_path: Path
     path = tmp_path / "log"
     with Wal.open(path, WalConfig(max_record_size=500)) as wal:
         wal.append_many([b"a", b"q" * 400, b"b"])
-    (tmp_path / "log.recovery").unlink()  # the full scan meets the long record too
+    (tmp_path / "log.recovery").unlink(missing_ok=True)  # the full scan meets the long record too
     before = path.read_bytes()
     with Wal.open(path, WalConfig(max_record_size=100)) as wal:
         assert [r.data for r in wal] == [b"a", b"q" * 400, b"b"]
@@ -127,7 +127,7 @@ def test_a_long_record_with_a_bad_crc_is_still_the_end(tmp_path: Path, kind: str
         wal.append_many([b"a", b"q" * 400])
     path = tmp_path / "log"
     side = tmp_path / "log.recovery" if path.is_file() else path / "recovery"
-    side.unlink()
+    side.unlink(missing_ok=True)
     target = path if path.is_file() else path / "00000000000000000000.wal"
     with target.open("r+b") as file:
         file.seek(9 + 8 + 200)
