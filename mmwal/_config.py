@@ -17,8 +17,10 @@ class RecoveryPolicy(enum.Enum):
     """What opening and iterating do when a record fails its check.
 
     ``STOP_AT_FIRST_ERROR`` (the default, and wal-db's behaviour): on open, the first
-    bad frame is the end of the log and everything after it is discarded; iteration
-    of damage found after open raises ``CorruptionError``.
+    bad frame past the recovery point is the end of the log and everything after it
+    is discarded (quarantined); a bad frame below the point is damage: a writable
+    open that meets it raises ``CorruptionError``, and iteration that reaches it
+    raises ``CorruptionError``.
 
     ``SKIP_BAD_RECORDS``: a damaged record whose length is plausible is stepped over
     and reported, and the intact records after it are kept. Crash cost: a record
@@ -36,10 +38,10 @@ class RecoveryPolicy(enum.Enum):
 class WalConfig:
     """Options of one open log.
 
-    ``max_record_size`` bounds every payload written and every length read: a
-    corrupt length above it is the end of the log and never drives an allocation.
-    Opening an existing log with a smaller limit than it was written with makes
-    larger records read as corruption.
+    ``max_record_size`` bounds every payload ``append`` accepts. A length above it
+    on disk never drives an allocation: the frame is checked in place first, and
+    is a record when its CRC checks (so opening a log with a smaller limit than it
+    was written with reads its larger records), else the end of the log.
     """
 
     max_record_size: int = DEFAULT_MAX_RECORD_SIZE

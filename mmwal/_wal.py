@@ -114,9 +114,11 @@ class Wal:
     """A write-ahead log: append records, make them durable, read them back.
 
     Open one with ``Wal.open`` (single file), ``Wal.open_segmented`` (a directory of
-    segments) or ``Wal.with_store``. Opening runs recovery: the log ends at the
-    first frame that fails its check, and everything after that is zeroed, durably,
-    before the open returns.
+    segments) or ``Wal.with_store``. Opening runs recovery from the recovery point
+    (how far the log was known durable; the head if there is none): the log ends
+    at the first frame past it that fails its check, and everything after that is
+    zeroed, durably, before the open returns. Damage below the point is never cut
+    away (see ``RecoveryPolicy``).
 
     Durability: ``append`` puts a record in the mapping (the page cache); a process
     crash does not lose it, a machine crash before the next ``sync`` may.
@@ -679,7 +681,7 @@ class Wal:
     # -- closing --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Sync (unless the log is broken), unmap and release the lock; idempotent.
+        """Sync (unless the log is broken), record the recovery point, unmap, unlock; idempotent.
 
         Crash cost: none for records appended before the call, once it returns.
         If the final flush fails, the files are still released and
