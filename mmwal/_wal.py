@@ -438,7 +438,6 @@ class Wal:
             elapsed = time.perf_counter() - began
             # Still the one flusher, so no truncation or close runs meanwhile.
             self._store.release(flush_to)
-            self._points.flushed(start, flush_to)
         except OSError as error:
             with self._reserve:
                 self._break_locked(error, "a flush")
@@ -455,8 +454,15 @@ class Wal:
             self._durable_lsn = max(self._durable_lsn, flush_to)
             self._flushes += 1
             self._flush_seconds += elapsed
-            self._flushing = False
+            # The waiters this flush covered return now; the leader stays the one
+            # flusher (no truncation or close) while it may write a recovery point.
             self._commit.notify_all()
+        try:
+            self._points.flushed(start, flush_to)
+        finally:
+            with self._commit:
+                self._flushing = False
+                self._commit.notify_all()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
