@@ -320,15 +320,16 @@ def test_skip_policy_drops_a_damaged_last_record_past_what_is_known_durable(
 
 
 @pytest.mark.parametrize("kind", ["file", "seg32", "seg64"])
-def test_a_damaged_record_at_the_recovery_point_is_refused_not_cut(
-    tmp_path: Path, kind: str
+@pytest.mark.parametrize("victim", [0, -1])
+def test_a_damaged_record_open_meets_below_the_point_is_refused_not_cut(
+    tmp_path: Path, kind: str, victim: int
 ) -> None:
-    """The last record below the point is the one open meets: damage, never a torn tail."""
+    """Open checks the first record and the one the point names: damage, never a torn tail."""
     log = Log(kind, tmp_path)
     records, wal = log.create()
     log.close(wal)
-    lsn, payload = records[-1]
-    end = lsn + 8 + len(payload)
+    end = records[-1][0] + 8 + len(records[-1][1])
+    lsn, payload = records[victim]
     log.damage_at_rest(payload_middle(lsn, payload), b"\x00")
     before = log.files()
     with pytest.raises(CorruptionError) as caught:
@@ -336,13 +337,26 @@ def test_a_damaged_record_at_the_recovery_point_is_refused_not_cut(
     assert caught.value.offset == lsn
     assert "recovery point" in str(caught.value)
     assert log.files() == before, "a refused open changed the files"
+    intact = [record for record in records if record[0] != lsn]
     # SKIP_BAD_RECORDS steps over it, keeping the true end.
     wal = log.open(SKIP)
     assert wal.recovery.end == end
     assert [item.offset for item in wal.recovery.skipped] == [lsn]
     got, error, _ = walk(wal)
-    assert (got, error) == (records[:-1], None)
+    assert (got, error) == (intact, None)
     log.close(wal)
+    # A read-only open keeps the true end; iteration raises at the damage.
+    readonly = (
+        Wal.open(log.path, readonly=True)
+        if kind == "file"
+        else Wal.open_segmented(log.path, readonly=True)
+    )
+    with readonly:
+        assert readonly.next_lsn == end
+        got, error, _ = walk(readonly)
+        assert got == records[: records.index((lsn, payload))]
+        assert error is not None
+        assert error.offset == lsn
 
 
 @pytest.mark.parametrize("kind", KINDS)
