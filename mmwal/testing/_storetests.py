@@ -198,6 +198,25 @@ class StoreTests(abc.ABC):
         again = self._reopen(store)
         assert again.read(0, len(data)) == data
 
+    def test_side_files_are_replaced_whole_and_survive_reopen(self) -> None:
+        store = self.store()
+        if not store.save_side_file("recovery", b"first"):
+            # A store with no place for side files keeps none.
+            assert store.load_side_file("recovery") is None
+            return
+        assert store.load_side_file("recovery") == b"first"
+        assert store.save_side_file("recovery", b"second, longer")
+        assert store.load_side_file("recovery") == b"second, longer"
+        assert store.load_side_file("other") is None
+        again = self.reopen(store)
+        if again is not None:
+            self._made.append(again)
+            assert again.load_side_file("recovery") == b"second, longer"
+            store = again
+        store.remove_side_file("recovery")
+        store.remove_side_file("recovery")  # absent is fine
+        assert store.load_side_file("recovery") is None
+
     def test_discard_after_zeroes_the_tail_and_keeps_the_rest(self) -> None:
         for cut in self._cuts():
             store = self.store()
