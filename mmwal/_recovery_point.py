@@ -161,7 +161,7 @@ class PointKeeper:
         lsn = last_record_start(store, start, end, self._max_record_size)
         if lsn is None:
             # Not a walk of good frames: vouch for nothing rather than guess.
-            _log.warning("no recovery point written for %s at LSN %d", store.location, end)
+            _log.info("no recovery point written for %s at LSN %d", store.location, end)
             return False
         crc, length = HEADER.unpack(store.read(lsn, HEADER_SIZE))
         point = RecoveryPoint(end, lsn, crc, length, store.unit_size)
