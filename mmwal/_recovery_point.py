@@ -101,6 +101,8 @@ class PointKeeper:
         self._saved_at = time.monotonic()
         # The last durable range that held records: a record starts at its start.
         self._flushed = recovered
+        # After a failed write, flushes try again only once the interval passed.
+        self._quiet_until = 0.0
 
     def adopt(self, end: int) -> None:
         """Take the point recovery found (vouching for ``end``) as the one on disk."""
@@ -111,7 +113,7 @@ class PointKeeper:
         if end <= start:
             return
         self._flushed = (start, end)
-        if not self._enabled:
+        if not self._enabled or time.monotonic() < self._quiet_until:
             return
         saved = self.saved_end
         unit = self._store.unit_size
@@ -172,6 +174,7 @@ class PointKeeper:
                 raise
             # The previous point (or none) still holds: it vouches for less.
             _log.warning("could not write the recovery point of %s: %s", store.location, error)
+            self._quiet_until = time.monotonic() + POINT_INTERVAL_SECONDS
             return False
         if saved:
             self.saved_end = end
