@@ -54,7 +54,7 @@ def _write(path: str, mib: int, segmented: bool) -> None:
     batches = mib * _MIB // (_BATCH * (_RECORD + 8))
     for number in range(batches):
         wal.append_many(batch)
-        if number % _SYNC_EVERY == _SYNC_EVERY - 1:
+        if number % _SYNC_EVERY == _SYNC_EVERY - 1 or number == batches - 1:
             wal.sync()
     for _ in range(_UNSYNCED_BATCHES):
         wal.append_many(batch)
@@ -71,9 +71,10 @@ def _crashed_log(directory: Path, mib: int, segmented: bool) -> tuple[Path, int]
         text=True,
     )
     assert writer.stdout is not None
-    line = writer.stdout.readline().split()
-    writer.send_signal(signal.SIGKILL)
-    writer.wait()
+    with writer.stdout:
+        line = writer.stdout.readline().split()
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
     if not line or line[0] != "ready":
         raise RuntimeError(f"the writer died before it was ready: {line}")
     return path, int(line[1])

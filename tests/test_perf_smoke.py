@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from perf import bench
+import pytest
+
+from perf import bench, open_time
 from perf.plan import WORKLOADS
 from perf.report import DISPLAY
 
@@ -39,3 +41,16 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     names = {target["name"] for target in document["targets"]}
     assert "mmwal appends/s 256 B, no sync" in names
     assert not any(Path(tmp_path).glob("mmwal-bench-*")), "scratch directory left behind"
+
+
+def test_open_time_runs_and_reports_both_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``perf.open_time`` on tiny logs: it kills its writer, opens, and prints ratios."""
+    open_time.main(["--sizes", "2,4", "--reps", "1", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    for layout in ("segmented", "file"):
+        assert f"{layout}: open time" in out
+    assert out.count("after close:") == 2
+    assert out.count("after crash:") == 2
+    assert not any(tmp_path.iterdir()), "scratch logs left behind"
