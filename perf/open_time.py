@@ -3,7 +3,8 @@
 ``python -m perf.open_time [--sizes 64,2048] [--layout segmented,file] [--reps N] [--dir D]``
 
 For each layout and size, a writer process appends 1 KiB records (``append_many``
-in batches of about 1 MiB, ``sync`` every 8 MiB, then 4 MiB more without a sync)
+in batches of about 1 MiB, ``sync`` every 8 MiB and after the last batch, then 4 MiB
+more without a sync)
 and is killed with SIGKILL: the page cache keeps its bytes, its recovery point is
 whatever its last flushes left. Then, in this process:
 
