@@ -14,6 +14,9 @@ Rules every store keeps (``mmwal.testing.StoreTests`` checks them):
 - ``ensure_capacity`` either backs the whole range or raises ``OSError`` and
   leaves the store as it was.
 - ``discard_after`` and ``drop_before`` are durable when they return.
+- ``save_side_file`` replaces a small file beside the log whole and durably (a
+  crash leaves the old or the new one); side files never hold log bytes, and a
+  store may keep none.
 - Thread safety: ``write``, ``read`` and ``piece`` may run concurrently with each
   other and with ``flush``; the log serialises ``ensure_capacity``,
   ``discard_after``, ``drop_before`` and ``close`` against everything else.

@@ -3,10 +3,9 @@
 ``python -m perf.open_time [--sizes 64,2048] [--layout segmented,file] [--reps N] [--dir D]``
 
 For each layout and size, a writer process appends 1 KiB records (``append_many``
-in batches of about 1 MiB, ``sync`` every 8 MiB and after the last batch, then 4 MiB
-more without a sync)
-and is killed with SIGKILL: the page cache keeps its bytes, its recovery point is
-whatever its last flushes left. Then, in this process:
+in batches of about 1 MiB, ``sync`` every 8 MiB and after the last batch, then
+4 MiB more without a sync) and is killed with SIGKILL: the page cache keeps its
+bytes, its recovery point is whatever its last flushes left. Then, in this process:
 
 - *after a crash*: the recovery point the killed writer left is put back before
   each open (opening and closing moves it), and a writable ``mmwal.open`` is
