@@ -6,6 +6,7 @@ The on-disk format is the frozen 1.x format of the Rust crate wal-db. Start with
 
 import os
 
+from . import codecs as codecs  # mmwal.codecs.Json() after a bare import mmwal
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import (
     CorruptionError,
@@ -26,6 +27,7 @@ from ._repair import RepairReport, repair
 from ._segstore import SegmentStore
 from ._store import Store
 from ._syscalls import Syscalls
+from ._typed import TypedRecord, TypedWal
 from ._verify import Damage, VerifyReport, verify
 from ._wal import Wal, WalIterator, WalStats
 
@@ -43,6 +45,8 @@ __all__ = [
     "SegmentStore",
     "Store",
     "Syscalls",
+    "TypedRecord",
+    "TypedWal",
     "VerifyReport",
     "Wal",
     "WalBrokenError",
@@ -71,9 +75,15 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
 ) -> Wal:
     """Open or create a log: a directory or a ``segment_size`` means segmented.
 
-    Otherwise ``path`` is a single-file log. See ``Wal.open`` and
+    A path ending in a separator (``"orders/"``) names a directory, created if
+    missing. Otherwise ``path`` is a single-file log. See ``Wal.open`` and
     ``Wal.open_segmented`` for what opening does and what a crash costs.
     """
-    if segment_size is not None or os.path.isdir(path):
+    if segment_size is not None or os.path.isdir(path) or _names_a_directory(path):
         return Wal.open_segmented(path, segment_size, config, readonly=readonly)
     return Wal.open(path, config, readonly=readonly)
+
+
+def _names_a_directory(path: str | os.PathLike[str]) -> bool:
+    location = os.fspath(path)
+    return location.endswith((os.sep, os.altsep or os.sep))

@@ -16,6 +16,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from ._config import WalConfig
 from ._errors import (
@@ -35,14 +36,21 @@ from ._errors import (
 )
 from ._filestore import FileStore
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
+from ._opening import check_segment_size, check_single_file_path, explain_permission
 from ._reading import Lifetime, frame_at, read_records
 from ._recovery import recover
 from ._recovery_point import PointKeeper
 from ._segstore import SegmentStore
 from ._store import Buffer, Store
+from ._typed import TypedWal
+
+if TYPE_CHECKING:
+    from .codecs import Codec
 
 __all__ = ["Wal", "WalIterator", "WalStats"]
 
+
+_T = TypeVar("_T")
 
 # Frames up to this size are copied while the reservation lock is held: for them
 # a second lock round trip to publish completion costs more than the copy.
@@ -100,12 +108,12 @@ class WalIterator:
 def _as_bytes(data: object) -> bytes:
     if type(data) is bytes:
         return data
-    if isinstance(data, bytes | bytearray):
+    if isinstance(data, bytes | bytearray | mmap.mmap):
         return bytes(data)
     if isinstance(data, memoryview):
         return data.tobytes()
     raise TypeError(
-        f"a record must be bytes, bytearray or memoryview, not {type(data).__name__}"
+        f"a record must be bytes, bytearray, memoryview or mmap, not {type(data).__name__}"
         + (" (hint: encode text first, e.g. text.encode())" if isinstance(data, str) else "")
     )
 
@@ -194,7 +202,10 @@ class Wal:
         ``readonly=True`` opens an existing log without the lock and changes
         nothing on disk: recovery only finds the end, appends are refused.
         """
-        return cls(FileStore(path, writable=not readonly), config)
+        location = os.fspath(path)
+        with explain_permission(location, writable=not readonly):
+            store = FileStore(location, writable=not readonly)
+        return cls(store, config)
 
     @classmethod
     def open_segmented(
@@ -211,7 +222,12 @@ class Wal:
         log); a size that contradicts them is a ``ValueError`` naming both.
         ``readonly=True`` changes nothing on disk, as for ``open``.
         """
-        return cls(SegmentStore(directory, segment_size, writable=not readonly), config)
+        location = os.fspath(directory)
+        check_single_file_path(location)
+        check_segment_size(location, segment_size, writable=not readonly)
+        with explain_permission(location, writable=not readonly):
+            store = SegmentStore(location, segment_size, writable=not readonly)
+        return cls(store, config)
 
     @classmethod
     def with_store(cls, store: Store, config: WalConfig | None = None) -> Wal:
@@ -277,7 +293,7 @@ class Wal:
         before anything is written: one bad item rejects the whole batch. Crash
         cost: as ``append``; a crash may keep a prefix of the batch.
         """
-        if isinstance(records, bytes | bytearray | memoryview | str):
+        if isinstance(records, bytes | bytearray | memoryview | mmap.mmap | str):
             raise TypeError("append_many takes an iterable of records, not one record")
         payloads = [_as_bytes(record) for record in records]
         limit = self._max_record_size
@@ -618,6 +634,10 @@ class Wal:
                 # The head file or the removals may be half durable: fail-stop.
                 self._break_locked(error, "the durable steps of truncate_before")
                 raise WalBrokenError("the durable steps of truncate_before") from error
+
+    def typed(self, codec: Codec[_T]) -> TypedWal[_T]:
+        """Return a view of this log that appends and yields values through ``codec``."""
+        return TypedWal(self, codec)
 
     # -- state ----------------------------------------------------------------------
 
