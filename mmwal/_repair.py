@@ -8,10 +8,12 @@ record it can, and reports each thing it did. It never runs implicitly.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 
 from ._config import WalConfig
+from ._errors import CorruptionError
 from ._filestore import FileStore
 from ._format import (
     HEAD_FILE_NAME,
@@ -36,13 +38,19 @@ _LENGTH_FIELD_MAX = 0xFFFF_FFFF
 
 @dataclass(frozen=True)
 class RepairReport:
-    """What ``repair`` did: the log's head and end after it, and every action."""
+    """What ``repair`` did: the log's head and end after it, and every action.
+
+    For a dry run of a segmented log that needs its files renamed, ``head`` and
+    ``end`` are -1: they depend on the renaming, which a dry run does not do.
+    """
 
     path: str
     head: int
     end: int
     quarantined: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    #: Whether this reports what a dry run would have done (nothing was changed).
+    dry_run: bool = False
 
 
 def repair(
@@ -50,6 +58,8 @@ def repair(
     *,
     segment_size: int | None = None,
     config: WalConfig | None = None,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> RepairReport:
     """Make the log at ``path`` open again, keeping what is readable and quarantining the rest.
 
@@ -59,16 +69,27 @@ def repair(
     bytes from the first frame that fails its check to the last nonzero byte are
     copied to a quarantine file beside the log and zeroed, durably.
 
+    A file that holds bytes but no record mmwal could keep (not a log: a JSON
+    file, a database, a log whose first record is damaged) is refused with
+    ``CorruptionError`` and left as it is, unless ``force=True``: repairing it would
+    move every byte to quarantine and leave an empty log in its place.
+    ``dry_run=True`` changes nothing and reports what repair would do.
+
     Crash cost: none; each step is durable before the next, and a crash during
     repair leaves a log that ``repair`` can be run on again.
     """
     config = config if config is not None else WalConfig()
     location = os.fspath(path)
+    if not os.path.exists(location):
+        raise FileNotFoundError(errno.ENOENT, f"no log at {location} to repair", location)
     actions: list[str] = []
     quarantined: list[str] = []
     syscalls = Syscalls()
+    segmented = os.path.isdir(location)
+    if not force:
+        _refuse_what_is_not_a_log(location, segment_size, config)
     store: Store
-    if os.path.isdir(location):
+    if segmented:
         _repair_segment_files(
             location,
             segment_size,
@@ -76,23 +97,71 @@ def repair(
             syscalls=syscalls,
             actions=actions,
             quarantined=quarantined,
+            dry_run=dry_run,
         )
-        store = SegmentStore(location, segment_size, syscalls=syscalls)
+        if dry_run and actions:
+            actions.append("then would check the records again (not shown: it depends on those)")
+            return RepairReport(location, -1, -1, quarantined, actions, dry_run=True)
+        store = SegmentStore(location, segment_size, syscalls=syscalls, writable=not dry_run)
     else:
-        store = FileStore(location, syscalls=syscalls)
+        store = FileStore(location, syscalls=syscalls, writable=not dry_run)
     try:
         report = recover(store, config, refuse_foreign=False)
         if report.discarded_bytes:
             reason = report.stop.value if report.stop else "end of store"
-            actions.append(
-                f"kept {report.discarded_bytes} bytes from LSN {report.end}, past the last "
-                f"intact record ({reason}), in {report.quarantine_path} and zeroed them"
-            )
+            if dry_run:
+                actions.append(
+                    f"would keep {report.discarded_bytes} bytes from LSN {report.end}, past the "
+                    f"last intact record ({reason}), in a quarantine file beside the log and "
+                    f"zero them"
+                )
+            else:
+                actions.append(
+                    f"kept {report.discarded_bytes} bytes from LSN {report.end}, past the last "
+                    f"intact record ({reason}), in {report.quarantine_path} and zeroed them"
+                )
             if report.quarantine_path is not None:
                 quarantined.append(report.quarantine_path)
         if not actions:
             actions.append("nothing to repair: the log opens as it is")
-        return RepairReport(location, report.head, report.end, quarantined, actions)
+        return RepairReport(
+            location, report.head, report.end, quarantined, actions, dry_run=dry_run
+        )
+    finally:
+        store.close()
+
+
+def _refuse_what_is_not_a_log(location: str, segment_size: int | None, config: WalConfig) -> None:
+    """Raise ``CorruptionError`` if repair would keep no record of nonzero bytes.
+
+    That is what opening refuses as "not a log" (no valid record at the head,
+    nonzero bytes beyond what a crash explains). Checked on a read-only store, so
+    it changes nothing; a directory the read-only open cannot take (a missing
+    segment) is left to the repair steps.
+    """
+    try:
+        store: Store = (
+            SegmentStore(location, segment_size, writable=False)
+            if os.path.isdir(location)
+            else FileStore(location, writable=False)
+        )
+    except (CorruptionError, ValueError):
+        return
+    try:
+        try:
+            recover(store, config)
+        except CorruptionError as refusal:
+            report = recover(store, config, refuse_foreign=False)
+            if report.end == report.head and report.discarded_bytes:
+                raise CorruptionError(
+                    refusal.offset,
+                    f"repair would keep no record and move all {report.discarded_bytes} "
+                    f"nonzero bytes to quarantine, leaving an empty log: this is not an "
+                    f"mmwal/wal-db log, or its first record is damaged",
+                    path=location,
+                    hint="nothing was changed; check the path and max_record_size, and "
+                    "pass force=True (--force) only if it is a log whose start is damaged",
+                ) from refusal
     finally:
         store.close()
 
@@ -105,8 +174,13 @@ def _repair_segment_files(
     syscalls: Syscalls,
     actions: list[str],
     quarantined: list[str],
+    dry_run: bool = False,
 ) -> None:
-    """Rename segments after a gap; move a head that lies in a missing segment."""
+    """Rename segments after a gap; move a head that lies in a missing segment.
+
+    With ``dry_run``, only say what would be done.
+    """
+    would = "would rename" if dry_run else "renamed"
     indices = sorted(
         index for name in os.listdir(directory) if (index := parse_segment_name(name)) is not None
     )
@@ -121,10 +195,11 @@ def _repair_segment_files(
         contiguous += 1
     for path in paths[contiguous:]:
         target = path + QUARANTINE_SUFFIX
-        syscalls.replace(path, target)
+        if not dry_run:
+            syscalls.replace(path, target)
         quarantined.append(target)
-        actions.append(f"renamed {os.path.basename(path)}, which lies after a gap, to {target}")
-    if contiguous < len(indices):
+        actions.append(f"{would} {os.path.basename(path)}, which lies after a gap, to {target}")
+    if contiguous < len(indices) and not dry_run:
         syscalls.fsync_directory(directory)
     head_path = os.path.join(directory, HEAD_FILE_NAME)
     try:
@@ -141,13 +216,20 @@ def _repair_segment_files(
         # No record to start from: keep the segments aside, start empty after them.
         for index in present:
             source = os.path.join(directory, segment_name(index))
-            syscalls.replace(source, source + QUARANTINE_SUFFIX)
+            if not dry_run:
+                syscalls.replace(source, source + QUARANTINE_SUFFIX)
             quarantined.append(source + QUARANTINE_SUFFIX)
         new_head = (present[-1] + 1) * size
         actions.append(
-            f"no intact record starts in {segment_name(first)}: renamed the segments "
+            f"no intact record starts in {segment_name(first)}: {would} the segments "
             f"present to *{QUARANTINE_SUFFIX}"
         )
+    if dry_run:
+        actions.append(
+            f"the segment holding the head (LSN {head}) is missing: would write a head file "
+            f"naming LSN {new_head}, the first intact record in {segment_name(first)}"
+        )
+        return
     temporary = head_path + ".tmp"
     with open(temporary, "wb") as head_file:
         head_file.write(encode_head_file(new_head))

@@ -117,7 +117,7 @@ def test_verify_fails_on_what_is_not_a_log(tmp_path: Path) -> None:
 def test_repair_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "a.wal"
     path.write_bytes(b"this is not a log at all")
-    assert main(["repair", str(path)]) == 0
+    assert main(["repair", "--force", str(path)]) == 0
     assert "zeroed" in capsys.readouterr().out
     assert main(["verify", str(path)]) == 0
 

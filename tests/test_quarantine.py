@@ -147,7 +147,11 @@ def test_repair_is_never_implicit_and_keeps_the_bytes(tmp_path: Path) -> None:
         mmwal.open(path)
     assert "repair" in str(refused.value)
     assert path.read_bytes() == content
-    report = mmwal.repair(path)
+    # Repair keeps no record of it, so it refuses unless forced, and changes nothing.
+    with pytest.raises(mmwal.CorruptionError, match="force"):
+        mmwal.repair(path)
+    assert path.read_bytes() == content
+    report = mmwal.repair(path, force=True)
     assert (report.head, report.end) == (0, 0)
     assert [Path(p).read_bytes() for p in report.quarantined] == [content]
     with mmwal.open(path) as wal:
