@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +135,241 @@ def test_missing_path_is_an_error_not_a_traceback(
 ) -> None:
     assert main(["info", str(tmp_path / "missing.wal")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+# -- the operator's surface ------------------------------------------------------------
+
+FOLLOW_MISSING = "Wal.follow is not on main yet (branch followers)"
+
+
+def _segmented(path: Path, payloads: list[bytes], segment_size: int = 4096) -> None:
+    with mmwal.open(path, segment_size=segment_size) as wal:
+        wal.append_many(payloads)
+
+
+def test_options_work_after_the_subcommand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"a" * 50])
+    assert main(["info", "--max-record-size", "100", str(path)]) == 0
+    assert "records:         1" in capsys.readouterr().out
+    # The option is used, not just accepted: a smaller limit meets the record.
+    assert main(["dump", str(path), "--max-record-size", "10"]) != 0 or (
+        capsys.readouterr().out.strip() == ""
+    )
+
+
+def test_info_json_describes_a_segmented_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "log"
+    _segmented(path, [bytes(1000)] * 10)
+    assert main(["info", "--json", str(path)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["head_lsn"] == 0
+    assert described["next_lsn"] == described["durable_lsn"] == 10 * 1008
+    assert described["records"] == 10
+    assert described["segment_size"] == 4096
+    assert described["segments"] == 3
+    assert [file["bytes"] for file in described["files"]] == [4096] * 3
+    assert described["files"][0]["name"] == "00000000000000000000.wal"
+    assert described["layout"] == "segmented"
+
+
+def test_info_plain_names_the_segment_size_and_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "log"
+    _segmented(path, [bytes(1000)] * 10)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "segment size:    4096 bytes" in out
+    assert "segments:        3" in out
+
+
+def test_info_json_of_a_single_file_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"x"])
+    assert main(["info", str(path), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["segment_size"] is None
+    assert described["files"] == [{"name": "a.wal", "bytes": 64 << 20}]
+
+
+def test_tail_prints_the_last_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"r%d" % n for n in range(20)])
+    assert main(["tail", "-n", "2", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["188\t3\tb'r18'", "199\t3\tb'r19'"]
+
+
+def test_tail_json_from_an_lsn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"\x00\xffa", b"bb", b"c"])
+    assert main(["tail", "--from", "11", "--json", str(path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        {"lsn": 11, "size": 2, "data": base64.b64encode(b"bb").decode()},
+        {"lsn": 21, "size": 1, "data": base64.b64encode(b"c").decode()},
+    ]
+
+
+def test_dump_json_with_a_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"x"] * 5)
+    assert main(["dump", "--json", "--limit", "2", str(path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["lsn"] for line in lines] == [0, 9]
+    assert base64.b64decode(lines[0]["data"]) == b"x"
+
+
+@pytest.mark.skipif(not hasattr(mmwal.Wal, "follow"), reason=FOLLOW_MISSING)
+def test_tail_follow_prints_records_appended_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    with mmwal.open(path) as wal:
+        wal.append_and_sync(b"before")
+
+        def write_later() -> None:
+            time.sleep(0.2)
+            for number in range(3):
+                wal.append_and_sync(b"later %d" % number)
+
+        writer = threading.Thread(target=write_later)
+        writer.start()
+        status = main(["tail", "-f", "--timeout", "2", "--json", str(path)])
+        writer.join()
+    assert status == 0
+    data = [base64.b64decode(json.loads(line)["data"]) for line in capsys.readouterr().out.split()]
+    assert data == [b"before", b"later 0", b"later 1", b"later 2"]
+
+
+def test_verify_names_the_first_damage_and_what_follows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"record %d" % n for n in range(5)])
+    with path.open("r+b") as file:
+        file.seek(16 + 16 + 8)  # a payload byte of the third record (LSN 32)
+        file.write(b"X")
+    before = path.read_bytes()
+    status = main(["verify", str(path)])
+    out = capsys.readouterr().out
+    assert status in (2, 3)
+    assert "first damage at LSN 32" in out
+    assert "2 intact records follow it" in out
+    assert path.read_bytes() == before
+
+
+def test_verify_of_a_torn_tail_says_nothing_follows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"first", b"second"])
+    with path.open("r+b") as file:
+        file.seek(13 + 8)
+        file.write(b"X")
+    assert main(["verify", str(path)]) == 2
+    assert "no intact record follows it" in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_verify_shows_progress_on_a_terminal_only_unless_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [bytes(1000)] * 10_000)
+    assert main(["verify", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["verify", str(path)]) == 0
+    assert "verify" in terminal.getvalue()
+    assert "10.1M" in terminal.getvalue()  # the bar's total: the log's bytes
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main(["verify", "--quiet", str(path)]) == 0
+    assert quiet.getvalue() == ""
+
+
+def test_repair_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [b"first", b"second"])
+    with path.open("r+b") as file:
+        file.seek(13 + 8)
+        file.write(b"X")
+    before = sorted(tmp_path.iterdir())
+    content = path.read_bytes()
+    assert main(["repair", "--dry-run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "would keep 14 bytes from LSN 13" in out
+    assert "nothing was changed" in out
+    assert path.read_bytes() == content
+    assert sorted(tmp_path.iterdir()) == before
+    assert main(["repair", str(path)]) == 0
+    assert path.read_bytes() != content
+
+
+def test_repair_dry_run_of_a_segment_gap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "log"
+    _segmented(path, [bytes(1000)] * 20)
+    (path / "00000000000000000002.wal").unlink()
+    names = sorted(entry.name for entry in path.iterdir())
+    assert main(["repair", "--dry-run", str(path)]) == 0
+    assert "would rename 00000000000000000003.wal" in capsys.readouterr().out
+    assert sorted(entry.name for entry in path.iterdir()) == names
+
+
+def test_repair_refuses_what_is_not_a_log_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.json"
+    content = json.dumps({"a": list(range(100))}).encode()
+    path.write_bytes(content)
+    assert main(["repair", str(path)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert path.read_bytes() == content
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["config.json"]
+    assert main(["repair", "--force", str(path)]) == 0
+
+
+def test_repair_of_a_missing_path_creates_nothing(tmp_path: Path) -> None:
+    assert main(["repair", str(tmp_path / "missing.wal")]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_usage_error_has_its_own_exit_status(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["info", "--no-such-option", str(tmp_path)])
+    assert exited.value.code == 64
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["dump"], ["tail"], ["verify"], ["repair"]])
+def test_help_has_no_raw_markup(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage:" in text
+    assert "``" not in text
+
+
+def test_the_mmwal_console_script_is_installed() -> None:
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert [script.value for script in scripts if script.name == "mmwal"] == ["mmwal.__main__:main"]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("mmwal")), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.startswith("usage: mmwal")
