@@ -28,7 +28,10 @@ def main(directory: Path) -> None:
     with mmwal.open(segments, segment_size=64) as wal:
         wal.append_many([b"x" * 100, b"y" * 10])
         files = sorted(entry.name for entry in segments.iterdir())
-        print(f"a 118-byte log over 64-byte segments spans {len(files)} files: {files[0]}, ...")
+        print(
+            f"a {wal.next_lsn}-byte log over 64-byte segments spans {len(files)} files: "
+            f"{files[0]}, ..."
+        )
 
 
 if __name__ == "__main__":
