@@ -1,0 +1,31 @@
+"""The slow set: tests that take seconds each, run with ``pytest -m slow`` (``.ci/run`` does).
+
+They are marked here, by name, rather than in their files, so that the fast set
+(``pytest -q``, the README's command) stays short. Measured with
+``pytest --durations=30``; every test listed took 4 s or more on 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# (file, test name or its prefix before a parameter list)
+SLOW = {
+    ("test_commit_protocol.py", "test_no_append_succeeds_once_a_failed_flush_broke_the_log"),
+    ("test_kills.py", "test_quick_kills_keep_every_appended_record"),
+    ("test_crash_simulation.py", "test_quick_crash_images_keep_the_prefix_property"),
+    ("test_perf_smoke.py", "test_quick_bench_writes_complete_json"),
+    ("test_fuzz.py", "test_segment_sets_recover_or_refuse"),
+    ("test_fuzz.py", "test_single_files_recover_or_refuse"),
+    ("test_fuzz.py", "test_the_atheris_entry_point_holds"),
+    ("test_stateful.py", "TestCrashingLog"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Add the ``slow`` marker to the tests listed in ``SLOW``."""
+    for item in items:
+        name = item.name.split("[")[0]
+        owner = item.parent.name if item.parent is not None else ""
+        if (item.path.name, name) in SLOW or (item.path.name, owner) in SLOW:
+            item.add_marker(pytest.mark.slow)
