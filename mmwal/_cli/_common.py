@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -120,7 +121,7 @@ def open_readonly(
     """Open the log at ``arguments.path`` read-only: nothing on disk changes."""
     path = arguments.path
     if not os.path.exists(path):
-        raise FileNotFoundError(2, "no log here", path)
+        raise FileNotFoundError(errno.ENOENT, "no log here", path)
     return mmwal.open(
         path,
         segment_size=arguments.segment_size,
@@ -137,8 +138,11 @@ def run(argv: Sequence[str] | None, groups: Iterable[Register]) -> int:
     except KeyboardInterrupt:
         return ExitStatus.OK if getattr(arguments, "follow", False) else 130
     except BrokenPipeError:
-        # The reader went away (``mmwal dump log | head``): not an error.
-        sys.stderr.close()
+        # The reader went away (``mmwal dump log | head``): not an error. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return ExitStatus.OK
     except (mmwal.WalError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
