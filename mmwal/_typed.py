@@ -114,8 +114,14 @@ class TypedWal(Generic[T]):
         self.wal.sync()
 
     def iter(self, start: int | None = None) -> Iterator[TypedRecord[T]]:
-        """Decode the records from the head (or ``start``) to the end at the time of the call."""
-        for record in self.wal.iter(start):
+        """Decode the records from the head (or ``start``) to the end at the time of the call.
+
+        ``start`` is checked now, as ``Wal.iter`` checks it, not at the first step.
+        """
+        return self._decoded(self.wal.iter(start))
+
+    def _decoded(self, records: Iterable[Record]) -> Iterator[TypedRecord[T]]:
+        for record in records:
             yield self._decode(record)
 
     def __iter__(self) -> Iterator[TypedRecord[T]]:
@@ -134,8 +140,7 @@ class TypedWal(Generic[T]):
         ``durable=True`` yields only what a sync made durable, so a crash cannot
         take back a value this has yielded.
         """
-        for record in follow_records(self.wal, start, timeout=timeout, durable=durable):
-            yield self._decode(record)
+        return self._decoded(follow_records(self.wal, start, timeout=timeout, durable=durable))
 
     def __repr__(self) -> str:
         return f"<TypedWal {self.codec!r} over {self.wal!r}>"

@@ -1,9 +1,10 @@
 """asyncio: ``mmwal.aio.open(...)`` gives an ``AsyncWal`` whose waits never block the loop.
 
 Appends are a copy into the mapping (microseconds) and run on the event loop; an
-append that must first grow the log (create a segment, a 64 MiB window) runs in a
-worker thread. Every wait for the disk (``sync``, ``append_and_sync``, ``close``,
-open's recovery) and every wait of ``follow`` runs in a worker thread.
+append that must first grow the log (create a segment, a 64 MiB window) or that
+copies more than 1 MiB runs in a worker thread. Every wait for the disk (``sync``,
+``append_and_sync``, ``close``, open's recovery) and every wait of ``follow`` runs
+in a worker thread.
 
 Rules kept here:
 
@@ -51,6 +52,11 @@ def open(  # noqa: A001 - mirrors mmwal.open
             open_wal, path, segment_size=segment_size, config=config, readonly=readonly
         )
     )
+
+
+# A record larger than this is copied in a worker thread: copying it would hold
+# the loop for more than a fraction of a millisecond.
+_INLINE_BYTES = 1 << 20
 
 
 def _frame_bytes(data: Buffer) -> int:
@@ -134,7 +140,8 @@ class AsyncWal:
     async def append(self, data: Buffer) -> int:
         """Append one record; return its LSN. Crash cost: as ``Wal.append``."""
         wal = self.wal
-        if wal.next_lsn + _frame_bytes(data) <= wal.store.capacity:
+        size = _frame_bytes(data)
+        if size <= _INLINE_BYTES and wal.next_lsn + size <= wal.store.capacity:
             return wal.append(data)
         return await asyncio.to_thread(wal.append, data)
 
@@ -145,7 +152,7 @@ class AsyncWal:
             return wal.append_many(records)  # raises the TypeError that explains it
         batch = list(records)
         size = sum(_frame_bytes(record) for record in batch)
-        if wal.next_lsn + size <= wal.store.capacity:
+        if size <= _INLINE_BYTES and wal.next_lsn + size <= wal.store.capacity:
             return wal.append_many(batch)
         return await asyncio.to_thread(wal.append_many, batch)
 

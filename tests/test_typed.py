@@ -144,3 +144,10 @@ def test_follow_decodes_records_as_they_arrive(tmp_path: Path) -> None:
         typed.append_many([{"n": 0}, {"n": 1}])
         seen = [record.value for record in typed.follow(timeout=0.2)]
         assert seen == [{"n": 0}, {"n": 1}]
+
+
+def test_iter_checks_its_start_when_called(tmp_path: Path) -> None:
+    with mmwal.open(tmp_path / "a.wal") as wal:
+        wal.append(b'"x"')
+        with pytest.raises((mmwal.CorruptionError, ValueError)):
+            wal.typed(Json()).iter(3)
