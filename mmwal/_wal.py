@@ -219,7 +219,9 @@ class Wal:
         """Open or create the segmented log in ``directory``.
 
         ``segment_size=None`` infers the size from the files there (64 MiB for a new
-        log); a size that contradicts them is a ``ValueError`` naming both.
+        log); a size that contradicts them is a ``ValueError`` naming both, and so
+        is one the file system can never hold; a new log whose first segment
+        exceeds the free space is ``OSError(ENOSPC)`` here, not at the first append.
         ``readonly=True`` changes nothing on disk, as for ``open``.
         """
         location = os.fspath(directory)
