@@ -28,7 +28,9 @@ async def commit(directory: Path) -> int:
     async with mmwal.aio.open(directory / "async.wal") as wal:
         lsn: int = await wal.append_and_sync(b"x")
         stats: mmwal.WalStats = wal.stats()
-        return lsn + stats.appends
+    again: mmwal.aio.AsyncWal = await mmwal.aio.open(directory / "async.wal")
+    await again.close()
+    return lsn + stats.appends
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import asyncio
 import concurrent.futures
 import functools
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -96,7 +96,7 @@ class AsyncWal:
         self._wal = await asyncio.shield(self._opening)
         return self
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, Self]:
         """Open the log (recovery runs in a worker thread) and return this ``AsyncWal``."""
         return self._open().__await__()
 

@@ -151,3 +151,12 @@ def test_iter_checks_its_start_when_called(tmp_path: Path) -> None:
         wal.append(b'"x"')
         with pytest.raises((mmwal.CorruptionError, ValueError)):
             wal.typed(Json()).iter(3)
+
+
+def test_the_public_modules_export_what_they_define() -> None:
+    import mmwal.aio
+
+    assert sorted(mmwal.codecs.__all__) == ["Codec", "Json", "MsgPack", "Pickle", "Struct"]
+    assert sorted(mmwal.aio.__all__) == ["AsyncWal", "open"]
+    for module in (mmwal.codecs, mmwal.aio):
+        assert all(hasattr(module, name) for name in module.__all__)
