@@ -165,7 +165,8 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
         f"offset {extent[0]}: this is not an mmwal/wal-db log, or its start is damaged",
         path=store.location,
         hint="nothing was changed; check the path and max_record_size, or run "
-        "mmwal.repair(path, force=True) to quarantine the unreadable bytes and start afresh",
+        "mmwal.repair(path, force=True) (or: mmwal repair --force PATH) to quarantine "
+        "the unreadable bytes and start afresh",
     )
 
 
