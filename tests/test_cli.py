@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import mmwal
-from mmwal.__main__ import main
+from mmwal.__main__ import GROUPS, main
+from mmwal._cli import build_parser
 
 
 def _log(path: Path, payloads: list[bytes]) -> None:
@@ -78,7 +79,7 @@ def test_verify_names_damage_with_intact_records_after_it(
         file.seek(victim + 9)
         file.write(b"X")
     before = path.read_bytes()
-    assert main(["verify", str(path)]) == 1
+    assert main(["verify", str(path)]) == 3
     err = capsys.readouterr().err
     assert f"damaged record at LSN {victim}" in err
     assert "989 intact records follow it" in err
@@ -154,10 +155,13 @@ def test_options_work_after_the_subcommand(
     _log(path, [b"a" * 50])
     assert main(["info", "--max-record-size", "100", str(path)]) == 0
     assert "records:         1" in capsys.readouterr().out
-    # The option is used, not just accepted: a smaller limit meets the record.
-    assert main(["dump", str(path), "--max-record-size", "10"]) != 0 or (
-        capsys.readouterr().out.strip() == ""
-    )
+    parser = build_parser(GROUPS)
+    after = parser.parse_args(["info", "--max-record-size", "100", "--segment-size", "4096", "p"])
+    before = parser.parse_args(["--max-record-size", "100", "info", "p"])
+    neither = parser.parse_args(["info", "p"])
+    assert (after.max_record_size, after.segment_size) == (100, 4096)
+    assert before.max_record_size == 100
+    assert (neither.max_record_size, neither.segment_size) == (64 << 20, None)
 
 
 def test_info_json_describes_a_segmented_log(
@@ -195,6 +199,10 @@ def test_info_json_of_a_single_file_log(tmp_path: Path, capsys: pytest.CaptureFi
     described = json.loads(capsys.readouterr().out)
     assert described["segment_size"] is None
     assert described["files"] == [{"name": "a.wal", "bytes": 64 << 20}]
+    assert described["recovery_point"] == 9  # written at close: the whole log
+    Path(f"{path}.recovery").unlink()
+    assert main(["info", str(path), "--json"]) == 0
+    assert "recovery_point" not in json.loads(capsys.readouterr().out)
 
 
 def test_tail_prints_the_last_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -255,11 +263,10 @@ def test_verify_names_the_first_damage_and_what_follows_it(
         file.seek(16 + 16 + 8)  # a payload byte of the third record (LSN 32)
         file.write(b"X")
     before = path.read_bytes()
-    status = main(["verify", str(path)])
-    out = capsys.readouterr().out
-    assert status in (2, 3)
-    assert "first damage at LSN 32" in out
-    assert "2 intact records follow it" in out
+    assert main(["verify", str(path)]) == 3
+    captured = capsys.readouterr()
+    assert "first damage at LSN 32, 2 intact records after it" in captured.out
+    assert "damaged record at LSN 32 below the recovery point" in captured.err
     assert path.read_bytes() == before
 
 
@@ -268,11 +275,12 @@ def test_verify_of_a_torn_tail_says_nothing_follows(
 ) -> None:
     path = tmp_path / "a.wal"
     _log(path, [b"first", b"second"])
+    Path(f"{path}.recovery").unlink()  # a crash before the point was written
     with path.open("r+b") as file:
         file.seek(13 + 8)
         file.write(b"X")
     assert main(["verify", str(path)]) == 2
-    assert "no intact record follows it" in capsys.readouterr().out
+    assert "no intact record follows them" in capsys.readouterr().out
 
 
 class _Terminal(io.StringIO):
@@ -301,6 +309,7 @@ def test_verify_shows_progress_on_a_terminal_only_unless_quiet(
 def test_repair_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "a.wal"
     _log(path, [b"first", b"second"])
+    Path(f"{path}.recovery").unlink()  # a crash before the point was written
     with path.open("r+b") as file:
         file.seek(13 + 8)
         file.write(b"X")

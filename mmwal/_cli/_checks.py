@@ -6,18 +6,14 @@ import argparse
 import contextlib
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mmwal
 
-from ._common import ExitStatus, add_command, config_of, open_readonly
+from ._common import ExitStatus, add_command, config_of
 
 __all__ = ["register"]
-
-# Progress is reported in steps of this many bytes: a bar update per record
-# would cost more than checking the record.
-_PROGRESS_STEP = 4 << 20
 
 
 def register(commands: Any) -> None:
@@ -47,8 +43,8 @@ def register(commands: Any) -> None:
 
 
 @contextlib.contextmanager
-def _progress(total: int, *, shown: bool) -> Iterator[Any]:
-    """Yield a bar with ``update(bytes)``, or None: off a terminal, quiet, or no tqdm."""
+def _progress(*, shown: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """Yield ``progress(done, total)`` drawing a bar; None off a terminal, if quiet, or no tqdm."""
     if not shown:
         yield None
         return
@@ -57,82 +53,63 @@ def _progress(total: int, *, shown: bool) -> Iterator[Any]:
     except ImportError:
         yield None
         return
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="verify", file=sys.stderr, leave=False)
+    bar = tqdm(unit="B", unit_scale=True, desc="verify", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
     try:
-        yield bar
+        yield update
     finally:
         bar.close()
 
 
-def _count(wal: mmwal.Wal, bar: Any) -> int:
-    """Read every record (each CRC checked); return how many there are."""
-    count = 0
-    if bar is None:
-        for _ in wal:
-            count += 1
-        return count
-    reported = wal.head_lsn
-    for record in wal:
-        count += 1
-        if record.lsn - reported >= _PROGRESS_STEP:
-            bar.update(record.lsn - reported)
-            reported = record.lsn
-    bar.update(wal.next_lsn - reported)
-    return count
-
-
-def _intact_after(arguments: argparse.Namespace, lsn: int) -> int:
-    """Return how many intact records the library finds past the damage at ``lsn``.
-
-    Asked of the library's own ``SKIP_BAD_RECORDS`` reading, on a read-only open.
-    """
-    config = mmwal.WalConfig(
-        max_record_size=arguments.max_record_size,
-        recovery_policy=mmwal.RecoveryPolicy.SKIP_BAD_RECORDS,
-    )
-    try:
-        with open_readonly(arguments, config) as wal:
-            return sum(1 for record in wal if record.lsn > lsn)
-    except mmwal.WalError:
-        return 0
-
-
-def _damage(arguments: argparse.Namespace, lsn: int, reason: str) -> str:
-    intact = _intact_after(arguments, lsn)
-    if intact:
-        follows = (
-            f"{intact} intact records follow it: this is damage, not a crash's torn tail "
-            f"(keep a copy of the log before any repair)"
-        )
-    else:
-        follows = "no intact record follows it"
-    return f"first damage at LSN {lsn} ({reason}); {follows}"
-
-
 def _verify(arguments: argparse.Namespace) -> int:
     shown = not arguments.quiet and sys.stderr.isatty()
-    opened = False
     try:
-        with open_readonly(arguments) as wal:
-            opened = True
-            report = wal.recovery
-            with _progress(wal.next_lsn - wal.head_lsn, shown=shown) as bar:
-                count = _count(wal, bar)
+        with _progress(shown=shown) as progress:
+            report = mmwal.verify(
+                arguments.path,
+                segment_size=arguments.segment_size,
+                config=config_of(arguments),
+                progress=progress,
+            )
     except mmwal.CorruptionError as error:
-        print(f"FAIL: {_damage(arguments, error.offset, error.reason)}")
-        print(f"  {error}", file=sys.stderr)
-        # Damage met while reading the records lies inside a log that opens;
-        # damage that stops the open leaves nothing readable as asked.
-        return ExitStatus.DAMAGED if opened else ExitStatus.ERROR
-    if report.discarded_bytes:
-        reason = report.stop.value if report.stop else "end of store"
+        print(f"FAIL: the log cannot be read: {error}", file=sys.stderr)
+        return ExitStatus.ERROR
+    # What the library found, as it reports it: the damage, then the tail.
+    for damage in report.damage:
+        durable = " below the recovery point (it was durable)" if damage.durable else ""
+        follows = (
+            f"{damage.intact_after} intact records follow it"
+            if damage.intact_after
+            else "no intact record follows it"
+        )
         print(
-            f"WARN: {count} intact records up to LSN {report.end}; "
-            f"{_damage(arguments, report.end, reason)}; {report.discarded_bytes} bytes past "
-            f"the end (a writable open would quarantine and zero them)"
+            f"FAIL: damaged record at LSN {damage.lsn}{durable}: {damage.reason}; {follows}",
+            file=sys.stderr,
+        )
+    if report.damage:
+        first = report.damage[0]
+        print(
+            f"DAMAGED: {report.records} intact records; first damage at LSN {first.lsn}, "
+            f"{first.intact_after} intact records after it (keep a copy of the log before "
+            f"any repair; repair --dry-run shows what it would do)"
+        )
+        return ExitStatus.DAMAGED
+    if report.tail_bytes:
+        reason = report.tail_stop.value if report.tail_stop else "end of store"
+        print(
+            f"WARN: {report.records} intact records up to LSN {report.end}; "
+            f"{report.tail_bytes} bytes past the end ({reason}), and no intact record "
+            f"follows them: a torn tail, as a crash leaves (a writable open quarantines "
+            f"and zeroes it)"
         )
         return ExitStatus.TORN_TAIL
-    print(f"OK: {count} intact records, LSN {report.head} to {report.end}")
+    print(f"OK: {report.records} intact records, LSN {report.head} to {report.end}")
     return ExitStatus.OK
 
 

@@ -98,10 +98,10 @@ def _describe(wal: mmwal.Wal, path: str) -> dict[str, Any]:
             "bytes_past_end": report.discarded_bytes,
         },
     }
-    # The recovery point, on logs that keep one (a file beside the log).
-    point = getattr(report, "recovery_point", None)
-    if point is not None:
-        described["recovery_point"] = point
+    # The recovery point, on logs that keep one (a file beside the log) that agrees
+    # with the log: the end it vouches for as durable.
+    if report.recovery_point is not None:
+        described["recovery_point"] = report.recovery_point
     return described
 
 
