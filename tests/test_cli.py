@@ -382,3 +382,13 @@ def test_the_mmwal_console_script_is_installed() -> None:
         timeout=60,
     )
     assert result.stdout.startswith("usage: mmwal")
+
+
+def test_verify_reports_progress_up_to_the_whole_log(tmp_path: Path) -> None:
+    path = tmp_path / "a.wal"
+    _log(path, [bytes(1000)] * 10_000)
+    calls: list[tuple[int, int]] = []
+    assert mmwal.verify(path, progress=lambda done, total: calls.append((done, total))).ok
+    assert calls[-1] == (10_080_000, 10_080_000)
+    assert len(calls) >= 3  # a step every 4 MiB, then the end
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
