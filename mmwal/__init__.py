@@ -7,8 +7,10 @@ The on-disk format is the frozen 1.x format of the Rust crate wal-db. Start with
 import os
 
 from . import codecs as codecs  # mmwal.codecs.Json() after a bare import mmwal
+from ._archive import Archive, ArchivedSegment
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import (
+    ArchiveConflictError,
     CorruptionError,
     InvalidLSNError,
     RecordTooLargeError,
@@ -32,6 +34,9 @@ from ._verify import Damage, VerifyReport, verify
 from ._wal import Wal, WalIterator, WalStats
 
 __all__ = [
+    "Archive",
+    "ArchiveConflictError",
+    "ArchivedSegment",
     "CorruptionError",
     "Damage",
     "FileStore",
@@ -72,15 +77,22 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
     segment_size: int | None = None,
     config: WalConfig | None = None,
     readonly: bool = False,
+    archive: Archive | None = None,
 ) -> Wal:
     """Open or create a log: a directory or a ``segment_size`` means segmented.
 
     A path ending in a separator (``"orders/"``) names a directory, created if
     missing. Otherwise ``path`` is a single-file log. See ``Wal.open`` and
-    ``Wal.open_segmented`` for what opening does and what a crash costs.
+    ``Wal.open_segmented`` for what opening does and what a crash costs;
+    ``archive`` (segmented logs only) archives sealed segments as they come.
     """
-    if segment_size is not None or os.path.isdir(path) or _names_a_directory(path):
-        return Wal.open_segmented(path, segment_size, config, readonly=readonly)
+    if (
+        segment_size is not None
+        or os.path.isdir(path)
+        or _names_a_directory(path)
+        or archive is not None
+    ):
+        return Wal.open_segmented(path, segment_size, config, readonly=readonly, archive=archive)
     return Wal.open(path, config, readonly=readonly)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveConflictError",
     "CorruptionError",
     "InvalidLSNError",
     "RecordTooLargeError",
@@ -156,4 +157,25 @@ class WalTruncatedError(WalError):
         super().__init__(
             f"LSN {lsn} is no longer in the log: {what} (hint: start a new iterator "
             f"from head_lsn, or from a position read after the truncation)"
+        )
+
+
+class ArchiveConflictError(WalError):
+    """The archive holds a different history than the log being pushed; nothing changed.
+
+    ``index`` is the segment where the two part ways, ``reason`` how. Like
+    PostgreSQL's ``archive_command``, a push never overwrites an archived segment
+    with different bytes: the archive belongs to another log, or this log was
+    rewritten (``truncate_after`` below an archived segment) or lost segments the
+    archive still needs.
+    """
+
+    def __init__(self, index: int, reason: str, *, url: str) -> None:
+        self.index = index
+        self.reason = reason
+        self.url = url
+        super().__init__(
+            f"archive {url} conflicts with the log at segment {index}: {reason}; the "
+            f"archive was left as it was (hint: push this log to a new archive URL, or "
+            f"restore the archive to continue its history)"
         )

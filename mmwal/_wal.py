@@ -45,6 +45,8 @@ from ._store import Buffer, Store
 from ._typed import TypedWal
 
 if TYPE_CHECKING:
+    from ._archive import Archive
+    from ._archiver import Archiver
     from .codecs import Codec
 
 __all__ = ["Wal", "WalIterator", "WalStats"]
@@ -186,6 +188,8 @@ class Wal:
         self._piece: Buffer = b""
         self._piece_base = 0
         self._fast_limit = 0
+        #: The background archiver when opened with ``archive=`` (see ``_archiver``).
+        self._archiver: Archiver | None = None
 
     # -- constructors -------------------------------------------------------------
 
@@ -215,6 +219,7 @@ class Wal:
         config: WalConfig | None = None,
         *,
         readonly: bool = False,
+        archive: Archive | None = None,
     ) -> Wal:
         """Open or create the segmented log in ``directory``.
 
@@ -222,14 +227,25 @@ class Wal:
         log); a size that contradicts them is a ``ValueError`` naming both, and so
         is one the file system can never hold; a new log whose first segment
         exceeds the free space is ``OSError(ENOSPC)`` here, not at the first append.
-        ``readonly=True`` changes nothing on disk, as for ``open``.
+        ``readonly=True`` changes nothing on disk, as for ``open``. With ``archive``
+        sealed segments are pushed to it in the background, and ``truncate_before``
+        pushes what it would delete first (see ``mmwal.Archive``).
         """
         location = os.fspath(directory)
         check_single_file_path(location)
         check_segment_size(location, segment_size, writable=not readonly)
         with explain_permission(location, writable=not readonly):
             store = SegmentStore(location, segment_size, writable=not readonly)
-        return cls(store, config)
+        wal = cls(store, config)
+        if archive is not None:
+            from ._archiver import Archiver  # noqa: PLC0415 - imports this module
+
+            try:
+                wal._archiver = Archiver(wal, archive)
+            except BaseException:
+                wal.close()
+                raise
+        return wal
 
     @classmethod
     def with_store(cls, store: Store, config: WalConfig | None = None) -> Wal:
@@ -602,8 +618,11 @@ class Wal:
         head file is, so a crash at any point leaves a log that starts at the old
         head or at ``lsn``. If a step fails, the log is broken
         (``WalBrokenError``). A single file or ``MemStore`` keeps its bytes and
-        returns the head unchanged.
+        returns the head unchanged. With an archive attached, the segments it would
+        delete are pushed first; if that fails, it raises and deletes nothing.
         """
+        if self._archiver is not None:
+            self._archiver.before_truncate(lsn)
         with self._exclusive():
             self._check_writable()
             head = self._store.head_lsn
@@ -718,6 +737,8 @@ class Wal:
         the failure reported it. A close that finds another close running waits
         for it and shares its outcome.
         """
+        if self._archiver is not None:
+            self._archiver.stop()
         with self._reserve:
             in_progress = self._closing
             self._closing = True

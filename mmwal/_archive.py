@@ -1,0 +1,417 @@
+"""``Archive``: sealed segments off the machine, through fsspec, and back.
+
+Rules kept here (the layout is in ``_manifest``):
+
+- A segment is uploaded to a staging key, read back and checked (size and
+  CRC-32C of what landed), moved to its segment key, and only then published by
+  its manifest entry, written last. A crash or a network failure at any step
+  leaves at most an unpublished object, which the next push replaces.
+- An archived segment is never overwritten: a push whose segment differs from
+  the archived one raises ``ArchiveConflictError`` before anything is written.
+- The archive is one contiguous run of segments; a push never leaves a gap.
+- A restore is built in a sibling directory and renamed into place whole; it
+  never writes into an existing log, and never returns a prefix shorter than
+  asked without raising.
+- fsspec is imported only when an ``Archive`` is made: the core install does
+  not need it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import posixpath
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._archive_local import LocalLog
+from ._archive_restore import restore_segments
+from ._config import WalConfig
+from ._crc import crc32c
+from ._errors import ArchiveConflictError, CorruptionError, InvalidLSNError
+from ._format import HEADER_SIZE, Record, Stop, decode_batch, diagnose, segment_name
+from ._manifest import (
+    MANIFEST_DIR,
+    SEGMENTS_DIR,
+    STAGING_DIR,
+    ArchivedSegment,
+    decode_entry,
+    encode_entry,
+    entry_name,
+    parse_entry_name,
+    staging_name,
+)
+from ._wal import Wal
+
+__all__ = ["Archive", "ArchivedSegment", "Progress"]
+
+Progress = Callable[[int], object]
+"""Called with the number of bytes just transferred (``tqdm.update`` fits)."""
+
+_BATCH_RECORDS = 256
+_BATCH_BYTES = 1 << 20
+
+
+class Archive:
+    """A place off the machine for a segmented log's sealed segments, via fsspec.
+
+    ``url`` is an fsspec URL (``file:///backups/orders``, ``s3://bucket/prefix``,
+    ``memory://name``); ``storage_options`` go to fsspec unchanged (for S3:
+    ``key``, ``secret``, ``endpoint_url``, ...). Needs ``pip install 'mmwal[archive]'``
+    (and ``'mmwal[s3]'`` for S3).
+
+    Crash cost: none. A segment is visible in the archive only whole and verified;
+    a push cut short at any point leaves the archive as a shorter, valid archive
+    and the next push resumes. One pusher per archive at a time.
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        """Open the archive at ``url``; nothing is contacted yet."""
+        try:
+            from fsspec.core import url_to_fs  # noqa: PLC0415 - an optional dependency
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "mmwal.Archive needs fsspec: pip install 'mmwal[archive]' (and 'mmwal[s3]' for S3)"
+            ) from error
+        filesystem, root = url_to_fs(url, **storage_options)
+        self._init(filesystem, root, url)
+
+    @classmethod
+    def from_filesystem(cls, filesystem: Any, path: str) -> Archive:
+        """Open the archive at ``path`` of an fsspec file system object you already have."""
+        archive = cls.__new__(cls)
+        archive._init(filesystem, path, f"{filesystem.protocol}:{path}")
+        return archive
+
+    def _init(self, filesystem: Any, root: str, url: str) -> None:
+        self._fs = filesystem
+        self._root = root.rstrip("/")
+        self.url = url
+        protocols = filesystem.protocol
+        protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
+        # A local directory is the one target whose writes are not durable when
+        # the call returns: it needs directories and fsyncs of its own.
+        self._local = "file" in protocols or "local" in protocols
+        # Segments whose local bytes were compared with the archive already, by
+        # (path, index) -> (inode, mtime, size): a sealed file does not change.
+        self._compared: dict[tuple[str, int], tuple[int, int, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"<mmwal.Archive {self.url}>"
+
+    # -- names ------------------------------------------------------------------
+
+    def _path(self, directory: str, name: str) -> str:
+        return f"{self._root}/{directory}/{name}"
+
+    def _segment_path(self, index: int) -> str:
+        return self._path(SEGMENTS_DIR, segment_name(index))
+
+    # -- listing ----------------------------------------------------------------
+
+    def segments(self) -> list[ArchivedSegment]:
+        """Return the archived segments in index order (only published, verified ones)."""
+        directory = f"{self._root}/{MANIFEST_DIR}"
+        self._fs.invalidate_cache(directory)
+        try:
+            listed = self._fs.ls(directory, detail=False)
+        except FileNotFoundError:
+            return []
+        paths = sorted(
+            path for path in listed if parse_entry_name(posixpath.basename(path)) is not None
+        )
+        if not paths:
+            return []
+        contents = self._fs.cat(paths)
+        entries = [decode_entry(contents[path], f"{self.url}/{path}") for path in paths]
+        sizes = {entry.segment_size for entry in entries}
+        if len(sizes) > 1:
+            raise CorruptionError(
+                0,
+                f"the archive mixes segment sizes {sorted(sizes)}",
+                path=self.url,
+                hint="an archive holds one log; push each log to its own URL",
+            )
+        return entries
+
+    # -- pushing ----------------------------------------------------------------
+
+    def push(
+        self,
+        source: Wal | str | os.PathLike[str],
+        *,
+        max_record_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> list[int]:
+        """Upload every sealed segment not archived yet; return their indices in order.
+
+        ``source`` is an open segmented ``Wal`` (its durable segments are sealed)
+        or a segmented log's directory (read without taking its lock; each file is
+        fsynced before it is read). A sealed segment is full and entirely covered
+        by intact, durable frames. Idempotent: nothing new to push returns ``[]``.
+        A segment archived with other bytes, or a log that no longer continues the
+        archive, raises ``ArchiveConflictError`` with the archive unchanged.
+        Crash cost: none; a push cut short resumes at the next one.
+        """
+        if isinstance(source, Wal):
+            log = LocalLog.of_wal(source)
+        else:
+            limit = max_record_size or WalConfig().max_record_size
+            log = LocalLog.of_directory(source, limit)
+        return self._push_log(log, progress, up_to=None)
+
+    def _push_log(self, log: LocalLog, progress: Progress | None, up_to: int | None) -> list[int]:
+        """Push the sealed segments of ``log`` (only those below index ``up_to``, if given)."""
+        entries = {entry.index: entry for entry in self.segments()}
+        local = log.indices()
+        if entries:
+            archived_size = next(iter(entries.values())).segment_size
+            if archived_size != log.segment_size:
+                raise ArchiveConflictError(
+                    min(entries),
+                    f"the archive holds {archived_size}-byte segments, the log "
+                    f"{log.segment_size}-byte ones",
+                    url=self.url,
+                )
+            for index in local:
+                if index in entries:
+                    self._compare(log, entries[index])
+            next_index = max(entries) + 1
+            first_lsn = entries[next_index - 1].next_record_lsn
+            if local and next_index < local[0]:
+                raise ArchiveConflictError(
+                    next_index,
+                    f"the archive ends before segment {next_index}, but the log now "
+                    f"starts at segment {local[0]}: the segments between are gone",
+                    url=self.url,
+                )
+        else:
+            next_index = log.head_lsn // log.segment_size
+            first_lsn = log.head_lsn
+        self._prepare()
+        pushed: list[int] = []
+        index = next_index
+        while up_to is None or index < up_to:
+            data = log.read_segment(index)
+            if data is None:
+                break
+            following = log.seal(index, data, first_lsn)
+            if following is None:
+                break
+            entry = ArchivedSegment(
+                index=index,
+                first_lsn=first_lsn,
+                size=len(data),
+                crc32c=crc32c(data),
+                segment_size=log.segment_size,
+                next_record_lsn=following,
+            )
+            self._publish(entry, data)
+            pushed.append(index)
+            if progress is not None:
+                progress(len(data))
+            first_lsn = following
+            index += 1
+        return pushed
+
+    def _compare(self, log: LocalLog, entry: ArchivedSegment) -> None:
+        """Refuse a local segment whose bytes differ from its archived copy."""
+        path = log.segment_path(entry.index)
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            return
+        key = (os.path.abspath(path), entry.index)
+        stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
+        if self._compared.get(key) == stamp:
+            return
+        data = log.read_segment(entry.index)
+        if data is None:
+            return
+        if len(data) != entry.size or crc32c(data) != entry.crc32c:
+            raise ArchiveConflictError(
+                entry.index,
+                f"the archived segment (size {entry.size}, CRC-32C {entry.crc32c:#010x}) "
+                f"differs from {path} (size {len(data)}, CRC-32C {crc32c(data):#010x})",
+                url=self.url,
+            )
+        self._compared[key] = stamp
+
+    def _prepare(self) -> None:
+        if self._local:
+            for directory in (SEGMENTS_DIR, MANIFEST_DIR, STAGING_DIR):
+                self._fs.makedirs(f"{self._root}/{directory}", exist_ok=True)
+
+    def _publish(self, entry: ArchivedSegment, data: bytes) -> None:
+        """Upload, verify and publish one segment; the manifest entry goes last."""
+        token = uuid.uuid4().hex[:16]
+        staging = self._path(STAGING_DIR, staging_name(entry.index, token))
+        self._fs.pipe_file(staging, data)
+        landed = self._fs.cat_file(staging)
+        if len(landed) != entry.size or crc32c(landed) != entry.crc32c:
+            self._fs.rm_file(staging)
+            raise OSError(
+                f"segment {entry.index} did not land intact in {self.url} (read back "
+                f"{len(landed)} bytes, CRC-32C {crc32c(landed):#010x}; sent {entry.size}, "
+                f"{entry.crc32c:#010x}); nothing was published, push again"
+            )
+        self._make_durable(staging)
+        target = self._segment_path(entry.index)
+        self._fs.mv(staging, target)
+        if self._fs.size(target) != entry.size:
+            raise OSError(
+                f"segment {entry.index} changed size when moved into place in {self.url}; "
+                f"nothing was published, push again"
+            )
+        self._make_durable(target, directory=True)
+        manifest_staging = self._path(STAGING_DIR, staging_name(entry.index, token) + ".json")
+        self._fs.pipe_file(manifest_staging, encode_entry(entry))
+        self._make_durable(manifest_staging)
+        self._fs.mv(manifest_staging, self._path(MANIFEST_DIR, entry_name(entry.index)))
+        self._make_durable(self._path(MANIFEST_DIR, entry_name(entry.index)), directory=True)
+
+    def _make_durable(self, path: str, *, directory: bool = False) -> None:
+        """On a local target, fsync the file (or its directory entry) at ``path``."""
+        if not self._local:
+            return  # an object store's write is durable when it returns
+        target = os.path.dirname(path) if directory else path
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reading ----------------------------------------------------------------
+
+    def _contiguous(self) -> list[ArchivedSegment]:
+        entries = self.segments()
+        for previous, entry in itertools.pairwise(entries):
+            if entry.index != previous.index + 1:
+                raise CorruptionError(
+                    entry.start_lsn,
+                    f"the archive has a gap: segment {previous.index} is followed by {entry.index}",
+                    path=self.url,
+                    hint="the missing manifest entries were removed by hand; push the "
+                    "log that holds those segments again",
+                )
+        return entries
+
+    def _fetch(self, entry: ArchivedSegment) -> bytes:
+        data: bytes = self._fs.cat_file(self._segment_path(entry.index))
+        if len(data) != entry.size or crc32c(data) != entry.crc32c:
+            raise CorruptionError(
+                entry.start_lsn,
+                f"archived segment {entry.index} does not match its manifest entry",
+                path=f"{self.url}/{SEGMENTS_DIR}/{segment_name(entry.index)}",
+                hint="the object was changed after it was published; push the log again "
+                "to a new archive",
+            )
+        return data
+
+    def iter(
+        self, start: int | None = None, *, max_record_size: int | None = None
+    ) -> Iterator[Record]:
+        """Yield the archived records from the head (or from ``start``), CRC-checked.
+
+        Reads the archive directly, one segment at a time, without restoring. A
+        record that continues past the last archived segment is not yielded.
+        A ``start`` that is not a record start raises ``InvalidLSNError``, and a
+        frame that fails its check ``CorruptionError``, when reached.
+        """
+        limit = max_record_size or WalConfig().max_record_size
+        entries = self._contiguous()
+        if not entries:
+            return
+        head = entries[0].first_lsn
+        if start is None:
+            start = head
+        if start < head:
+            raise InvalidLSNError(start, "is below the archive's head", after=head)
+        # The last segment whose first record start is at or before ``start``.
+        first = max(
+            (position for position, entry in enumerate(entries) if entry.first_lsn <= start),
+            default=0,
+        )
+        yield from self._records(entries[first:], start, limit)
+
+    def _records(
+        self, entries: list[ArchivedSegment], start: int, max_record_size: int
+    ) -> Iterator[Record]:
+        position = entries[0].first_lsn
+        buffer = b""
+        base = position
+        for entry in entries:
+            if position >= entry.end_lsn:
+                continue  # the middle of one record that spans past the archive
+            data = self._fetch(entry)
+            if buffer:
+                buffer = buffer[position - base :] + data
+            else:
+                buffer = data[position - entry.start_lsn :]
+            base = position
+            limit = len(buffer)
+            while True:
+                batch_start = position
+                records, position = decode_batch(
+                    buffer,
+                    position - base,
+                    limit,
+                    base=base,
+                    max_record_size=max_record_size,
+                    max_records=_BATCH_RECORDS,
+                    max_bytes=_BATCH_BYTES,
+                )
+                for record in records:
+                    if record.lsn >= start:
+                        yield record
+                    elif record.lsn + HEADER_SIZE + len(record.data) > start:
+                        raise InvalidLSNError(
+                            start,
+                            "is not a record start in the archive",
+                            before=record.lsn,
+                            after=record.lsn + HEADER_SIZE + len(record.data),
+                        )
+                bounded = len(records) == _BATCH_RECORDS or position - batch_start >= _BATCH_BYTES
+                if position - base >= limit or not bounded:
+                    break
+            if position - base < limit:
+                stop, length = diagnose(buffer, position - base, limit, max_record_size)
+                if stop not in (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD):
+                    raise CorruptionError(
+                        position,
+                        f"archived frame fails its check ({stop.value}, length {length})",
+                        path=self.url,
+                    )
+
+    # -- restoring --------------------------------------------------------------
+
+    def restore(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        up_to_lsn: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the archived log into ``directory``; return its ``next_lsn``.
+
+        The segment files are byte-identical to the archived ones, so mmwal and
+        wal-db open them. ``up_to_lsn`` keeps only the records before it: it must
+        be a record start (or the archived end), else ``InvalidLSNError``, and it
+        is what this returns. ``directory`` must not exist or be empty: a restore
+        never writes into an existing log (``FileExistsError``). Crash cost: none;
+        the log is assembled beside ``directory`` and renamed into place whole.
+        """
+        entries = self._contiguous()
+        if not entries:
+            raise ValueError(f"the archive {self.url} holds no segment to restore")
+        return restore_segments(
+            entries,
+            fetch=self._download,
+            directory=os.fspath(directory),
+            up_to_lsn=up_to_lsn,
+            progress=progress,
+        )
+
+    def _download(self, entry: ArchivedSegment, local_path: str) -> None:
+        self._fs.get_file(self._segment_path(entry.index), local_path)

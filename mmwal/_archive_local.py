@@ -1,0 +1,214 @@
+"""The local side of archiving: a segmented log's files, and which of them are sealed.
+
+A segment is sealed when every byte of it is log data that will not change: it
+is full, every frame from its first record start to its end checks, the frame
+that crosses into the next segment is complete and checks as well (else a crash
+recovery could still cut it and zero this segment's tail), and all of that is
+durable. Only sealed segments are archived.
+
+Rules kept here:
+
+- Segments below the head file's segment are not log data (a ``truncate_before``
+  cut short leaves them): they are never offered for archiving.
+- The files are read with ``pread``, never through a writer's mappings, so a
+  writer may append, flush and close meanwhile.
+- For an open ``Wal`` durability is its ``durable_lsn``; for a directory that a
+  writer in another process may hold, each file is fsynced before it is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ._errors import CorruptionError
+from ._format import (
+    HEAD_FILE_NAME,
+    HEADER,
+    HEADER_SIZE,
+    Stop,
+    decode_head_file,
+    parse_segment_name,
+    scan_frames,
+    segment_name,
+)
+from ._segstore import SegmentStore, infer_segment_size
+from ._wal import Wal
+
+__all__ = ["LocalLog"]
+
+_SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
+
+
+@dataclass(frozen=True)
+class LocalLog:
+    """A segmented log on local disk, as archiving sees it."""
+
+    directory: str
+    segment_size: int
+    head_lsn: int
+    #: Segments must end at or below this to count as durable (``None``: fsync them).
+    durable_limit: int | None
+    max_record_size: int
+
+    @classmethod
+    def of_wal(cls, wal: Wal) -> LocalLog:
+        """Describe an open segmented ``wal``; its ``durable_lsn`` bounds what is sealed."""
+        store = wal.store
+        if not isinstance(store, SegmentStore):
+            raise ValueError(
+                f"only a segmented log can be archived, not {store.location} "
+                f"(hint: open a directory with mmwal.open(path, segment_size=...))"
+            )
+        return cls(
+            store.path,
+            store.segment_size,
+            wal.head_lsn,
+            wal.durable_lsn,
+            wal.config.max_record_size,
+        )
+
+    @classmethod
+    def of_directory(cls, directory: str | os.PathLike[str], max_record_size: int) -> LocalLog:
+        """Describe the segmented log in ``directory`` without opening (or locking) it."""
+        path = os.fspath(directory)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no segmented log directory at {path}")
+        names = sorted(
+            (index, name)
+            for name in os.listdir(path)
+            if (index := parse_segment_name(name)) is not None
+        )
+        sizes = [(name, os.path.getsize(os.path.join(path, name))) for _, name in names]
+        segment_size = infer_segment_size(sizes, None)
+        try:
+            with open(os.path.join(path, HEAD_FILE_NAME), "rb") as head_file:
+                head = decode_head_file(head_file.read(64))
+        except FileNotFoundError:
+            head = 0
+        return cls(path, segment_size, head, None, max_record_size)
+
+    def segment_path(self, index: int) -> str:
+        """Return the path of segment ``index``."""
+        return os.path.join(self.directory, segment_name(index))
+
+    def indices(self) -> list[int]:
+        """Return the indices of the segment files at or above the head's segment."""
+        first = self.head_lsn // self.segment_size
+        return sorted(
+            index
+            for name in os.listdir(self.directory)
+            if (index := parse_segment_name(name)) is not None and index >= first
+        )
+
+    def read_segment(self, index: int) -> bytes | None:
+        """Return the bytes of segment ``index`` (durable first), or ``None`` if missing."""
+        try:
+            fd = os.open(self.segment_path(index), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if self.durable_limit is None:
+                os.fsync(fd)
+            size = os.fstat(fd).st_size
+            chunks = []
+            position = 0
+            while position < size:
+                chunk = os.pread(fd, size - position, position)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                position += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def read(self, offset: int, length: int) -> bytes | None:
+        """Return log bytes ``[offset, offset+length)``, or ``None`` where a file lacks them."""
+        size = self.segment_size
+        parts: list[bytes] = []
+        position, end = offset, offset + length
+        while position < end:
+            index, within = divmod(position, size)
+            step = min(end - position, size - within)
+            try:
+                fd = os.open(self.segment_path(index), os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            try:
+                if self.durable_limit is None:
+                    os.fsync(fd)
+                part = os.pread(fd, step, within)
+            finally:
+                os.close(fd)
+            if len(part) < step:
+                return None
+            parts.append(part)
+            position += step
+        return b"".join(parts)
+
+    def seal(self, index: int, data: bytes, first_lsn: int) -> int | None:
+        """Return the first record start past segment ``index`` if it is sealed, else ``None``.
+
+        ``data`` is the segment's bytes and ``first_lsn`` the first record start at
+        or after its first byte. A frame that fails its check below a durable
+        limit is damage (``CorruptionError``); in a directory it is where the
+        written log ends, and the segment is simply not sealed.
+        """
+        size = self.segment_size
+        base = index * size
+        end = base + size
+        if len(data) != size or (self.durable_limit is not None and end > self.durable_limit):
+            return None
+        if first_lsn >= end:
+            # One record spans the whole segment; its frame was checked, complete
+            # and durable, when the segment holding its start was sealed.
+            return first_lsn
+        scan = scan_frames(
+            data,
+            first_lsn - base,
+            size,
+            base=base,
+            max_record_size=self.max_record_size,
+            collect=False,
+        )
+        if scan.stop is None:
+            return scan.end
+        if scan.stop in _SHORT:
+            following = self._crossing_frame_end(scan.end)
+            if following is not None and (
+                self.durable_limit is None or following <= self.durable_limit
+            ):
+                return following
+            if self.durable_limit is None:
+                return None
+        elif self.durable_limit is None:
+            return None
+        raise CorruptionError(
+            scan.end,
+            f"a frame below the durable end fails its check ({scan.stop.value})",
+            path=self.segment_path(index),
+            hint="run python -m mmwal verify on the log; damaged segments are not archived",
+        )
+
+    def _crossing_frame_end(self, position: int) -> int | None:
+        """Return the end of the frame at ``position`` if it is complete and checks."""
+        header = self.read(position, HEADER_SIZE)
+        if header is None:
+            return None
+        _, length = HEADER.unpack(header)
+        if length > self.max_record_size:
+            return None
+        frame = self.read(position, HEADER_SIZE + length)
+        if frame is None:
+            return None
+        scan = scan_frames(
+            frame,
+            0,
+            len(frame),
+            base=position,
+            max_record_size=self.max_record_size,
+            collect=False,
+            max_records=1,
+        )
+        return scan.end if scan.stop is None and scan.end == position + len(frame) else None
