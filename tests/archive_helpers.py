@@ -1,0 +1,101 @@
+"""Shared helpers for the archive tests: logs to push, and a file system that fails on cue."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import mmwal
+
+SEGMENT_SIZE = 64 * 1024
+
+# The calls Archive makes that reach the storage; each is a step a push can fail at.
+COUNTED = frozenset(
+    {"pipe_file", "cat_file", "mv", "size", "rm_file", "ls", "cat", "makedirs", "get_file"}
+)
+
+
+class Crash(BaseException):
+    """Raised where the process would die: nothing after it runs but ``finally`` blocks."""
+
+
+class FailingFileSystem:
+    """Wrap an fsspec file system; the ``fail_at``-th counted call raises ``error``.
+
+    ``fail_at=None`` never fails (used to count the calls of a clean run).
+    ``torn`` makes every ``pipe_file`` of a segment store only half of the bytes.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        fail_at: int | None = None,
+        error: BaseException | None = None,
+        *,
+        torn: bool = False,
+    ) -> None:
+        self._inner = inner
+        self.fail_at = fail_at
+        self.error = error if error is not None else OSError("injected failure")
+        self.torn = torn
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name not in COUNTED:
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if self.fail_at is not None and len(self.calls) == self.fail_at:
+                raise self.error
+            if self.torn and name == "pipe_file" and not str(args[0]).endswith(".json"):
+                args = (args[0], args[1][: len(args[1]) // 2])
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def memory_archive() -> tuple[mmwal.Archive, Any, str]:
+    """Return a fresh archive in fsspec's memory file system, its file system and root."""
+    archive = mmwal.Archive(f"memory://mmwal-test-{uuid.uuid4().hex}")
+    return archive, archive._fs, archive._root
+
+
+def write_log(
+    directory: Path, records: int = 200, *, seed: int = 1, sizes: tuple[int, int] = (20, 3000)
+) -> list[mmwal.Record]:
+    """Create a segmented log of random records; return them as the log reads them."""
+    generator = random.Random(seed)
+    with mmwal.open(directory, segment_size=SEGMENT_SIZE) as wal:
+        for _ in range(records):
+            wal.append(generator.randbytes(generator.randint(*sizes)))
+        wal.sync()
+        return list(wal)
+
+
+def segment_bytes(directory: Path, index: int) -> bytes:
+    return (directory / f"{index:020d}.wal").read_bytes()
+
+
+def check_archive_is_valid(archive: mmwal.Archive, log: Path, records: list[mmwal.Record]) -> None:
+    """Every published segment is whole and equals the log's; its records are the log's."""
+    segments = archive.segments()
+    for segment in segments:
+        assert segment.size == SEGMENT_SIZE
+        data = archive._fs.cat_file(archive._segment_path(segment.index))
+        assert data == segment_bytes(log, segment.index)
+    archived = list(archive.iter())
+    assert archived == records[: len(archived)]
+    if segments:
+        end = segments[-1].end_lsn
+        assert all(record.lsn + 8 + len(record.data) <= end for record in archived)
+        complete = [record for record in records if record.lsn + 8 + len(record.data) <= end]
+        assert archived == complete
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))

@@ -1,0 +1,305 @@
+"""mmwal.Archive over fsspec's memory and local file systems, with failures injected."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fsspec", reason="the archive needs fsspec: pip install 'mmwal[archive]'")
+
+import itertools
+
+from archive_helpers import (
+    SEGMENT_SIZE,
+    Crash,
+    FailingFileSystem,
+    check_archive_is_valid,
+    listing,
+    memory_archive,
+    segment_bytes,
+    write_log,
+)
+
+import mmwal
+from mmwal.__main__ import main
+
+
+@pytest.fixture(params=["memory", "file"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> mmwal.Archive:
+    if request.param == "memory":
+        return memory_archive()[0]
+    return mmwal.Archive((tmp_path / "archive").as_uri())
+
+
+def test_push_list_iterate_restore(archive: mmwal.Archive, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    records = write_log(log)
+    files = listing(log)
+    with mmwal.open(log) as wal:
+        end = wal.next_lsn
+        sealed = end // SEGMENT_SIZE
+        assert archive.push(wal) == list(range(sealed))
+        assert archive.push(wal) == []  # idempotent
+    assert archive.push(log) == []  # the directory is the same log
+    segments = archive.segments()
+    assert [segment.index for segment in segments] == list(range(sealed))
+    assert segments[0].first_lsn == 0
+    for previous, segment in itertools.pairwise(segments):
+        assert segment.first_lsn == previous.next_record_lsn
+        assert segment.first_lsn in {record.lsn for record in records}
+    check_archive_is_valid(archive, log, records)
+
+    restored = tmp_path / "restored"
+    restored_end = archive.restore(restored)
+    assert listing(restored) == files[:sealed]
+    for index in range(sealed):
+        assert segment_bytes(restored, index) == segment_bytes(log, index)
+    complete = [r for r in records if r.lsn + 8 + len(r.data) <= sealed * SEGMENT_SIZE]
+    assert restored_end == complete[-1].lsn + 8 + len(complete[-1].data)
+    with mmwal.open(restored, readonly=True) as wal:
+        assert list(wal) == complete
+        assert wal.next_lsn == restored_end
+    with mmwal.open(restored) as wal:  # writable: the torn last record is set aside
+        assert list(wal) == complete
+        wal.append(b"after the restore")
+
+
+def test_iter_from_a_record_and_refusals(archive: mmwal.Archive, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    records = write_log(log)
+    archive.push(log)
+    archived = list(archive.iter())
+    middle = archived[len(archived) // 2]
+    assert list(archive.iter(middle.lsn)) == archived[len(archived) // 2 :]
+    with pytest.raises(mmwal.InvalidLSNError) as caught:
+        list(archive.iter(middle.lsn + 1))
+    assert caught.value.before == middle.lsn
+    assert caught.value.after == middle.lsn + 8 + len(middle.data)
+    assert records[: len(archived)] == archived
+
+
+def test_restore_up_to_lsn(archive: mmwal.Archive, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    write_log(log)
+    archive.push(log)
+    archived = list(archive.iter())
+    for position in (1, len(archived) // 2, len(archived) - 1):
+        cut = archived[position].lsn
+        target = tmp_path / f"cut-{position}"
+        assert archive.restore(target, up_to_lsn=cut) == cut
+        with mmwal.open(target, readonly=True) as wal:
+            assert list(wal) == archived[:position]
+            assert wal.next_lsn == cut
+    last = archived[-1]
+    end = last.lsn + 8 + len(last.data)
+    assert archive.restore(tmp_path / "all", up_to_lsn=end) == end
+    with pytest.raises(mmwal.InvalidLSNError):
+        archive.restore(tmp_path / "torn", up_to_lsn=archived[3].lsn + 5)
+    with pytest.raises(mmwal.InvalidLSNError):  # past what the archive holds
+        archive.restore(tmp_path / "past", up_to_lsn=archive.segments()[-1].end_lsn + 8)
+    assert not (tmp_path / "torn").exists()
+    assert not (tmp_path / "past").exists()
+
+
+def test_restore_never_writes_into_an_existing_log(archive: mmwal.Archive, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    write_log(log)
+    archive.push(log)
+    before = {name: segment_bytes(log, int(name[:20])) for name in listing(log)}
+    with pytest.raises(FileExistsError):
+        archive.restore(log)
+    assert {name: segment_bytes(log, int(name[:20])) for name in listing(log)} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert archive.restore(empty) > 0
+    assert [name for name in os.listdir(tmp_path) if "restoring" in name] == []
+
+
+def test_a_different_log_conflicts_and_changes_nothing(
+    archive: mmwal.Archive, tmp_path: Path
+) -> None:
+    write_log(tmp_path / "one", seed=1)
+    write_log(tmp_path / "two", seed=2)
+    pushed = archive.push(tmp_path / "one")
+    before = archive.segments()
+    with pytest.raises(mmwal.ArchiveConflictError) as caught:
+        archive.push(tmp_path / "two")
+    assert caught.value.index == 0
+    assert isinstance(caught.value, mmwal.WalError)
+    assert archive.segments() == before
+    check_archive_is_valid(
+        archive, tmp_path / "one", list(mmwal.open(tmp_path / "one", readonly=True))
+    )
+    assert archive.push(tmp_path / "one") == []
+    assert pushed
+
+
+def test_a_log_that_lost_the_segments_the_archive_needs_conflicts(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    log = tmp_path / "log"
+    write_log(log, records=60)
+    assert archive.push(log) == [0]
+    with mmwal.open(log) as wal:
+        for _ in range(200):
+            wal.append(os.urandom(1000))
+        wal.truncate_before(list(wal)[-1].lsn)  # no archive attached: drops segments 0..
+    with pytest.raises(mmwal.ArchiveConflictError, match="segments between are gone"):
+        archive.push(log)
+
+
+def test_a_log_with_a_head_archives_from_it(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    log = tmp_path / "log"
+    records = write_log(log, records=300)
+    head = next(record.lsn for record in records if record.lsn > 2 * SEGMENT_SIZE + 100)
+    with mmwal.open(log) as wal:
+        wal.truncate_before(head)
+    pushed = archive.push(log)
+    assert pushed[0] == 2
+    assert archive.segments()[0].first_lsn == head
+    restored = tmp_path / "restored"
+    end = archive.restore(restored)
+    with mmwal.open(restored, readonly=True) as wal:
+        assert wal.head_lsn == head
+        assert list(wal) == [r for r in records if head <= r.lsn and r.lsn + 8 + len(r.data) <= end]
+    assert list(archive.iter()) == [r for r in records if head <= r.lsn and r.lsn < end]
+
+
+def test_only_sealed_segments_are_pushed(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    log = tmp_path / "log"
+    with mmwal.open(log, segment_size=SEGMENT_SIZE) as wal:
+        wal.append(b"x" * (SEGMENT_SIZE - 8 - 100))
+        wal.append(b"y" * 300)  # crosses into segment 1
+        wal.sync()
+        assert archive.push(wal) == [0]
+        assert archive.segments()[0].next_record_lsn == SEGMENT_SIZE - 100 + 308
+        big = wal.append(b"z" * (3 * SEGMENT_SIZE))  # spans segments 1..4
+        assert archive.push(wal) == []  # not durable yet
+        wal.sync()
+        assert archive.push(wal) == [1, 2, 3]
+        big_end = big + 8 + 3 * SEGMENT_SIZE
+        assert [s.first_lsn for s in archive.segments()[1:]] == [big, big_end, big_end]
+        records = list(wal)
+    assert list(archive.iter()) == records[:2]
+    assert list(archive.iter(records[2].lsn)) == []
+
+
+@pytest.mark.parametrize("error", [OSError("network down"), Crash()], ids=["failure", "crash"])
+def test_a_push_cut_short_at_any_step_resumes(tmp_path: Path, error: BaseException) -> None:
+    log = tmp_path / "log"
+    records = write_log(log, records=150)
+    clean, inner, root = memory_archive()
+    counter = FailingFileSystem(inner)
+    expected = mmwal.Archive.from_filesystem(counter, root).push(log)
+    steps = len(counter.calls)
+    assert len(expected) >= 3
+    assert steps >= 6 * len(expected)
+    for fail_at in range(1, steps + 1):
+        _, inner, root = memory_archive()
+        failing = FailingFileSystem(inner, fail_at, error)
+        with pytest.raises(type(error)):
+            mmwal.Archive.from_filesystem(failing, root).push(log)
+        archive = mmwal.Archive.from_filesystem(inner, root)
+        published = [segment.index for segment in archive.segments()]
+        assert published == list(range(len(published))), failing.calls
+        check_archive_is_valid(archive, log, records)
+        assert published + archive.push(log) == expected, (fail_at, failing.calls[-1])
+        assert archive.segments() == clean.segments()
+
+
+def test_a_damaged_upload_is_never_published(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    write_log(log)
+    _, inner, root = memory_archive()
+    archive = mmwal.Archive.from_filesystem(FailingFileSystem(inner, torn=True), root)
+    with pytest.raises(OSError, match="did not land intact"):
+        archive.push(log)
+    assert archive.segments() == []
+    assert inner.find(f"{root}/staging") == []
+    assert mmwal.Archive.from_filesystem(inner, root).push(log)
+
+
+def test_a_local_archive_is_durable_and_leaves_no_staging(tmp_path: Path) -> None:
+    archive = mmwal.Archive((tmp_path / "archive").as_uri())
+    write_log(tmp_path / "log")
+    pushed = archive.push(tmp_path / "log")
+    assert listing(tmp_path / "archive" / "staging") == []
+    assert len(listing(tmp_path / "archive" / "segments")) == len(pushed)
+
+
+def _wait_for(condition: object, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_open_with_archive_pushes_in_the_background(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    with mmwal.open(tmp_path / "log", segment_size=SEGMENT_SIZE, archive=archive) as wal:
+        for _ in range(100):
+            wal.append(os.urandom(2000))
+        wal.sync()
+        sealed = wal.durable_lsn // SEGMENT_SIZE
+        _wait_for(lambda: len(archive.segments()) == sealed)
+        records = list(wal)
+    assert list(archive.iter()) == [
+        r for r in records if r.lsn + 8 + len(r.data) <= sealed * SEGMENT_SIZE
+    ]
+
+
+def test_truncate_before_pushes_what_it_deletes_first(tmp_path: Path) -> None:
+    _, inner, root = memory_archive()
+    failing = FailingFileSystem(inner)
+    archive = mmwal.Archive.from_filesystem(failing, root)
+    with mmwal.open(tmp_path / "log", segment_size=SEGMENT_SIZE, archive=archive) as wal:
+        wal._archiver.stop()  # type: ignore[union-attr]  # only the guard pushes here
+        for _ in range(100):
+            wal.append(os.urandom(2000))
+        records = list(wal)
+        cut = next(r.lsn for r in records if r.lsn > 2 * SEGMENT_SIZE)
+        failing.fail_at = len(failing.calls) + 3
+        with pytest.raises(OSError, match="injected"):
+            wal.truncate_before(cut)
+        assert wal.head_lsn == 0
+        assert (tmp_path / "log" / f"{0:020d}.wal").exists()
+        failing.fail_at = None
+        assert wal.truncate_before(cut) == cut
+        assert [s.index for s in archive.segments()][:2] == [0, 1]
+        assert not (tmp_path / "log" / f"{0:020d}.wal").exists()
+    # Exactly the deleted segments were pushed: every record wholly inside them.
+    assert list(archive.iter()) == [
+        r for r in records if r.lsn + 8 + len(r.data) <= 2 * SEGMENT_SIZE
+    ]
+
+
+def test_open_with_archive_refuses_what_it_cannot_archive(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    write_log(tmp_path / "log")
+    with pytest.raises(ValueError, match="read-only"):
+        mmwal.open(tmp_path / "log", readonly=True, archive=archive)
+    mmwal.open(tmp_path / "log").close()  # the refused open released the lock
+
+
+def test_cli_push_ls_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = write_log(tmp_path / "log")
+    url = (tmp_path / "archive").as_uri()
+    assert main(["archive", "push", str(tmp_path / "log"), url]) == 0
+    assert "pushed" in capsys.readouterr().out
+    assert main(["archive", "push", str(tmp_path / "log"), url]) == 0
+    assert "nothing to push" in capsys.readouterr().out
+    assert main(["archive", "ls", url]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "index\tfirst_lsn\tsize\tcrc32c"
+    assert f"0\t0\t{SEGMENT_SIZE}\t" in out
+    cut = records[10].lsn
+    assert main(["archive", "restore", url, str(tmp_path / "r"), "--up-to-lsn", str(cut)]) == 0
+    assert f"ends at LSN {cut}" in capsys.readouterr().out
+    with mmwal.open(tmp_path / "r", readonly=True) as wal:
+        assert list(wal) == records[:10]
+    assert main(["archive", "restore", url, str(tmp_path / "r")]) == 1
+    assert "exists" in capsys.readouterr().err
