@@ -97,5 +97,10 @@ def check_archive_is_valid(archive: mmwal.Archive, log: Path, records: list[mmwa
         assert archived == complete
 
 
+def ending_by(records: list[mmwal.Record], end: int) -> list[mmwal.Record]:
+    """Return the records whose frames end at or before ``end``."""
+    return [record for record in records if record.lsn + 8 + len(record.data) <= end]
+
+
 def listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
