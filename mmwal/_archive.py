@@ -30,7 +30,15 @@ from ._archive_restore import restore_segments
 from ._config import WalConfig
 from ._crc import crc32c
 from ._errors import ArchiveConflictError, CorruptionError, InvalidLSNError
-from ._format import HEADER_SIZE, Record, Stop, decode_batch, diagnose, segment_name
+from ._format import (
+    HEADER_SIZE,
+    Record,
+    Stop,
+    decode_batch,
+    diagnose,
+    parse_segment_name,
+    segment_name,
+)
 from ._manifest import (
     MANIFEST_DIR,
     SEGMENTS_DIR,
@@ -213,7 +221,16 @@ class Archive:
                 progress(len(data))
             first_lsn = following
             index += 1
+        if pushed:
+            self._remove_leftovers(set(pushed))
         return pushed
+
+    def _remove_leftovers(self, published: set[int]) -> None:
+        """Remove staging objects that pushes cut short left for ``published`` segments."""
+        for path in self._fs.find(f"{self._root}/{STAGING_DIR}"):
+            name = posixpath.basename(path)
+            if parse_segment_name(name.split(".wal.", 1)[0] + ".wal") in published:
+                self._fs.rm_file(path)
 
     def _compare(self, log: LocalLog, entry: ArchivedSegment) -> None:
         """Refuse a local segment whose bytes differ from its archived copy."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ SEGMENT_SIZE = 64 * 1024
 
 # The calls Archive makes that reach the storage; each is a step a push can fail at.
 COUNTED = frozenset(
-    {"pipe_file", "cat_file", "mv", "size", "rm_file", "ls", "cat", "makedirs", "get_file"}
+    {"pipe_file", "cat_file", "mv", "size", "rm_file", "ls", "cat", "makedirs", "get_file", "find"}
 )
 
 
@@ -26,7 +27,8 @@ class FailingFileSystem:
     """Wrap an fsspec file system; the ``fail_at``-th counted call raises ``error``.
 
     ``fail_at=None`` never fails (used to count the calls of a clean run).
-    ``torn`` makes every ``pipe_file`` of a segment store only half of the bytes.
+    ``torn`` makes every ``pipe_file`` of a segment store only half of the bytes;
+    ``before_call(n)`` runs before the n-th counted call (to stop a server there).
     """
 
     def __init__(
@@ -36,8 +38,10 @@ class FailingFileSystem:
         error: BaseException | None = None,
         *,
         torn: bool = False,
+        before_call: Callable[[int], object] | None = None,
     ) -> None:
         self._inner = inner
+        self.before_call = before_call
         self.fail_at = fail_at
         self.error = error if error is not None else OSError("injected failure")
         self.torn = torn
@@ -50,6 +54,8 @@ class FailingFileSystem:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
+            if self.before_call is not None:
+                self.before_call(len(self.calls))
             if self.fail_at is not None and len(self.calls) == self.fail_at:
                 raise self.error
             if self.torn and name == "pipe_file" and not str(args[0]).endswith(".json"):

@@ -208,6 +208,7 @@ def test_a_push_cut_short_at_any_step_resumes(tmp_path: Path, error: BaseExcepti
         check_archive_is_valid(archive, log, records)
         assert published + archive.push(log) == expected, (fail_at, failing.calls[-1])
         assert archive.segments() == clean.segments()
+        assert inner.find(f"{root}/staging") == []
 
 
 def test_a_damaged_upload_is_never_published(tmp_path: Path) -> None:

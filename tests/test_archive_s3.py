@@ -1,0 +1,169 @@
+"""mmwal.Archive end to end against a real S3 API over HTTP: moto's server on 127.0.0.1.
+
+The server is started by the test on a free loopback port and reached through
+s3fs, exactly as a user's S3 bucket would be; nothing but 127.0.0.1 is contacted
+(endpoint, credentials and region are all given, so botocore looks nothing up).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("s3fs", reason="the S3 tests need s3fs: pip install 'mmwal[s3]'")
+pytest.importorskip("moto.server", reason="the S3 tests need moto[server]")
+
+from archive_helpers import (
+    SEGMENT_SIZE,
+    FailingFileSystem,
+    ending_by,
+    listing,
+    segment_bytes,
+    write_log,
+)
+from botocore.exceptions import BotoCoreError
+from moto.server import ThreadedMotoServer
+
+import mmwal
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class S3:
+    """A moto S3 server on loopback, and the storage options that reach it."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.running = True
+        self.options: dict[str, Any] = {
+            "key": "testing",
+            "secret": "testing",
+            "endpoint_url": f"http://127.0.0.1:{self.port}",
+            "client_kwargs": {"region_name": "eu-west-1"},
+            # Fail fast once the server is gone, instead of retrying for minutes.
+            "config_kwargs": {"retries": {"total_max_attempts": 1}, "connect_timeout": 2},
+            "use_listings_cache": False,
+            "skip_instance_cache": True,
+        }
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False
+
+    def start(self) -> None:
+        # moto keeps its buckets in the process, so a restarted server still has them.
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.running = True
+
+    def archive(self, bucket: str) -> mmwal.Archive:
+        return mmwal.Archive(f"s3://{bucket}/logs/orders", **self.options)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    server = S3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3: S3) -> str:
+    if not s3.running:
+        s3.start()
+    name = f"mmwal-{uuid.uuid4().hex[:12]}"
+    s3.archive(name)._fs.mkdir(name)
+    return name
+
+
+def test_push_list_restore_iterate_conflict(s3: S3, bucket: str, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    records = write_log(log)
+    archive = s3.archive(bucket)
+    with mmwal.open(log) as wal:
+        sealed = wal.next_lsn // SEGMENT_SIZE
+        assert archive.push(wal) == list(range(sealed))
+        assert archive.push(wal) == []
+    segments = archive.segments()
+    assert [(s.index, s.size) for s in segments] == [(i, SEGMENT_SIZE) for i in range(sealed)]
+
+    restored = tmp_path / "restored"
+    end = archive.restore(restored)
+    assert listing(restored) == listing(log)[:sealed]
+    for index in range(sealed):
+        assert segment_bytes(restored, index) == segment_bytes(log, index)
+    with mmwal.open(restored, readonly=True) as wal:
+        assert list(wal) == ending_by(records, sealed * SEGMENT_SIZE)
+        assert wal.next_lsn == end
+    assert list(archive.iter()) == ending_by(records, sealed * SEGMENT_SIZE)
+
+    other = tmp_path / "other"
+    write_log(other, seed=99)
+    with pytest.raises(mmwal.ArchiveConflictError):
+        archive.push(other)
+    assert archive.segments() == segments
+    # The published objects live where a hand restore (aws s3 cp) finds them.
+    keys = archive._fs.ls(f"{bucket}/logs/orders/segments", detail=False)
+    assert [key.rsplit("/", 1)[1] for key in keys] == listing(log)[:sealed]
+
+
+def _stop_points(s3: S3, log: Path) -> list[int]:
+    """Return the calls of a clean push to stop the server before (1-based).
+
+    Every step of one segment's upload, verification and publication (the second
+    segment's), the first listing, and the closing clean-up: each is a different
+    state to be cut off in. (All steps of all segments would cost a server restart
+    each, half a second, for no new state.)
+    """
+    scratch = f"mmwal-{uuid.uuid4().hex[:12]}"
+    filesystem = s3.archive(scratch)._fs
+    filesystem.mkdir(scratch)
+    counter = FailingFileSystem(filesystem)
+    mmwal.Archive.from_filesystem(counter, f"{scratch}/logs/orders").push(log)
+    uploads = [number for number, name in enumerate(counter.calls, 1) if name == "pipe_file"]
+    second_segment = range(uploads[2], uploads[4])  # its segment and its entry
+    return [1, *second_segment, len(counter.calls)]
+
+
+def test_resume_after_the_server_stopped_mid_push(s3: S3, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    records = write_log(log, records=150)
+    for stop_at in _stop_points(s3, log):
+        bucket = f"mmwal-{uuid.uuid4().hex[:12]}"
+        s3.archive(bucket)._fs.mkdir(bucket)
+        root = f"{bucket}/logs/orders"
+
+        def stop_server(call: int, stop_at: int = stop_at) -> None:
+            if call == stop_at:
+                s3.stop()
+
+        filesystem = s3.archive(bucket)._fs
+        filesystem.retries = 1  # s3fs: give up at once on a refused connection
+        stopping = FailingFileSystem(filesystem, before_call=stop_server)
+        with pytest.raises((OSError, BotoCoreError)):  # the connection is refused
+            mmwal.Archive.from_filesystem(stopping, root).push(log)
+        s3.start()
+        archive = s3.archive(bucket)
+        published = [segment.index for segment in archive.segments()]
+        assert published == list(range(len(published)))
+        rest = archive.push(log)
+        sealed = len(published) + len(rest)
+        assert published + rest == list(range(sealed))
+        assert sealed >= 3
+        assert list(archive.iter()) == ending_by(records, sealed * SEGMENT_SIZE)
+        assert archive._fs.find(f"{root}/staging") == []
