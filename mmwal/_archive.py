@@ -2,10 +2,10 @@
 
 Rules kept here (the layout is in ``_manifest``):
 
-- A segment is uploaded to a staging key, read back and checked (size and
-  CRC-32C of what landed), moved to its segment key, and only then published by
-  its manifest entry, written last. A crash or a network failure at any step
-  leaves at most an unpublished object, which the next push replaces.
+- A segment is uploaded under a key of its own, checked (size and CRC-32C of
+  what landed, see ``_archive_transfer``), and only then published by its
+  manifest entry, written last. A crash or a network failure at any step
+  leaves at most an object no entry names, which a later push removes.
 - An archived segment is never overwritten: a push whose segment differs from
   the archived one raises ``ArchiveConflictError`` before anything is written.
 - The archive is one contiguous run of segments; a push never leaves a gap.
@@ -27,6 +27,7 @@ from typing import Any
 
 from ._archive_local import LocalLog
 from ._archive_restore import restore_segments
+from ._archive_transfer import Target
 from ._config import WalConfig
 from ._crc import crc32c
 from ._errors import ArchiveConflictError, CorruptionError, InvalidLSNError
@@ -36,19 +37,17 @@ from ._format import (
     Stop,
     decode_batch,
     diagnose,
-    parse_segment_name,
-    segment_name,
 )
 from ._manifest import (
     MANIFEST_DIR,
     SEGMENTS_DIR,
-    STAGING_DIR,
     ArchivedSegment,
     decode_entry,
     encode_entry,
     entry_name,
+    object_name,
     parse_entry_name,
-    staging_name,
+    parse_object_name,
 )
 from ._wal import Wal
 
@@ -94,13 +93,9 @@ class Archive:
 
     def _init(self, filesystem: Any, root: str, url: str) -> None:
         self._fs = filesystem
+        self._target = Target(filesystem)
         self._root = root.rstrip("/")
         self.url = url
-        protocols = filesystem.protocol
-        protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
-        # A local directory is the one target whose writes are not durable when
-        # the call returns: it needs directories and fsyncs of its own.
-        self._local = "file" in protocols or "local" in protocols
         # Segments whose local bytes were compared with the archive already, by
         # (path, index) -> (inode, mtime, size): a sealed file does not change.
         self._compared: dict[tuple[str, int], tuple[int, int, int]] = {}
@@ -113,8 +108,8 @@ class Archive:
     def _path(self, directory: str, name: str) -> str:
         return f"{self._root}/{directory}/{name}"
 
-    def _segment_path(self, index: int) -> str:
-        return self._path(SEGMENTS_DIR, segment_name(index))
+    def _segment_path(self, entry: ArchivedSegment) -> str:
+        return self._path(SEGMENTS_DIR, entry.object_name)
 
     # -- listing ----------------------------------------------------------------
 
@@ -214,6 +209,7 @@ class Archive:
                 crc32c=crc32c(data),
                 segment_size=log.segment_size,
                 next_record_lsn=following,
+                object_name=object_name(index, uuid.uuid4().hex[:16]),
             )
             self._publish(entry, data)
             pushed.append(index)
@@ -222,15 +218,34 @@ class Archive:
             first_lsn = following
             index += 1
         if pushed:
-            self._remove_leftovers(set(pushed))
+            self._remove_leftovers(pushed[-1])
         return pushed
 
-    def _remove_leftovers(self, published: set[int]) -> None:
-        """Remove staging objects that pushes cut short left for ``published`` segments."""
-        for path in self._fs.find(f"{self._root}/{STAGING_DIR}"):
-            name = posixpath.basename(path)
-            if parse_segment_name(name.split(".wal.", 1)[0] + ".wal") in published:
-                self._fs.rm_file(path)
+    def _remove_leftovers(self, up_to: int) -> None:
+        """Remove what pushes cut short left for published segments up to index ``up_to``.
+
+        Objects no entry names (uploads never published) and, on a local
+        directory, entries never renamed into place. Runs after a push that
+        published something, so leftovers live until the next segment is pushed.
+        """
+        named = {entry.object_name for entry in self.segments()}
+        for directory in (SEGMENTS_DIR, MANIFEST_DIR):
+            if directory == MANIFEST_DIR and not self._target.local:
+                continue  # an object store's entry is one PUT: no temporary to leave
+            try:
+                listed = self._fs.ls(f"{self._root}/{directory}", detail=False)
+            except FileNotFoundError:
+                continue
+            for path in listed:
+                name = posixpath.basename(path)
+                if directory == SEGMENTS_DIR:
+                    index = parse_object_name(name)
+                    leftover = name not in named
+                else:
+                    index = parse_entry_name(name.split(".json.", 1)[0] + ".json")
+                    leftover = name.endswith(".tmp")
+                if leftover and index is not None and index <= up_to:
+                    self._fs.rm_file(path)
 
     def _compare(self, log: LocalLog, entry: ArchivedSegment) -> None:
         """Refuse a local segment whose bytes differ from its archived copy."""
@@ -256,48 +271,15 @@ class Archive:
         self._compared[key] = stamp
 
     def _prepare(self) -> None:
-        if self._local:
-            for directory in (SEGMENTS_DIR, MANIFEST_DIR, STAGING_DIR):
+        if self._target.local:
+            for directory in (SEGMENTS_DIR, MANIFEST_DIR):
                 self._fs.makedirs(f"{self._root}/{directory}", exist_ok=True)
 
     def _publish(self, entry: ArchivedSegment, data: bytes) -> None:
-        """Upload, verify and publish one segment; the manifest entry goes last."""
-        token = uuid.uuid4().hex[:16]
-        staging = self._path(STAGING_DIR, staging_name(entry.index, token))
-        self._fs.pipe_file(staging, data)
-        landed = self._fs.cat_file(staging)
-        if len(landed) != entry.size or crc32c(landed) != entry.crc32c:
-            self._fs.rm_file(staging)
-            raise OSError(
-                f"segment {entry.index} did not land intact in {self.url} (read back "
-                f"{len(landed)} bytes, CRC-32C {crc32c(landed):#010x}; sent {entry.size}, "
-                f"{entry.crc32c:#010x}); nothing was published, push again"
-            )
-        self._make_durable(staging)
-        target = self._segment_path(entry.index)
-        self._fs.mv(staging, target)
-        if self._fs.size(target) != entry.size:
-            raise OSError(
-                f"segment {entry.index} changed size when moved into place in {self.url}; "
-                f"nothing was published, push again"
-            )
-        self._make_durable(target, directory=True)
-        manifest_staging = self._path(STAGING_DIR, staging_name(entry.index, token) + ".json")
-        self._fs.pipe_file(manifest_staging, encode_entry(entry))
-        self._make_durable(manifest_staging)
-        self._fs.mv(manifest_staging, self._path(MANIFEST_DIR, entry_name(entry.index)))
-        self._make_durable(self._path(MANIFEST_DIR, entry_name(entry.index)), directory=True)
-
-    def _make_durable(self, path: str, *, directory: bool = False) -> None:
-        """On a local target, fsync the file (or its directory entry) at ``path``."""
-        if not self._local:
-            return  # an object store's write is durable when it returns
-        target = os.path.dirname(path) if directory else path
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Upload and verify one segment, then publish it: the manifest entry goes last."""
+        self._target.upload_verified(self._segment_path(entry), data, entry.crc32c)
+        manifest = self._path(MANIFEST_DIR, entry_name(entry.index))
+        self._target.write_small(manifest, encode_entry(entry))
 
     # -- reading ----------------------------------------------------------------
 
@@ -315,12 +297,12 @@ class Archive:
         return entries
 
     def _fetch(self, entry: ArchivedSegment) -> bytes:
-        data: bytes = self._fs.cat_file(self._segment_path(entry.index))
+        data: bytes = self._fs.cat_file(self._segment_path(entry))
         if len(data) != entry.size or crc32c(data) != entry.crc32c:
             raise CorruptionError(
                 entry.start_lsn,
                 f"archived segment {entry.index} does not match its manifest entry",
-                path=f"{self.url}/{SEGMENTS_DIR}/{segment_name(entry.index)}",
+                path=f"{self.url}/{SEGMENTS_DIR}/{entry.object_name}",
                 hint="the object was changed after it was published; push the log again "
                 "to a new archive",
             )
@@ -431,4 +413,4 @@ class Archive:
         )
 
     def _download(self, entry: ArchivedSegment, local_path: str) -> None:
-        self._fs.get_file(self._segment_path(entry.index), local_path)
+        self._fs.get_file(self._segment_path(entry), local_path)

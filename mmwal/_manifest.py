@@ -2,14 +2,16 @@
 
 An archive is a prefix (a directory, a bucket and key prefix) holding::
 
-    segments/<index>.wal      a published segment: whole, verified, byte-identical
-    manifest/<index>.json     its entry, written last: the segment is archived from then on
-    staging/<index>.<token>   uploads not yet verified; never read as log data
+    segments/<index>-<token>.wal   one upload of segment <index>, under a key of its own
+    manifest/<index>.json          the entry that publishes one of them, written last
 
-A segment is in the archive exactly when its manifest entry is; a segment object
-without an entry is a publication cut short and is replaced by the next push.
-Each entry carries a CRC-32C of its own fields, so a torn or edited entry is
-refused instead of believed.
+A segment is in the archive exactly when its manifest entry is, and the entry
+names the one object (verified before the entry was written) that holds it.
+Every upload goes to a key no other upload uses, so an upload cut short never
+touches a published object, and publishing needs no copy; objects no entry
+names are leftovers of pushes cut short, removed by a later push. Each entry
+carries a CRC-32C of its own fields, so a torn or edited entry is refused
+instead of believed.
 """
 
 from __future__ import annotations
@@ -24,18 +26,17 @@ from ._format import parse_segment_name, segment_name
 __all__ = [
     "MANIFEST_DIR",
     "SEGMENTS_DIR",
-    "STAGING_DIR",
     "ArchivedSegment",
     "decode_entry",
     "encode_entry",
     "entry_name",
+    "object_name",
     "parse_entry_name",
-    "staging_name",
+    "parse_object_name",
 ]
 
 SEGMENTS_DIR = "segments"
 MANIFEST_DIR = "manifest"
-STAGING_DIR = "staging"
 _ENTRY_SUFFIX = ".json"
 _FORMAT = 1
 
@@ -48,7 +49,8 @@ class ArchivedSegment:
     (the log's head, for the first segment archived from a log whose head lies
     inside it); it may lie in a later segment when one record spans this one.
     ``next_record_lsn`` is the first record start at or after the segment's end.
-    ``size`` and ``crc32c`` are those of the segment file's bytes.
+    ``size`` and ``crc32c`` are those of the segment file's bytes; ``object_name``
+    is the name of the object holding them, under ``segments/``.
     """
 
     index: int
@@ -57,6 +59,7 @@ class ArchivedSegment:
     crc32c: int
     segment_size: int
     next_record_lsn: int
+    object_name: str
 
     @property
     def start_lsn(self) -> int:
@@ -81,12 +84,20 @@ def parse_entry_name(name: str) -> int | None:
     return parse_segment_name(name.removesuffix(_ENTRY_SUFFIX) + ".wal")
 
 
-def staging_name(index: int, token: str) -> str:
-    """Return the staging object name of one upload attempt of segment ``index``."""
-    return f"{segment_name(index)}.{token}"
+def object_name(index: int, token: str) -> str:
+    """Return the object name of one upload of segment ``index``."""
+    return f"{segment_name(index).removesuffix('.wal')}-{token}.wal"
 
 
-def _fields_crc(fields: dict[str, int]) -> int:
+def parse_object_name(name: str) -> int | None:
+    """Return the segment index an object name stands for, or ``None``."""
+    index, separator, _ = name.partition("-")
+    if not separator or not name.endswith(".wal"):
+        return None
+    return parse_segment_name(index + ".wal")
+
+
+def _fields_crc(fields: dict[str, object]) -> int:
     return crc32c(json.dumps(fields, sort_keys=True).encode())
 
 
@@ -104,7 +115,15 @@ def decode_entry(data: bytes, where: str) -> ArchivedSegment:
         if document.pop("format") != _FORMAT:
             raise ValueError("unknown format")
         stored_crc = document.pop("entry_crc32c")
-        fields = {name: int(document[name]) for name in ArchivedSegment.__slots__}
+        segment = ArchivedSegment(
+            index=int(document["index"]),
+            first_lsn=int(document["first_lsn"]),
+            size=int(document["size"]),
+            crc32c=int(document["crc32c"]),
+            segment_size=int(document["segment_size"]),
+            next_record_lsn=int(document["next_record_lsn"]),
+            object_name=str(document["object_name"]),
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CorruptionError(
             0,
@@ -113,11 +132,16 @@ def decode_entry(data: bytes, where: str) -> ArchivedSegment:
             hint="an entry mmwal did not write, or a torn copy of one; remove it and "
             "push again to publish the segment anew",
         ) from None
-    if stored_crc != _fields_crc(fields) or set(document) != set(fields):
+    fields = asdict(segment)
+    if (
+        stored_crc != _fields_crc(fields)
+        or document != fields
+        or parse_object_name(segment.object_name) != segment.index
+    ):
         raise CorruptionError(
-            fields["index"] * fields["segment_size"],
+            segment.start_lsn,
             "archive manifest entry fails its checksum",
             path=where,
             hint="the entry was edited or damaged; remove it and push again",
         )
-    return ArchivedSegment(**fields)
+    return segment

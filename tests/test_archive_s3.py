@@ -7,6 +7,7 @@ s3fs, exactly as a user's S3 bucket would be; nothing but 127.0.0.1 is contacted
 
 from __future__ import annotations
 
+import base64
 import socket
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from botocore.exceptions import BotoCoreError
 from moto.server import ThreadedMotoServer
 
 import mmwal
+from mmwal._crc import crc32c
 
 
 def _free_port() -> int:
@@ -119,7 +121,7 @@ def test_push_list_restore_iterate_conflict(s3: S3, bucket: str, tmp_path: Path)
     assert archive.segments() == segments
     # The published objects live where a hand restore (aws s3 cp) finds them.
     keys = archive._fs.ls(f"{bucket}/logs/orders/segments", detail=False)
-    assert [key.rsplit("/", 1)[1] for key in keys] == listing(log)[:sealed]
+    assert sorted(key.rsplit("/", 1)[1] for key in keys) == [s.object_name for s in segments]
 
 
 def _stop_points(s3: S3, log: Path) -> list[int]:
@@ -135,8 +137,8 @@ def _stop_points(s3: S3, log: Path) -> list[int]:
     filesystem.mkdir(scratch)
     counter = FailingFileSystem(filesystem)
     mmwal.Archive.from_filesystem(counter, f"{scratch}/logs/orders").push(log)
-    uploads = [number for number, name in enumerate(counter.calls, 1) if name == "pipe_file"]
-    second_segment = range(uploads[2], uploads[4])  # its segment and its entry
+    uploads = [n for n, name in enumerate(counter.calls, 1) if name == "call_s3:put_object"]
+    second_segment = range(uploads[1], uploads[2])  # its upload, check and entry
     return [1, *second_segment, len(counter.calls)]
 
 
@@ -166,4 +168,40 @@ def test_resume_after_the_server_stopped_mid_push(s3: S3, tmp_path: Path) -> Non
         assert published + rest == list(range(sealed))
         assert sealed >= 3
         assert list(archive.iter()) == ending_by(records, sealed * SEGMENT_SIZE)
-        assert archive._fs.find(f"{root}/staging") == []
+        named = {f"{root}/segments/{segment.object_name}" for segment in archive.segments()}
+        assert set(archive._fs.find(f"{root}/segments")) == named
+
+
+def test_a_damaged_upload_is_never_published(s3: S3, bucket: str, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    write_log(log)
+    root = f"{bucket}/logs/orders"
+    torn = FailingFileSystem(s3.archive(bucket)._fs, torn=True)
+    with pytest.raises(OSError, match="did not land intact"):
+        mmwal.Archive.from_filesystem(torn, root).push(log)
+    archive = s3.archive(bucket)
+    assert archive.segments() == []
+    assert archive._fs.find(f"{root}/segments") == []
+    assert archive.push(log)
+
+
+def test_the_s3_path_is_taken_and_checks_what_s3_stored(
+    s3: S3, bucket: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    write_log(log)
+    counting = FailingFileSystem(s3.archive(bucket)._fs)
+    pushed = mmwal.Archive.from_filesystem(counting, f"{bucket}/logs/orders").push(log)
+    # One PUT carrying the CRC-32C and one HEAD reading it back per segment; no read-back.
+    assert counting.calls.count("call_s3:put_object") == len(pushed)
+    assert counting.calls.count("call_s3:head_object") == len(pushed)
+    assert "cat_file" not in counting.calls
+    archive = s3.archive(bucket)
+    for segment in archive.segments():
+        path = f"{bucket}/logs/orders/segments/{segment.object_name}"
+        bucket_name, key, _ = archive._fs.split_path(path)
+        head = archive._fs.call_s3(
+            "head_object", Bucket=bucket_name, Key=key, ChecksumMode="ENABLED"
+        )
+        stored = int.from_bytes(base64.b64decode(head["ChecksumCRC32C"]), "big")
+        assert stored == segment.crc32c == crc32c(segment_bytes(log, segment.index))

@@ -1,0 +1,164 @@
+"""Archive throughput: ``Archive.push``/``restore`` against plain ``fs.put``/``fs.get``.
+
+``python -m perf.archive [--size-mib 1024] [--segment-mib 64] [--targets file,s3]``
+
+Writes one segmented log of ``--size-mib`` MiB, then, for each target, times in
+the same run and alternately:
+
+- push: ``Archive(url).push(directory)`` of every sealed segment, against
+  ``fs.put`` of the same segment files to the same endpoint;
+- restore: ``Archive(url).restore(new directory)``, against ``fs.get`` of the same
+  objects into a new directory.
+
+Targets: ``file`` is a local directory (``file://``); ``s3`` is moto's S3 server,
+started here on a free 127.0.0.1 port and reached through s3fs over HTTP. Each
+figure is the best of ``--repeat`` runs; the ratio is reference time / archive
+time (1.0: as fast as the plain copy; the target is at least 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mmwal
+
+_MIB = 1 << 20
+
+
+def _write_log(directory: Path, size: int, segment_size: int) -> list[Path]:
+    payload = os.urandom(4096 - 8)
+    with mmwal.open(directory, segment_size=segment_size) as wal:
+        while wal.next_lsn < size + 4096:
+            wal.append_many([payload] * 256)
+        wal.sync()
+        sealed = wal.next_lsn // segment_size
+    return [directory / f"{index:020d}.wal" for index in range(sealed)]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _s3_options() -> Iterator[dict[str, Any]]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield {
+            "key": "perf",
+            "secret": "perf",
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "client_kwargs": {"region_name": "eu-west-1"},
+            "skip_instance_cache": True,
+        }
+    finally:
+        server.stop()
+
+
+def _timed(run: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    run()
+    return time.perf_counter() - began
+
+
+def _measure(
+    name: str,
+    url_of: Callable[[str], str],
+    options: dict[str, Any],
+    files: list[Path],
+    scratch: Path,
+    repeat: int,
+) -> dict[str, float]:
+    from fsspec.core import url_to_fs
+
+    best = dict.fromkeys(("put", "push", "get", "restore"), float("inf"))
+    for _ in range(repeat):
+        filesystem, root = url_to_fs(url_of(f"plain-{uuid.uuid4().hex[:8]}"), **options)
+        with contextlib.suppress(FileExistsError):
+            filesystem.makedirs(root, exist_ok=True)
+        best["put"] = min(
+            best["put"], _timed(lambda: filesystem.put([str(f) for f in files], root + "/"))
+        )
+        archive = mmwal.Archive(url_of(f"archive-{uuid.uuid4().hex[:8]}"), **options)
+        best["push"] = min(best["push"], _timed(lambda: archive.push(files[0].parent)))
+        target = scratch / f"get-{uuid.uuid4().hex[:8]}"
+        target.mkdir()
+        remote = [f"{root}/{f.name}" for f in files]
+        best["get"] = min(best["get"], _timed(lambda: filesystem.get(remote, str(target) + "/")))
+        shutil.rmtree(target)
+        restored = scratch / f"restore-{uuid.uuid4().hex[:8]}"
+        best["restore"] = min(best["restore"], _timed(lambda: archive.restore(restored)))
+        shutil.rmtree(restored)
+    total = sum(f.stat().st_size for f in files) / _MIB
+    print(
+        f"{name:5} push {total / best['push']:7.1f} MiB/s  fs.put {total / best['put']:7.1f} "
+        f"MiB/s  ratio {best['put'] / best['push']:.2f}   restore "
+        f"{total / best['restore']:7.1f} MiB/s  fs.get {total / best['get']:7.1f} MiB/s  "
+        f"ratio {best['get'] / best['restore']:.2f}",
+        flush=True,
+    )
+    return best
+
+
+def main() -> None:
+    """Run the comparison and print one line per target."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--segment-mib", type=int, default=64)
+    parser.add_argument("--targets", default="file,s3")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    arguments = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="mmwal-archive-perf-", dir=arguments.dir))
+    try:
+        files = _write_log(scratch / "log", arguments.size_mib * _MIB, arguments.segment_mib * _MIB)
+        print(
+            f"log: {len(files)} sealed segments of {arguments.segment_mib} MiB "
+            f"({len(files) * arguments.segment_mib} MiB), best of {arguments.repeat}",
+            flush=True,
+        )
+        targets = arguments.targets.split(",")
+        if "file" in targets:
+            local = scratch / "targets"
+            local.mkdir()
+            _measure(
+                "file", lambda name: (local / name).as_uri(), {}, files, scratch, arguments.repeat
+            )
+        if "s3" in targets:
+            with _s3_options() as options:
+                bucket = f"perf-{uuid.uuid4().hex[:8]}"
+                from fsspec.core import url_to_fs
+
+                url_to_fs(f"s3://{bucket}", **options)[0].mkdir(bucket)
+                _measure(
+                    "s3",
+                    lambda name: f"s3://{bucket}/{name}",
+                    options,
+                    files,
+                    scratch,
+                    arguments.repeat,
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
