@@ -196,25 +196,23 @@ class Archive:
         pushed: list[int] = []
         index = next_index
         while up_to is None or index < up_to:
-            data = log.read_segment(index)
-            if data is None:
-                break
-            following = log.seal(index, data, first_lsn)
-            if following is None:
-                break
-            entry = ArchivedSegment(
-                index=index,
-                first_lsn=first_lsn,
-                size=len(data),
-                crc32c=crc32c(data),
-                segment_size=log.segment_size,
-                next_record_lsn=following,
-                object_name=object_name(index, uuid.uuid4().hex[:16]),
-            )
-            self._publish(entry, data)
+            with log.mapped_segment(index) as data:
+                following = None if data is None else log.seal(index, data, first_lsn)
+                if data is None or following is None:
+                    break
+                entry = ArchivedSegment(
+                    index=index,
+                    first_lsn=first_lsn,
+                    size=len(data),
+                    crc32c=crc32c(data),
+                    segment_size=log.segment_size,
+                    next_record_lsn=following,
+                    object_name=object_name(index, uuid.uuid4().hex[:16]),
+                )
+            self._publish(entry, log.segment_path(index))
             pushed.append(index)
             if progress is not None:
-                progress(len(data))
+                progress(entry.size)
             first_lsn = following
             index += 1
         if pushed:
@@ -258,14 +256,15 @@ class Archive:
         stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
         if self._compared.get(key) == stamp:
             return
-        data = log.read_segment(entry.index)
-        if data is None:
-            return
-        if len(data) != entry.size or crc32c(data) != entry.crc32c:
+        with log.mapped_segment(entry.index) as data:
+            if data is None:
+                return
+            found = (len(data), crc32c(data))
+        if found != (entry.size, entry.crc32c):
             raise ArchiveConflictError(
                 entry.index,
                 f"the archived segment (size {entry.size}, CRC-32C {entry.crc32c:#010x}) "
-                f"differs from {path} (size {len(data)}, CRC-32C {crc32c(data):#010x})",
+                f"differs from {path} (size {found[0]}, CRC-32C {found[1]:#010x})",
                 url=self.url,
             )
         self._compared[key] = stamp
@@ -275,9 +274,11 @@ class Archive:
             for directory in (SEGMENTS_DIR, MANIFEST_DIR):
                 self._fs.makedirs(f"{self._root}/{directory}", exist_ok=True)
 
-    def _publish(self, entry: ArchivedSegment, data: bytes) -> None:
+    def _publish(self, entry: ArchivedSegment, local_path: str) -> None:
         """Upload and verify one segment, then publish it: the manifest entry goes last."""
-        self._target.upload_verified(self._segment_path(entry), data, entry.crc32c)
+        self._target.upload_verified(
+            local_path, self._segment_path(entry), entry.size, entry.crc32c
+        )
         manifest = self._path(MANIFEST_DIR, entry_name(entry.index))
         self._target.write_small(manifest, encode_entry(entry))
 
@@ -412,5 +413,5 @@ class Archive:
             progress=progress,
         )
 
-    def _download(self, entry: ArchivedSegment, local_path: str) -> None:
-        self._fs.get_file(self._segment_path(entry), local_path)
+    def _download(self, entries: list[ArchivedSegment], local_paths: list[str]) -> None:
+        self._fs.get([self._segment_path(entry) for entry in entries], local_paths)

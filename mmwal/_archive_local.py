@@ -18,7 +18,10 @@ Rules kept here:
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ._errors import CorruptionError
@@ -33,6 +36,7 @@ from ._format import (
     segment_name,
 )
 from ._segstore import SegmentStore, infer_segment_size
+from ._store import Buffer
 from ._wal import Wal
 
 __all__ = ["LocalLog"]
@@ -101,27 +105,32 @@ class LocalLog:
             if (index := parse_segment_name(name)) is not None and index >= first
         )
 
-    def read_segment(self, index: int) -> bytes | None:
-        """Return the bytes of segment ``index`` (durable first), or ``None`` if missing."""
+    @contextlib.contextmanager
+    def mapped_segment(self, index: int) -> Iterator[mmap.mmap | None]:
+        """Map segment ``index`` read-only (durable first); ``None`` if missing or empty.
+
+        A mapping, not a copy: the scan and the checksum read the page cache
+        directly, and the upload reads the file itself.
+        """
         try:
             fd = os.open(self.segment_path(index), os.O_RDONLY)
         except FileNotFoundError:
-            return None
+            yield None
+            return
         try:
             if self.durable_limit is None:
                 os.fsync(fd)
             size = os.fstat(fd).st_size
-            chunks = []
-            position = 0
-            while position < size:
-                chunk = os.pread(fd, size - position, position)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                position += len(chunk)
-            return b"".join(chunks)
+            if not size:
+                yield None
+                return
+            mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        try:
+            yield mapping
+        finally:
+            mapping.close()
 
     def read(self, offset: int, length: int) -> bytes | None:
         """Return log bytes ``[offset, offset+length)``, or ``None`` where a file lacks them."""
@@ -147,7 +156,7 @@ class LocalLog:
             position += step
         return b"".join(parts)
 
-    def seal(self, index: int, data: bytes, first_lsn: int) -> int | None:
+    def seal(self, index: int, data: Buffer, first_lsn: int) -> int | None:
         """Return the first record start past segment ``index`` if it is sealed, else ``None``.
 
         ``data`` is the segment's bytes and ``first_lsn`` the first record start at

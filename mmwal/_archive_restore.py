@@ -18,6 +18,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from typing import BinaryIO
 
 from ._crc import crc32c
 from ._errors import CorruptionError, InvalidLSNError
@@ -27,16 +28,20 @@ from ._manifest import ArchivedSegment
 __all__ = ["restore_segments"]
 
 _READ_CHUNK = 8 << 20
+# Segments fetched by one call: fsspec backends that can (s3fs) fetch them at
+# once; progress is reported per batch.
+_FETCH_BATCH = 4
 
 
-def _file_crc(path: str) -> tuple[int, int]:
-    """Return the size and CRC-32C of the file at ``path``."""
+def _file_crc(path: str, buffer: bytearray) -> tuple[int, int]:
+    """Return the size and CRC-32C of the file at ``path``, read through ``buffer``."""
+    view = memoryview(buffer)
     value = 0
     size = 0
     with open(path, "rb", buffering=0) as file:
-        while chunk := file.read(_READ_CHUNK):
-            value = crc32c(chunk, value)
-            size += len(chunk)
+        while count := file.readinto(buffer):
+            value = crc32c(view[:count], value)
+            size += count
     return size, value
 
 
@@ -49,29 +54,44 @@ def _fsync(path: str) -> None:
 
 
 class _Files:
-    """Log bytes read back from the restored segment files."""
+    """Log bytes read back from the restored segment files (kept open while walking)."""
 
     def __init__(self, directory: str, segment_size: int) -> None:
         self.directory = directory
         self.segment_size = segment_size
+        self._open: dict[int, BinaryIO | None] = {}
+
+    def _file(self, index: int) -> BinaryIO | None:
+        if index not in self._open:
+            try:
+                self._open[index] = open(  # noqa: SIM115 - closed by close()
+                    os.path.join(self.directory, segment_name(index)), "rb"
+                )
+            except FileNotFoundError:
+                self._open[index] = None
+        return self._open[index]
 
     def read(self, offset: int, length: int) -> bytes:
-        parts: list[bytes] = []
+        parts = []
         position, end = offset, offset + length
         while position < end:
             index, within = divmod(position, self.segment_size)
             step = min(end - position, self.segment_size - within)
-            try:
-                with open(os.path.join(self.directory, segment_name(index)), "rb") as file:
-                    file.seek(within)
-                    part = file.read(step)
-            except FileNotFoundError:
-                return b"".join(parts)
+            file = self._file(index)
+            if file is None:
+                break
+            file.seek(within)
+            part = file.read(step)
             parts.append(part)
             position += len(part)
             if len(part) < step:
                 break
         return b"".join(parts)
+
+    def close(self) -> None:
+        for file in self._open.values():
+            if file is not None:
+                file.close()
 
 
 def _walk(files: _Files, start: int, target: int, end: int) -> tuple[int, int]:
@@ -98,26 +118,39 @@ def _walk(files: _Files, start: int, target: int, end: int) -> tuple[int, int]:
 
 def _download_all(
     entries: list[ArchivedSegment],
-    fetch: Callable[[ArchivedSegment, str], None],
+    fetch: Callable[[list[ArchivedSegment], list[str]], None],
     staging: str,
     progress: Callable[[int], object] | None,
 ) -> None:
-    for entry in entries:
-        path = os.path.join(staging, segment_name(entry.index))
-        fetch(entry, path)
-        size, value = _file_crc(path)
-        if (size, value) != (entry.size, entry.crc32c):
-            raise CorruptionError(
-                entry.start_lsn,
-                f"archived segment {entry.index} arrived as {size} bytes with CRC-32C "
-                f"{value:#010x}; its manifest entry says {entry.size}, {entry.crc32c:#010x}",
-                path=path,
-                hint="the object changed after it was published, or the download was "
-                "damaged; try again, and push the log to a new archive if it persists",
-            )
-        _fsync(path)
-        if progress is not None:
-            progress(size)
+    buffer = bytearray(_READ_CHUNK)
+    for first in range(0, len(entries), _FETCH_BATCH):
+        batch = entries[first : first + _FETCH_BATCH]
+        paths = [os.path.join(staging, segment_name(entry.index)) for entry in batch]
+        fetch(batch, paths)
+        for entry, path in zip(batch, paths, strict=True):
+            _check_download(entry, path, buffer, progress)
+
+
+def _check_download(
+    entry: ArchivedSegment,
+    path: str,
+    buffer: bytearray,
+    progress: Callable[[int], object] | None,
+) -> None:
+    """Refuse a downloaded segment that differs from its entry; make it durable."""
+    size, value = _file_crc(path, buffer)
+    if (size, value) != (entry.size, entry.crc32c):
+        raise CorruptionError(
+            entry.start_lsn,
+            f"archived segment {entry.index} arrived as {size} bytes with CRC-32C "
+            f"{value:#010x}; its manifest entry says {entry.size}, {entry.crc32c:#010x}",
+            path=path,
+            hint="the object changed after it was published, or the download was "
+            "damaged; try again, and push the log to a new archive if it persists",
+        )
+    _fsync(path)
+    if progress is not None:
+        progress(size)
 
 
 def _check_target(directory: str) -> None:
@@ -131,7 +164,7 @@ def _check_target(directory: str) -> None:
 def restore_segments(
     entries: list[ArchivedSegment],
     *,
-    fetch: Callable[[ArchivedSegment, str], None],
+    fetch: Callable[[list[ArchivedSegment], list[str]], None],
     directory: str,
     up_to_lsn: int | None,
     progress: Callable[[int], object] | None,
@@ -167,7 +200,10 @@ def restore_segments(
         # (or one record) of headers.
         target = end_of_bytes if up_to_lsn is None else up_to_lsn
         start = max(entry.first_lsn for entry in entries if entry.first_lsn <= target)
-        previous, end = _walk(files, start, target, end_of_bytes)
+        try:
+            previous, end = _walk(files, start, target, end_of_bytes)
+        finally:
+            files.close()
         if up_to_lsn is not None:
             if end != up_to_lsn:
                 raise InvalidLSNError(

@@ -31,6 +31,7 @@ __all__ = ["Target"]
 # The largest single PUT S3 takes; larger segments go through fsspec's multipart
 # upload and are read back.
 _S3_PUT_LIMIT = 5 << 30
+_CHUNK = 8 << 20
 
 
 def _b64_crc(value: int) -> str:
@@ -48,34 +49,50 @@ class Target:
         self.local = "file" in protocols or "local" in protocols
         self.s3 = bool({"s3", "s3a"} & set(protocols)) and hasattr(filesystem, "call_s3")
 
-    def upload_verified(self, path: str, data: bytes, crc: int) -> None:
-        """Upload ``data`` to ``path`` and prove it landed whole, else remove it and raise."""
-        if self.s3 and len(data) <= _S3_PUT_LIMIT:
-            landed_size, landed_crc = self._put_s3(path, data, crc)
+    def upload_verified(self, local_path: str, path: str, size: int, crc: int) -> None:
+        """Upload the file at ``local_path`` to ``path`` and prove it landed whole.
+
+        ``size`` and ``crc`` are what the file was found to hold when it was
+        sealed. If anything else landed, the object is removed and ``OSError``
+        raised. Streams from the file: no copy of the segment in memory.
+        """
+        if self.s3 and size <= _S3_PUT_LIMIT:
+            landed = self._put_s3(local_path, path, crc)
         else:
-            self.fs.pipe_file(path, data)
-            landed = self.fs.cat_file(path)
-            landed_size, landed_crc = len(landed), crc32c(landed)
-        if (landed_size, landed_crc) != (len(data), crc):
+            self.fs.put_file(local_path, path)
+            landed = self._read_back(path)
+        if landed != (size, crc):
             self.fs.rm_file(path)
             raise OSError(
-                f"{path} did not land intact (found {landed_size} bytes, CRC-32C "
-                f"{landed_crc:#010x}; sent {len(data)}, {crc:#010x}); it was removed and "
+                f"{path} did not land intact (found {landed[0]} bytes, CRC-32C "
+                f"{landed[1]:#010x}; expected {size}, {crc:#010x}); it was removed and "
                 f"nothing was published: push again"
             )
         self.make_durable(path)
 
-    def _put_s3(self, path: str, data: bytes, crc: int) -> tuple[int, int]:
+    def _read_back(self, path: str) -> tuple[int, int]:
+        """Return the size and CRC-32C of the object at ``path``, read in chunks."""
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        size = value = 0
+        with self.fs.open(path, "rb") as remote:
+            while count := remote.readinto(buffer):
+                value = crc32c(view[:count], value)
+                size += count
+        return size, value
+
+    def _put_s3(self, local_path: str, path: str, crc: int) -> tuple[int, int]:
         bucket, key, _ = self.fs.split_path(path)
         checksum = _b64_crc(crc)
-        self.fs.call_s3(
-            "put_object",
-            Bucket=bucket,
-            Key=key,
-            Body=data,
-            ChecksumAlgorithm="CRC32C",
-            ChecksumCRC32C=checksum,
-        )
+        with open(local_path, "rb") as body:
+            self.fs.call_s3(
+                "put_object",
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ChecksumAlgorithm="CRC32C",
+                ChecksumCRC32C=checksum,
+            )
         self.fs.invalidate_cache(path)
         head = self.fs.call_s3("head_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         stored = head.get("ChecksumCRC32C")

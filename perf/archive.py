@@ -13,7 +13,10 @@ the same run and alternately:
 Targets: ``file`` is a local directory (``file://``); ``s3`` is moto's S3 server,
 started here on a free 127.0.0.1 port and reached through s3fs over HTTP. Each
 figure is the best of ``--repeat`` runs; the ratio is reference time / archive
-time (1.0: as fast as the plain copy; the target is at least 0.8).
+time (1.0: as fast as the plain copy; the target is at least 0.8). A second
+reference adds an fsync of every file the plain copy wrote locally: the archive
+makes what it writes to a local directory (and every restored file) durable
+before it counts it as done, which a plain ``fs.put``/``fs.get`` does not.
 """
 
 from __future__ import annotations
@@ -79,43 +82,86 @@ def _timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - began
 
 
+def _fsync_all(paths: list[str]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _Round:
+    """One round of the four transfers (and the durable references) to one endpoint."""
+
+    def __init__(
+        self, url_of: Callable[[str], str], options: dict[str, Any], files: list[Path]
+    ) -> None:
+        from fsspec.core import url_to_fs
+
+        self.files = files
+        self.options = options
+        self.url_of = url_of
+        self.filesystem, self.root = url_to_fs(url_of(f"plain-{uuid.uuid4().hex[:8]}"), **options)
+        self.local = "file" in self.filesystem.protocol
+        if self.local:
+            self.filesystem.makedirs(self.root, exist_ok=True)
+        self.remote = [f"{self.root}/{f.name}" for f in files]
+
+    def put(self) -> None:
+        self.filesystem.put([str(f) for f in self.files], self.root + "/")
+        if self.local and self.durable:
+            _fsync_all(self.remote)
+
+    def get(self, target: Path) -> None:
+        target.mkdir()
+        self.filesystem.get(self.remote, str(target) + "/")
+        if self.durable:
+            _fsync_all([str(target / f.name) for f in self.files])
+
+    durable = False
+
+
 def _measure(
     name: str,
     url_of: Callable[[str], str],
     options: dict[str, Any],
     files: list[Path],
-    scratch: Path,
-    repeat: int,
-) -> dict[str, float]:
-    from fsspec.core import url_to_fs
-
-    best = dict.fromkeys(("put", "push", "get", "restore"), float("inf"))
-    for _ in range(repeat):
-        filesystem, root = url_to_fs(url_of(f"plain-{uuid.uuid4().hex[:8]}"), **options)
-        with contextlib.suppress(FileExistsError):
-            filesystem.makedirs(root, exist_ok=True)
-        best["put"] = min(
-            best["put"], _timed(lambda: filesystem.put([str(f) for f in files], root + "/"))
-        )
+    arguments: argparse.Namespace,
+) -> None:
+    scratch = Path(arguments.scratch)
+    best = dict.fromkeys(("put", "put+fsync", "push", "get", "get+fsync", "restore"), 1e9)
+    for _ in range(arguments.repeat):
+        for durable in (False, True):
+            plain = _Round(url_of, options, files)
+            plain.durable = durable
+            suffix = "+fsync" if durable else ""
+            best["put" + suffix] = min(best["put" + suffix], _timed(plain.put))
+            target = scratch / f"get-{uuid.uuid4().hex[:8]}"
+            best["get" + suffix] = min(best["get" + suffix], _timed(lambda: plain.get(target)))
+            shutil.rmtree(target)
         archive = mmwal.Archive(url_of(f"archive-{uuid.uuid4().hex[:8]}"), **options)
         best["push"] = min(best["push"], _timed(lambda: archive.push(files[0].parent)))
-        target = scratch / f"get-{uuid.uuid4().hex[:8]}"
-        target.mkdir()
-        remote = [f"{root}/{f.name}" for f in files]
-        best["get"] = min(best["get"], _timed(lambda: filesystem.get(remote, str(target) + "/")))
-        shutil.rmtree(target)
         restored = scratch / f"restore-{uuid.uuid4().hex[:8]}"
         best["restore"] = min(best["restore"], _timed(lambda: archive.restore(restored)))
         shutil.rmtree(restored)
-    total = sum(f.stat().st_size for f in files) / _MIB
+    mib = sum(f.stat().st_size for f in files) / _MIB
+
+    def rate(key: str) -> str:
+        return f"{mib / best[key]:7.1f} MiB/s"
+
     print(
-        f"{name:5} push {total / best['push']:7.1f} MiB/s  fs.put {total / best['put']:7.1f} "
-        f"MiB/s  ratio {best['put'] / best['push']:.2f}   restore "
-        f"{total / best['restore']:7.1f} MiB/s  fs.get {total / best['get']:7.1f} MiB/s  "
-        f"ratio {best['get'] / best['restore']:.2f}",
+        f"{name:4} push    {rate('push')}  fs.put {rate('put')} (ratio "
+        f"{best['put'] / best['push']:.2f})  fs.put+fsync {rate('put+fsync')} (ratio "
+        f"{best['put+fsync'] / best['push']:.2f})",
         flush=True,
     )
-    return best
+    print(
+        f"{name:4} restore {rate('restore')}  fs.get {rate('get')} (ratio "
+        f"{best['get'] / best['restore']:.2f})  fs.get+fsync {rate('get+fsync')} (ratio "
+        f"{best['get+fsync'] / best['restore']:.2f})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -128,6 +174,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     arguments = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="mmwal-archive-perf-", dir=arguments.dir))
+    arguments.scratch = str(scratch)
     try:
         files = _write_log(scratch / "log", arguments.size_mib * _MIB, arguments.segment_mib * _MIB)
         print(
@@ -139,23 +186,14 @@ def main() -> None:
         if "file" in targets:
             local = scratch / "targets"
             local.mkdir()
-            _measure(
-                "file", lambda name: (local / name).as_uri(), {}, files, scratch, arguments.repeat
-            )
+            _measure("file", lambda name: (local / name).as_uri(), {}, files, arguments)
         if "s3" in targets:
             with _s3_options() as options:
                 bucket = f"perf-{uuid.uuid4().hex[:8]}"
                 from fsspec.core import url_to_fs
 
                 url_to_fs(f"s3://{bucket}", **options)[0].mkdir(bucket)
-                _measure(
-                    "s3",
-                    lambda name: f"s3://{bucket}/{name}",
-                    options,
-                    files,
-                    scratch,
-                    arguments.repeat,
-                )
+                _measure("s3", lambda name: f"s3://{bucket}/{name}", options, files, arguments)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
