@@ -14,11 +14,11 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import uuid
 from collections.abc import Callable
-from typing import BinaryIO
 
 from ._crc import crc32c
 from ._errors import CorruptionError, InvalidLSNError
@@ -54,22 +54,21 @@ def _fsync(path: str) -> None:
 
 
 class _Files:
-    """Log bytes read back from the restored segment files (kept open while walking)."""
+    """Log bytes read back from the restored segment files (mapped while walking)."""
 
     def __init__(self, directory: str, segment_size: int) -> None:
         self.directory = directory
         self.segment_size = segment_size
-        self._open: dict[int, BinaryIO | None] = {}
+        self._maps: dict[int, mmap.mmap | None] = {}
 
-    def _file(self, index: int) -> BinaryIO | None:
-        if index not in self._open:
+    def _map(self, index: int) -> mmap.mmap | None:
+        if index not in self._maps:
             try:
-                self._open[index] = open(  # noqa: SIM115 - closed by close()
-                    os.path.join(self.directory, segment_name(index)), "rb"
-                )
-            except FileNotFoundError:
-                self._open[index] = None
-        return self._open[index]
+                with open(os.path.join(self.directory, segment_name(index)), "rb") as file:
+                    self._maps[index] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            except (FileNotFoundError, ValueError):  # missing, or empty
+                self._maps[index] = None
+        return self._maps[index]
 
     def read(self, offset: int, length: int) -> bytes:
         parts = []
@@ -77,11 +76,10 @@ class _Files:
         while position < end:
             index, within = divmod(position, self.segment_size)
             step = min(end - position, self.segment_size - within)
-            file = self._file(index)
-            if file is None:
+            mapping = self._map(index)
+            if mapping is None:
                 break
-            file.seek(within)
-            part = file.read(step)
+            part = mapping[within : within + step]
             parts.append(part)
             position += len(part)
             if len(part) < step:
@@ -89,9 +87,9 @@ class _Files:
         return b"".join(parts)
 
     def close(self) -> None:
-        for file in self._open.values():
-            if file is not None:
-                file.close()
+        for mapping in self._maps.values():
+            if mapping is not None:
+                mapping.close()
 
 
 def _walk(files: _Files, start: int, target: int, end: int) -> tuple[int, int]:

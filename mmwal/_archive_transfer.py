@@ -106,17 +106,20 @@ class Target:
             return
         temporary = f"{path}.{uuid.uuid4().hex[:16]}.tmp"
         self.fs.pipe_file(temporary, data)
-        self.make_durable(temporary)
+        self._fsync(temporary)
         self.fs.mv(temporary, path)
-        self.make_durable(path)
+        self._fsync(os.path.dirname(path))
 
     def make_durable(self, path: str) -> None:
         """On a local directory, fsync the file at ``path`` and its directory entry."""
-        if not self.local:
-            return
-        for target in (path, os.path.dirname(path)):
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self.local:
+            self._fsync(path)
+            self._fsync(os.path.dirname(path))
+
+    @staticmethod
+    def _fsync(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
