@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -59,6 +60,18 @@ Progress = Callable[[int], object]
 _BATCH_RECORDS = 256
 _BATCH_BYTES = 1 << 20
 
+# One push at a time per archive within this process (a background pusher, an
+# explicit push, a truncation guard): a push's clean-up removes the objects no
+# entry names, which would include another push's upload not yet published.
+_push_locks: dict[tuple[str, str], threading.Lock] = {}
+_push_locks_guard = threading.Lock()
+
+
+def _push_lock(filesystem: Any, root: str) -> threading.Lock:
+    key = (str(filesystem.protocol), root)
+    with _push_locks_guard:
+        return _push_locks.setdefault(key, threading.Lock())
+
 
 class Archive:
     """A place off the machine for a segmented log's sealed segments, via fsspec.
@@ -70,7 +83,8 @@ class Archive:
 
     Crash cost: none. A segment is visible in the archive only whole and verified;
     a push cut short at any point leaves the archive as a shorter, valid archive
-    and the next push resumes. One pusher per archive at a time.
+    and the next push resumes. Pushes to one archive from one process take turns;
+    push to an archive from one process at a time.
     """
 
     def __init__(self, url: str, **storage_options: Any) -> None:
@@ -166,6 +180,12 @@ class Archive:
 
     def _push_log(self, log: LocalLog, progress: Progress | None, up_to: int | None) -> list[int]:
         """Push the sealed segments of ``log`` (only those below index ``up_to``, if given)."""
+        with _push_lock(self._fs, self._root):
+            return self._push_locked(log, progress, up_to)
+
+    def _push_locked(
+        self, log: LocalLog, progress: Progress | None, up_to: int | None
+    ) -> list[int]:
         entries = {entry.index: entry for entry in self.segments()}
         local = log.indices()
         if entries:
@@ -175,7 +195,7 @@ class Archive:
                     min(entries),
                     f"the archive holds {archived_size}-byte segments, the log "
                     f"{log.segment_size}-byte ones",
-                    url=self.url,
+                    self.url,
                 )
             for index in local:
                 if index in entries:
@@ -187,7 +207,7 @@ class Archive:
                     next_index,
                     f"the archive ends before segment {next_index}, but the log now "
                     f"starts at segment {local[0]}: the segments between are gone",
-                    url=self.url,
+                    self.url,
                 )
         else:
             next_index = log.head_lsn // log.segment_size
@@ -265,7 +285,7 @@ class Archive:
                 entry.index,
                 f"the archived segment (size {entry.size}, CRC-32C {entry.crc32c:#010x}) "
                 f"differs from {path} (size {found[0]}, CRC-32C {found[1]:#010x})",
-                url=self.url,
+                self.url,
             )
         self._compared[key] = stamp
 

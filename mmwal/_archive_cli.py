@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mmwal
@@ -88,6 +88,21 @@ def _restore(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _reporting(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a storage backend's own errors (botocore's, say) into a message and status 1."""
+
+    def run(arguments: argparse.Namespace) -> int:
+        try:
+            return command(arguments)
+        except (mmwal.WalError, OSError, ValueError):
+            raise  # python -m mmwal reports these itself
+        except Exception as error:  # noqa: BLE001 - any backend's failure, reported
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
 def add_parser(commands: Any) -> None:
     """Add the ``archive`` command to the subparsers ``commands`` of ``python -m mmwal``."""
     archive = commands.add_parser(
@@ -107,10 +122,10 @@ def add_parser(commands: Any) -> None:
     )
     push.add_argument("path", help="the segmented log's directory")
     push.add_argument("url", help="the archive: file:///..., s3://bucket/prefix, ...")
-    push.set_defaults(run=_push)
+    push.set_defaults(run=_reporting(_push))
     listing = actions.add_parser("ls", parents=[common], help="list the archived segments")
     listing.add_argument("url")
-    listing.set_defaults(run=_ls)
+    listing.set_defaults(run=_reporting(_ls))
     restore = actions.add_parser(
         "restore", parents=[common], help="write the archived log into a new directory"
     )
@@ -119,4 +134,4 @@ def add_parser(commands: Any) -> None:
     restore.add_argument(
         "--up-to-lsn", type=int, default=None, help="keep only the records before this LSN"
     )
-    restore.set_defaults(run=_restore)
+    restore.set_defaults(run=_reporting(_restore))

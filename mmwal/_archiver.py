@@ -89,7 +89,7 @@ class Archiver:
                 missing[0],
                 f"truncate_before({lsn}) would delete segments {missing[0]}..{missing[-1]}, "
                 f"which the archive does not hold and could not take; nothing was deleted",
-                url=self.archive.url,
+                self.archive.url,
             )
 
     def stop(self) -> None:

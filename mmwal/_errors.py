@@ -170,7 +170,7 @@ class ArchiveConflictError(WalError):
     archive still needs.
     """
 
-    def __init__(self, index: int, reason: str, *, url: str) -> None:
+    def __init__(self, index: int, reason: str, url: str) -> None:
         self.index = index
         self.reason = reason
         self.url = url

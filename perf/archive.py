@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -138,12 +139,14 @@ def _measure(
             suffix = "+fsync" if durable else ""
             best["put" + suffix] = min(best["put" + suffix], _timed(plain.put))
             target = scratch / f"get-{uuid.uuid4().hex[:8]}"
-            best["get" + suffix] = min(best["get" + suffix], _timed(lambda: plain.get(target)))
+            best["get" + suffix] = min(
+                best["get" + suffix], _timed(functools.partial(plain.get, target))
+            )
             shutil.rmtree(target)
         archive = mmwal.Archive(url_of(f"archive-{uuid.uuid4().hex[:8]}"), **options)
-        best["push"] = min(best["push"], _timed(lambda: archive.push(files[0].parent)))
+        best["push"] = min(best["push"], _timed(functools.partial(archive.push, files[0].parent)))
         restored = scratch / f"restore-{uuid.uuid4().hex[:8]}"
-        best["restore"] = min(best["restore"], _timed(lambda: archive.restore(restored)))
+        best["restore"] = min(best["restore"], _timed(functools.partial(archive.restore, restored)))
         shutil.rmtree(restored)
     mib = sum(f.stat().st_size for f in files) / _MIB
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +207,26 @@ def test_the_s3_path_is_taken_and_checks_what_s3_stored(
         )
         stored = int.from_bytes(base64.b64decode(head["ChecksumCRC32C"]), "big")
         assert stored == segment.crc32c == crc32c(segment_bytes(log, segment.index))
+
+
+def test_the_s3_example_prints_what_it_did(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "archive_s3.py"
+    result = subprocess.run(
+        [sys.executable, str(example), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    out = result.stdout
+    assert "S3 (moto) on 127.0.0.1:" in out
+    assert "appended 400 records" in out
+    assert "archived: [0, 1]" in out
+    assert "local head" in out
+    assert "  segment 1: first record 65856, 65536 bytes" in out
+    assert "into restored/" in out
+    assert "straight from the archive, from LSN" in out
+    assert "another log refused: segment 0 differs" in out
+    with mmwal.open(tmp_path / "restored", readonly=True) as wal:
+        assert wal.head_lsn == 0
+        assert len(list(wal)) > 300
