@@ -310,3 +310,62 @@ def test_cli_push_ls_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert list(wal) == records[:10]
     assert main(["archive", "restore", url, str(tmp_path / "r")]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_the_background_pusher_retries_a_failed_push(tmp_path: Path) -> None:
+    _, inner, root = memory_archive()
+    failing = FailingFileSystem(inner, fail_at=1)
+    archive = mmwal.Archive.from_filesystem(failing, root)
+    with mmwal.open(tmp_path / "log", segment_size=SEGMENT_SIZE, archive=archive) as wal:
+        archiver = wal._archiver
+        assert archiver is not None
+        for _ in range(100):
+            wal.append(os.urandom(2000))
+        wal.sync()
+        _wait_for(lambda: archiver.last_error is not None)
+        sealed = wal.durable_lsn // SEGMENT_SIZE
+        _wait_for(lambda: len(archive.segments()) == sealed)  # after a 1 s pause
+        _wait_for(lambda: archiver.last_error is None)
+
+
+def test_the_background_pusher_stops_at_a_conflict(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    write_log(tmp_path / "other", seed=7)
+    archive.push(tmp_path / "other")
+    with mmwal.open(tmp_path / "log", segment_size=SEGMENT_SIZE, archive=archive) as wal:
+        archiver = wal._archiver
+        assert archiver is not None
+        for _ in range(100):
+            wal.append(os.urandom(2000))
+        wal.sync()
+        _wait_for(lambda: isinstance(archiver.last_error, mmwal.ArchiveConflictError))
+        assert not archiver._thread.is_alive()
+        with pytest.raises(mmwal.ArchiveConflictError):
+            wal.truncate_before(wal.next_lsn)
+        assert wal.head_lsn == 0
+
+
+def test_damage_in_the_archive_is_refused(tmp_path: Path) -> None:
+    archive, filesystem, root = memory_archive()
+    write_log(tmp_path / "log")
+    archive.push(tmp_path / "log")
+    segments = archive.segments()
+    # A published object changed behind the archive's back.
+    target = f"{root}/segments/{segments[1].object_name}"
+    data = bytearray(filesystem.cat_file(target))
+    data[100] ^= 0xFF
+    filesystem.pipe_file(target, bytes(data))
+    with pytest.raises(mmwal.CorruptionError, match="does not match its manifest entry"):
+        list(archive.iter())
+    with pytest.raises(mmwal.CorruptionError, match="arrived as"):
+        archive.restore(tmp_path / "restored")
+    assert not (tmp_path / "restored").exists()
+    assert [name for name in os.listdir(tmp_path) if "restoring" in name] == []
+    # An entry edited by hand, and then one removed: a gap.
+    entry = f"{root}/manifest/{2:020d}.json"
+    filesystem.pipe_file(entry, filesystem.cat_file(entry).replace(b'"size": ', b'"size": 1'))
+    with pytest.raises(mmwal.CorruptionError, match="checksum"):
+        archive.segments()
+    filesystem.rm_file(entry)
+    with pytest.raises(mmwal.CorruptionError, match="gap"):
+        archive.restore(tmp_path / "restored")
