@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -9,11 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("fsspec", reason="the archive needs fsspec: pip install 'mmwal[archive]'")
-
-import itertools
-
 from archive_helpers import (
     SEGMENT_SIZE,
     Crash,
@@ -22,12 +18,15 @@ from archive_helpers import (
     ending_by,
     listing,
     memory_archive,
+    require,
     segment_bytes,
     write_log,
 )
 
 import mmwal
 from mmwal.__main__ import main
+
+require("fsspec", "the archive needs fsspec: pip install 'mmwal[archive]'")
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -17,23 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("s3fs", reason="the S3 tests need s3fs: pip install 'mmwal[s3]'")
-pytest.importorskip("moto.server", reason="the S3 tests need moto[server]")
-
 from archive_helpers import (
     SEGMENT_SIZE,
     FailingFileSystem,
     ending_by,
     listing,
+    require,
     segment_bytes,
     write_log,
 )
-from botocore.exceptions import BotoCoreError
-from moto.server import ThreadedMotoServer
 
 import mmwal
 from mmwal._crc import crc32c
+
+require("s3fs", "the S3 tests need s3fs: pip install 'mmwal[s3]'")
+require("moto.server", "the S3 tests need moto[server]: pip install 'moto[server]'")
 
 
 def _free_port() -> int:
@@ -43,12 +41,18 @@ def _free_port() -> int:
         return port
 
 
+def _moto_server(**options: Any) -> Any:
+    from moto.server import ThreadedMotoServer
+
+    return ThreadedMotoServer(**options)
+
+
 class S3:
     """A moto S3 server on loopback, and the storage options that reach it."""
 
     def __init__(self) -> None:
         self.port = _free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server = _moto_server(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         self.running = True
         self.options: dict[str, Any] = {
@@ -69,7 +73,7 @@ class S3:
 
     def start(self) -> None:
         # moto keeps its buckets in the process, so a restarted server still has them.
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server = _moto_server(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         self.running = True
 
@@ -145,6 +149,8 @@ def _stop_points(s3: S3, log: Path) -> list[int]:
 
 
 def test_resume_after_the_server_stopped_mid_push(s3: S3, tmp_path: Path) -> None:
+    from botocore.exceptions import BotoCoreError
+
     log = tmp_path / "log"
     records = write_log(log, records=150)
     for stop_at in _stop_points(s3, log):
