@@ -413,3 +413,14 @@ def test_a_segment_whose_crossing_record_is_torn_is_not_sealed(tmp_path: Path) -
         wal.sync()
         assert archive.push(wal) == [0]
     assert [r.data[:1] for r in archive.iter()] == [b"a"]
+
+
+def test_progress_reports_every_byte_transferred(tmp_path: Path) -> None:
+    archive = memory_archive()[0]
+    write_log(tmp_path / "log")
+    pushed_bytes: list[int] = []
+    pushed = archive.push(tmp_path / "log", progress=pushed_bytes.append)
+    assert pushed_bytes == [SEGMENT_SIZE] * len(pushed)
+    restored_bytes: list[int] = []
+    archive.restore(tmp_path / "restored", progress=restored_bytes.append)
+    assert restored_bytes == [SEGMENT_SIZE] * len(pushed)
