@@ -67,6 +67,15 @@ _push_locks: dict[tuple[str, str], threading.Lock] = {}
 _push_locks_guard = threading.Lock()
 
 
+def _stamp(info: dict[str, Any]) -> object:
+    """Return what an fsspec listing says about an object that changes when it does."""
+    version = next(
+        (info[key] for key in ("ETag", "mtime", "LastModified", "created") if key in info),
+        None,
+    )
+    return (info.get("size"), str(version))
+
+
 def _push_lock(filesystem: Any, root: str) -> threading.Lock:
     key = (str(filesystem.protocol), root)
     with _push_locks_guard:
@@ -113,6 +122,8 @@ class Archive:
         # Segments whose local bytes were compared with the archive already, by
         # (path, index) -> (inode, mtime, size): a sealed file does not change.
         self._compared: dict[tuple[str, int], tuple[int, int, int]] = {}
+        # Manifest entries read, by path: (listing stamp, entry).
+        self._entries: dict[str, tuple[object, ArchivedSegment]] = {}
 
     def __repr__(self) -> str:
         return f"<mmwal.Archive {self.url}>"
@@ -132,16 +143,25 @@ class Archive:
         directory = f"{self._root}/{MANIFEST_DIR}"
         self._fs.invalidate_cache(directory)
         try:
-            listed = self._fs.ls(directory, detail=False)
+            listed = self._fs.ls(directory, detail=True)
         except FileNotFoundError:
             return []
-        paths = sorted(
-            path for path in listed if parse_entry_name(posixpath.basename(path)) is not None
-        )
-        if not paths:
-            return []
-        contents = self._fs.cat(paths)
-        entries = [decode_entry(contents[path], f"{self.url}/{path}") for path in paths]
+        stamps = {
+            info["name"]: _stamp(info)
+            for info in listed
+            if parse_entry_name(posixpath.basename(info["name"])) is not None
+        }
+        # Entries do not change once written: read only those not read before
+        # (or whose size or modification stamp changed since).
+        unread = [
+            path for path, stamp in stamps.items() if self._entries.get(path, (None,))[0] != stamp
+        ]
+        if unread:
+            contents = self._fs.cat(unread)
+            for path in unread:
+                entry = decode_entry(contents[path], f"{self.url}/{path}")
+                self._entries[path] = (stamps[path], entry)
+        entries = [self._entries[path][1] for path in sorted(stamps)]
         sizes = {entry.segment_size for entry in entries}
         if len(sizes) > 1:
             raise CorruptionError(
