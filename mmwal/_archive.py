@@ -111,7 +111,7 @@ class Archive:
     def from_filesystem(cls, filesystem: Any, path: str) -> Archive:
         """Open the archive at ``path`` of an fsspec file system object you already have."""
         archive = cls.__new__(cls)
-        archive._init(filesystem, path, f"{filesystem.protocol}:{path}")
+        archive._init(filesystem, path, filesystem.unstrip_protocol(path))
         return archive
 
     def _init(self, filesystem: Any, root: str, url: str) -> None:
