@@ -9,13 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import _archive_cli
-from ._cli import _checks, _inspect, run
+from ._cli import _archive, _checks, _inspect, run
 
 __all__ = ["GROUPS", "main"]
 
 #: The groups of subcommands, in the order ``--help`` lists them.
-GROUPS = [_inspect.register, _checks.register, _archive_cli.add_parser]
+GROUPS = [_inspect.register, _checks.register, _archive.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

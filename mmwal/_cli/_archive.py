@@ -1,4 +1,4 @@
-"""``python -m mmwal archive push|ls|restore``: the archive from the command line.
+"""``archive push``, ``archive ls``, ``archive restore``: a log's archive (docs/ARCHIVE.md).
 
 Uses only the public API. Storage options come from ``--option KEY=VALUE``
 (repeatable; for S3 e.g. ``endpoint_url=http://127.0.0.1:9000``) and from the
@@ -16,7 +16,9 @@ from typing import Any
 
 import mmwal
 
-__all__ = ["add_parser"]
+from ._common import add_command
+
+__all__ = ["register"]
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -103,13 +105,18 @@ def _reporting(command: Callable[[argparse.Namespace], int]) -> Callable[[argpar
     return run
 
 
-def add_parser(commands: Any) -> None:
-    """Add the ``archive`` command to the subparsers ``commands`` of ``python -m mmwal``."""
-    archive = commands.add_parser(
-        "archive", help="push sealed segments to an fsspec URL, list them, restore a log"
+def register(commands: Any) -> None:
+    """Add ``archive push``, ``archive ls`` and ``archive restore``."""
+    archive = add_command(
+        commands,
+        "archive",
+        help="push sealed segments to an fsspec URL, list them, restore a log",
+        log=False,
     )
-    actions = archive.add_subparsers(dest="archive_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    actions = archive.add_subparsers(
+        dest="archive_command", required=True, parser_class=type(archive)
+    )
+    common = type(archive)(add_help=False)
     common.add_argument(
         "--option",
         action="append",
