@@ -13,6 +13,11 @@ Rules this class keeps:
   open the log refuses must leave every file as it found it.
 - Zeroing touches only blocks that hold a nonzero byte, so discarding a mostly
   empty preallocated tail costs a read, not a write-back.
+- A chunk the log may still write into is mapped without fault readahead, and
+  the clean page cache past the end is evicted once the end is known
+  (``discard_after``): a commit then writes back the pages it touched, not a 2 MiB
+  folio (see ``_files.advise_writing``). A chunk below the durable end is sealed
+  (``release``): it reads ahead again, so reading it back stays fast.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ import mmap
 import os
 
 from ._errors import WalClosedError
-from ._files import read_small_file, replace_file_durably
+from ._files import (
+    LARGEST_FOLIO,
+    advise_reading,
+    advise_writing,
+    read_small_file,
+    replace_file_durably,
+)
 from ._store import Buffer, Store
 from ._syscalls import PAGE_SIZE, Syscalls
 
@@ -65,6 +76,10 @@ class ChunkedStore(Store):
     def _drop_resident(self, chunk: mmap.mmap) -> None:
         """Give back the memory of a chunk whose bytes are durable; never lose them."""
         del chunk
+
+    def _evict_clean(self, index: int, chunk: mmap.mmap, start: int) -> None:
+        """Drop the clean page cache of chunk ``index`` from ``start`` (folio-aligned) on."""
+        del index, chunk, start
 
     def _forget_chunk(self, index: int) -> None:
         """Undo ``_create_chunk(index)`` after its mapping was closed."""
@@ -212,6 +227,7 @@ class ChunkedStore(Store):
             chunk = self._chunks.get(index)
             if chunk is not None:
                 self._drop_resident(chunk)
+                advise_reading(chunk)
         self._released_below = max(self._released_below, below)
 
     def discard_after(self, end: int) -> None:
@@ -244,6 +260,24 @@ class ChunkedStore(Store):
         for index, start, stop in dirty:
             aligned = start - start % PAGE_SIZE
             self._flush_chunk(index, aligned, stop - aligned)
+        # Everything past the end is clean now: evict what the zeroing scan read.
+        self.prepare_end(end)
+
+    def prepare_end(self, end: int) -> None:
+        # From the 2 MiB boundary below the end: the folio holding the end is
+        # evicted too, and sealed bytes further below keep their readahead.
+        self._check_open()
+        size = self.chunk_size
+        first = max(end // size, self._first_chunk)
+        self._released_below = min(self._released_below, first)
+        for index in range(first, self._end_chunk):
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                continue
+            local = max(0, end - index * size)
+            start = local - local % LARGEST_FOLIO
+            self._evict_clean(index, chunk, start)
+            advise_writing(chunk, start)
 
     def drop_before(self, offset: int) -> int:
         self._check_open()

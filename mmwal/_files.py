@@ -14,19 +14,26 @@ from ._errors import WalLockedError
 from ._syscalls import Syscalls
 
 __all__ = [
+    "LARGEST_FOLIO",
+    "advise_reading",
+    "advise_writing",
     "drop_resident",
+    "evict_clean",
     "lock_exclusively",
     "map_range",
     "open_directory",
-    "prefault",
+    "prefault_anonymous",
     "read_small_file",
     "replace_file_durably",
 ]
 
-# MADV_POPULATE_WRITE (Linux 5.14): fault a whole new chunk in with one call
-# instead of one page fault per page on the append path. Python 3.11's mmap
-# does not name it.
+# MADV_POPULATE_WRITE (Linux 5.14); Python 3.11's mmap does not name it.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+#: The largest page-cache folio a file mapping's readahead builds (a PMD, 2 MiB
+#: on x86-64). Folios are aligned to their size, so a range starting on a
+#: multiple of this never cuts one.
+LARGEST_FOLIO = 2 << 20
 
 
 def lock_exclusively(fd: int, path: str) -> None:
@@ -55,12 +62,58 @@ def open_directory(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
-def prefault(mapping: mmap.mmap) -> None:
-    """Fault in a new, writable chunk ahead of the appends that will fill it.
+def _advise(mapping: mmap.mmap, option: int | None, start: int, length: int | None) -> None:
+    if option is None or mapping.closed:
+        return
+    span = len(mapping) - start if length is None else length
+    if span <= 0:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        mapping.madvise(option, start, span)
 
-    A hint only: kernels without MADV_POPULATE_WRITE refuse it and appends fault
-    the pages in one at a time instead. The pages were reserved on disk before
-    (``Syscalls.allocate``), so this cannot hit a full disk.
+
+def advise_writing(mapping: mmap.mmap, start: int = 0) -> None:
+    """Make faults in ``mapping`` from ``start`` on read no page ahead (``MADV_RANDOM``).
+
+    Why: since Linux 6.16 ext4 gives files large folios, and fault readahead grows
+    them to 2 MiB as faults run sequentially. A store through a mapping dirties
+    its whole folio, so each ``msync`` of a small commit would write 2 MiB
+    (measured: 2,048 KiB per 256 B commit). Without readahead a fault gets an
+    order-0 folio and a commit writes the pages it touched, as ``pwrite`` does.
+    A hint: where the kernel refuses it, nothing changes but the bytes written.
+    """
+    _advise(mapping, getattr(mmap, "MADV_RANDOM", None), start, None)
+
+
+def advise_reading(mapping: mmap.mmap) -> None:
+    """Let faults in ``mapping`` read ahead again: for chunks no write will touch."""
+    _advise(mapping, getattr(mmap, "MADV_NORMAL", None), 0, None)
+
+
+def evict_clean(mapping: mmap.mmap, fd: int, file_offset: int, start: int) -> None:
+    """Drop the clean page-cache folios of ``mapping`` from ``start`` to its end.
+
+    Large folios that readahead built there (by recovery's scan, by an earlier
+    process) would make each later commit into them write the whole folio; once
+    evicted, faults under ``advise_writing`` bring pages back as order-0 folios.
+    ``start`` must be a multiple of ``LARGEST_FOLIO`` so no folio is cut (the
+    kernel keeps a folio the range only partly covers). Dirty folios and folios
+    another process maps stay; nothing readable changes.
+    """
+    span = len(mapping) - start
+    if span <= 0 or sys.platform != "linux":
+        return
+    drop_resident(mapping, start, span)
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, file_offset + start, span, os.POSIX_FADV_DONTNEED)
+
+
+def prefault_anonymous(mapping: mmap.mmap) -> None:
+    """Fault in a new chunk of anonymous memory with one call instead of a fault a page.
+
+    Never for a file mapping: there it dirties every page, and the kernel writes
+    the whole preallocated chunk back as zeros (64 MiB a segment, measured; the
+    first sync after a roll waited 152 ms for them).
     """
     if sys.platform != "linux":
         return
@@ -68,14 +121,13 @@ def prefault(mapping: mmap.mmap) -> None:
         mapping.madvise(_MADV_POPULATE_WRITE)
 
 
-def drop_resident(mapping: mmap.mmap) -> None:
+def drop_resident(mapping: mmap.mmap, start: int = 0, length: int | None = None) -> None:
     """Unmap the resident pages of a shared file mapping; the page cache keeps them.
 
     Reads fault them back in from the page cache. Only for file mappings: on
     anonymous memory the same call would discard the bytes.
     """
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        mapping.madvise(mmap.MADV_DONTNEED)
+    _advise(mapping, getattr(mmap, "MADV_DONTNEED", None), start, length)
 
 
 # A file mmwal creates beside the log: only its owner may read it, and a name

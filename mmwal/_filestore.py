@@ -7,7 +7,7 @@ import os
 import threading
 
 from ._chunked import ChunkedStore
-from ._files import drop_resident, lock_exclusively, map_range, prefault
+from ._files import advise_writing, drop_resident, evict_clean, lock_exclusively, map_range
 from ._syscalls import Syscalls, mapping_address
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
@@ -98,11 +98,14 @@ class FileStore(ChunkedStore):
         with self._metadata_lock:
             self._file_dirty = True
         chunk = self._map(self._fd, index, self.chunk_size)
-        prefault(chunk)
+        advise_writing(chunk)
         return chunk
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:
         drop_resident(chunk)
+
+    def _evict_clean(self, index: int, chunk: mmap.mmap, start: int) -> None:
+        evict_clean(chunk, self._fd, index * self.chunk_size, start)
 
     def _forget_chunk(self, index: int) -> None:
         # The file keeps the blocks allocated for the window; creating the window

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 
 from ._chunked import ChunkedStore
-from ._files import prefault
+from ._files import prefault_anonymous
 from ._store import Buffer
 
 __all__ = ["MemStore"]
@@ -41,7 +41,7 @@ class MemStore(ChunkedStore):
 
     def _create_chunk(self, index: int) -> mmap.mmap:
         chunk = mmap.mmap(-1, self.chunk_size)
-        prefault(chunk)
+        prefault_anonymous(chunk)
         return chunk
 
     def _flush_chunk(self, index: int, start: int, length: int) -> None:

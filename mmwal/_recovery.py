@@ -56,6 +56,9 @@ def recover(store: Store, config: WalConfig, *, refuse_foreign: bool = True) -> 
     head, end = found.head, found.end
     if end == head and refuse_foreign:
         _refuse_foreign_bytes(store, head, found.stop, config.max_record_size)
+    # Before the scan past the end reads it: a reader must not build large folios
+    # where the writer will append (see ``Store.prepare_end``).
+    store.prepare_end(end)
     extent = store.nonzero_extent(end)
     discarded = 0 if extent is None else extent[1] - end
     quarantine_path = None

@@ -10,7 +10,14 @@ import threading
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
-from ._files import drop_resident, lock_exclusively, map_range, open_directory, prefault
+from ._files import (
+    advise_writing,
+    drop_resident,
+    evict_clean,
+    lock_exclusively,
+    map_range,
+    open_directory,
+)
 from ._format import (
     HEAD_FILE_NAME,
     decode_head_file,
@@ -244,7 +251,7 @@ class SegmentStore(ChunkedStore):
         try:
             self.syscalls.allocate(fd, 0, self.chunk_size)
             chunk = self._map(fd, index, self.chunk_size)
-            prefault(chunk)
+            advise_writing(chunk)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -257,6 +264,16 @@ class SegmentStore(ChunkedStore):
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:
         drop_resident(chunk)
+
+    def _evict_clean(self, index: int, chunk: mmap.mmap, start: int) -> None:
+        try:
+            fd = os.open(self.segment_path(index), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            evict_clean(chunk, fd, 0, start)
+        finally:
+            os.close(fd)
 
     def _forget_chunk(self, index: int) -> None:
         self._addresses.pop(index, None)

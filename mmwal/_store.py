@@ -118,6 +118,17 @@ class Store(abc.ABC):
         """
         del end
 
+    def prepare_end(self, end: int) -> None:
+        """Hint that the log ends at ``end`` and appends (here or by a writer) go there.
+
+        A file store evicts the clean page cache past ``end`` and maps that range
+        without readahead, so appends there dirty small folios: a commit then
+        writes back the pages it touched, not the 2 MiB folios readahead builds.
+        A read-only store does the same, so a reader never builds large folios
+        ahead of the writer. Changes nothing readable; costs no durability.
+        """
+        del end
+
     def quarantine(self, start: int, end: int) -> str | None:
         """Keep a durable copy of ``[start, end)`` beside the log, before it is zeroed.
 
