@@ -18,6 +18,10 @@ Rules this class keeps:
   (``discard_after``): a commit then writes back the pages it touched, not a 2 MiB
   folio (see ``_files.advise_writing``). A chunk below the durable end is sealed
   (``release``): it reads ahead again, so reading it back stays fast.
+- A writable store whose subclass can make a chunk ahead (``_precreate_chunk``)
+  makes the next one (``ChunkPipeline``) once a flush finds the durable end
+  halfway through the last chunk, so a roll only hands it over. Anything that
+  moves the end (``discard_after``, ``close``) first cancels it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ._files import (
     read_small_file,
     replace_file_durably,
 )
+from ._pipeline import ChunkPipeline
 from ._store import Buffer, Store
 from ._syscalls import PAGE_SIZE, Syscalls
 
@@ -41,11 +46,26 @@ __all__ = ["ChunkedStore"]
 
 _ZERO_BLOCK = bytes(16 * PAGE_SIZE)
 
+#: Chunks at least this large are made ahead by default. Smaller ones roll more
+#: often than a background job (two fsyncs each) keeps up with, and cost little
+#: to make inline.
+PRECREATE_MIN_CHUNK = 1 << 20
+
 
 class ChunkedStore(Store):
     """A store of equal chunks, each one mapping; subclasses make and release chunks."""
 
-    def __init__(self, chunk_size: int, syscalls: Syscalls | None, *, writable: bool) -> None:
+    #: Whether the subclass implements ``_precreate_chunk``.
+    _makes_chunks_ahead = False
+
+    def __init__(
+        self,
+        chunk_size: int,
+        syscalls: Syscalls | None,
+        *,
+        writable: bool,
+        precreate: bool | None = None,
+    ) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk size must be a positive int, got {chunk_size!r}")
         self.chunk_size = chunk_size
@@ -62,6 +82,15 @@ class ChunkedStore(Store):
         self._open_completed = not writable
         # Chunks below this index had their resident pages given back (release).
         self._released_below = 0
+        if precreate is None:
+            precreate = chunk_size >= PRECREATE_MIN_CHUNK
+        self._pipeline = (
+            ChunkPipeline(self._precreate_chunk, self._discard_spare)
+            if writable
+            and precreate
+            and type(self)._precreate_chunk is not ChunkedStore._precreate_chunk
+            else None
+        )
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -72,6 +101,19 @@ class ChunkedStore(Store):
     @abc.abstractmethod
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         """Write back ``length`` bytes of chunk ``index`` from page-aligned ``start``."""
+
+    def _precreate_chunk(self, index: int) -> mmap.mmap:
+        """Make chunk ``index`` ahead of need, durably, on a background thread.
+
+        Like ``_create_chunk``, but the creation is durable when this returns and
+        nothing is left for a flush to do. Subclasses that cannot, do not override.
+        """
+        raise NotImplementedError
+
+    def _discard_spare(self, index: int, chunk: mmap.mmap) -> None:
+        """Undo ``_precreate_chunk(index)``: the chunk was never part of the log."""
+        chunk.close()
+        self._forget_chunk(index)
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:
         """Give back the memory of a chunk whose bytes are durable; never lose them."""
@@ -188,10 +230,12 @@ class ChunkedStore(Store):
         self._check_open()
         self._ensure_open_completed()
         first_new = self._end_chunk
+        pipeline = self._pipeline
         try:
             while self._end_chunk * self.chunk_size < end:
                 index = self._end_chunk
-                self._chunks[index] = self._create_chunk(index)
+                chunk = pipeline.take(index) if pipeline is not None else None
+                self._chunks[index] = chunk if chunk is not None else self._create_chunk(index)
                 self._end_chunk = index + 1
                 self._units_created += 1
         except BaseException:
@@ -222,6 +266,14 @@ class ChunkedStore(Store):
 
     def release(self, end: int) -> None:
         self._check_open()
+        pipeline = self._pipeline
+        if pipeline is not None and end - (self._end_chunk - 1) * self.chunk_size >= (
+            self.chunk_size // 2
+        ):
+            # Once the durable end is halfway through the last chunk, not before:
+            # a log that stays small, and an open that only reads, is refused or
+            # repaired, make no spare.
+            pipeline.start(self._end_chunk)
         below = min(end // self.chunk_size, self._end_chunk)
         for index in range(max(self._released_below, self._first_chunk), below):
             chunk = self._chunks.get(index)
@@ -233,6 +285,8 @@ class ChunkedStore(Store):
     def discard_after(self, end: int) -> None:
         self._check_open()
         self._ensure_open_completed()
+        if self._pipeline is not None:
+            self._pipeline.cancel()
         size = self.chunk_size
         first_whole = -(-end // size)
         dirty: list[tuple[int, int, int]] = []
@@ -359,6 +413,10 @@ class ChunkedStore(Store):
     def close(self) -> None:
         if self._closed:
             return
+        if self._pipeline is not None:
+            # The spare's file goes too: a zero file past the end is no log data,
+            # but the next open would only remove it again.
+            self._pipeline.stop()
         self._closed = True
         chunks = list(self._chunks.values())
         self._chunks.clear()

@@ -25,7 +25,13 @@ class FileStore(ChunkedStore):
 
     Crash cost: bytes not covered by a ``flush`` may be lost or torn; the file's
     creation and growth are made durable by the first ``flush`` after them.
+
+    ``precreate`` (default: windows of 1 MiB or more) reserves and maps the next
+    window ahead of need, on a background thread, so the file holds up to one
+    window of zeros more than the log needs.
     """
+
+    _makes_chunks_ahead = True
 
     def __init__(
         self,
@@ -34,13 +40,14 @@ class FileStore(ChunkedStore):
         window_size: int = DEFAULT_WINDOW_SIZE,
         writable: bool = True,
         syscalls: Syscalls | None = None,
+        precreate: bool | None = None,
     ) -> None:
         if window_size <= 0 or window_size % mmap.ALLOCATIONGRANULARITY:
             raise ValueError(
                 f"window_size must be a positive multiple of {mmap.ALLOCATIONGRANULARITY} "
                 f"(the mapping granularity), got {window_size}"
             )
-        super().__init__(window_size, syscalls, writable=writable)
+        super().__init__(window_size, syscalls, writable=writable, precreate=precreate)
         self.path = os.fspath(path)
         self.location = self.path
         self._addresses: dict[int, int] = {}
@@ -99,6 +106,17 @@ class FileStore(ChunkedStore):
             self._file_dirty = True
         chunk = self._map(self._fd, index, self.chunk_size)
         advise_writing(chunk)
+        return chunk
+
+    def _precreate_chunk(self, index: int) -> mmap.mmap:
+        # The window lies past the log's end: the file grows by zeros only, which
+        # recovery reads as the end. The fsync makes the new size durable here,
+        # off the flush that follows the roll.
+        self.syscalls.allocate(self._fd, index * self.chunk_size, self.chunk_size)
+        self.syscalls.fsync(self._fd)
+        chunk = map_range(self._fd, self.chunk_size, index * self.chunk_size, writable=True)
+        advise_writing(chunk)
+        self._addresses[index] = mapping_address(chunk)
         return chunk
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:

@@ -85,7 +85,14 @@ class SegmentStore(ChunkedStore):
     Crash cost: bytes not covered by a ``flush`` may be lost or torn; a segment
     created since the last flush may be missing after a crash (its directory entry
     is made durable by the next flush). ``drop_before`` is durable on return.
+
+    ``precreate`` (default: segments of 1 MiB or more) keeps the next segment
+    created, reserved, mapped and durable ahead of need, on a background thread,
+    so a roll waits for none of it. It costs one spare segment of disk; a crash
+    leaves it as a zero file past the end, which the next writable open removes.
     """
+
+    _makes_chunks_ahead = True
 
     def __init__(
         self,
@@ -94,6 +101,7 @@ class SegmentStore(ChunkedStore):
         *,
         writable: bool = True,
         syscalls: Syscalls | None = None,
+        precreate: bool | None = None,
     ) -> None:
         self.path = os.fspath(directory)
         created = False
@@ -110,7 +118,12 @@ class SegmentStore(ChunkedStore):
                 if (index := parse_segment_name(name)) is not None
             )
             sizes = [(name, os.stat(self._file(name)).st_size) for _, name in names]
-            super().__init__(infer_segment_size(sizes, segment_size), syscalls, writable=writable)
+            super().__init__(
+                infer_segment_size(sizes, segment_size),
+                syscalls,
+                writable=writable,
+                precreate=precreate,
+            )
             self.location = self.path
             self._directory_fd = directory_fd
             self._addresses: dict[int, int] = {}
@@ -245,21 +258,46 @@ class SegmentStore(ChunkedStore):
             chunk.close()
         chunks.clear()
 
-    def _create_chunk(self, index: int) -> mmap.mmap:
+    def _create_segment(self, index: int) -> tuple[int, mmap.mmap]:
+        """Create, reserve and map segment ``index``; return its descriptor and mapping."""
         path = self.segment_path(index)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             self.syscalls.allocate(fd, 0, self.chunk_size)
-            chunk = self._map(fd, index, self.chunk_size)
+            chunk = map_range(fd, self.chunk_size, 0, writable=True)
             advise_writing(chunk)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.remove(path)
             raise
+        return fd, chunk
+
+    def _create_chunk(self, index: int) -> mmap.mmap:
+        fd, chunk = self._create_segment(index)
+        self._chunks[index] = chunk
+        self._addresses[index] = mapping_address(chunk)
         with self._metadata_lock:
             self._pending_fds[index] = fd
             self._directory_dirty = True
+        return chunk
+
+    def _precreate_chunk(self, index: int) -> mmap.mmap:
+        fd, chunk = self._create_segment(index)
+        try:
+            try:
+                self.syscalls.fsync(fd)
+            finally:
+                os.close(fd)
+            self.syscalls.fsync_directory(self.path)
+        except BaseException:
+            chunk.close()
+            with contextlib.suppress(OSError):
+                os.remove(self.segment_path(index))
+            raise
+        # Taken over by ensure_capacity under the log's lock; the address is
+        # what a flush of it needs.
+        self._addresses[index] = mapping_address(chunk)
         return chunk
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:
