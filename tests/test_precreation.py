@@ -1,0 +1,167 @@
+"""The next segment or window made ahead of need: handed over at a roll, never log data."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmwal import FileStore, SegmentStore, Syscalls, Wal
+
+SEGMENT = 64 * 1024
+RECORD = 1000
+
+
+class CountingSyscalls(Syscalls):
+    """Real syscalls that count fsyncs and allocations, and fail allocation when ``full``."""
+
+    def __init__(self) -> None:
+        self.fsyncs = 0
+        self.allocations = 0
+        self.full = False
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        self.allocations += 1
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        super().allocate(fd, offset, length)
+
+    def fsync(self, fd: int) -> None:
+        self.fsyncs += 1
+        super().fsync(fd)
+
+    def fsync_directory(self, path: str) -> None:
+        self.fsyncs += 1
+        super().fsync_directory(path)
+
+
+def segment_names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".wal"))
+
+
+def record(index: int) -> bytes:
+    return index.to_bytes(4, "little") * (RECORD // 4)
+
+
+def fill_past_half(wal: Wal, start: int = 0) -> int:
+    """Append and sync until the durable end is past the middle of its segment."""
+    count = start
+    while wal.next_lsn % SEGMENT < SEGMENT // 2 + RECORD:
+        wal.append(record(count))
+        count += 1
+    wal.sync()
+    return count
+
+
+def wait_for_spare(wal: Wal) -> int | None:
+    pipeline = wal.store._pipeline  # type: ignore[attr-defined]
+    pipeline._wait()
+    index: int | None = pipeline.spare_index
+    return index
+
+
+def open_log(directory: Path, syscalls: Syscalls | None = None) -> Wal:
+    store = SegmentStore(directory, SEGMENT, syscalls=syscalls, precreate=True)
+    return Wal.with_store(store)
+
+
+def test_a_roll_takes_the_spare_and_its_sync_makes_no_file_durable(tmp_path: Path) -> None:
+    # Without the pipeline the sync after a roll fsyncs the new file and the directory.
+    syscalls = CountingSyscalls()
+    directory = tmp_path / "log"
+    with open_log(directory, syscalls) as wal:
+        count = fill_past_half(wal)
+        assert wait_for_spare(wal) == 1
+        assert segment_names(directory) == [f"{0:020d}.wal", f"{1:020d}.wal"]
+        fsyncs, allocations = syscalls.fsyncs, syscalls.allocations
+        while wal.next_lsn < SEGMENT + RECORD:
+            wal.append(record(count))
+            count += 1
+        wal.sync()
+        assert (syscalls.fsyncs, syscalls.allocations) == (fsyncs, allocations)
+        assert wal.stats().segments_created == 2
+        assert [r.data for r in wal] == [record(i) for i in range(count)]
+
+
+def test_close_removes_the_spare(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    with open_log(directory) as wal:
+        fill_past_half(wal)
+        assert wait_for_spare(wal) == 1
+    assert segment_names(directory) == [f"{0:020d}.wal"]
+
+
+def test_a_crash_with_a_spare_reads_it_as_the_end(tmp_path: Path) -> None:
+    # The files as a crash leaves them: a spare segment past the end, all zero.
+    directory, crashed = tmp_path / "log", tmp_path / "crashed"
+    wal = open_log(directory)
+    count = fill_past_half(wal)
+    assert wait_for_spare(wal) == 1
+    shutil.copytree(directory, crashed)
+    wal.close()
+    assert len(segment_names(crashed)) == 2
+    assert (crashed / f"{1:020d}.wal").read_bytes() == bytes(SEGMENT)
+    with Wal.open_segmented(crashed, readonly=True) as reader:
+        assert [r.data for r in reader] == [record(i) for i in range(count)]
+    with Wal.open_segmented(crashed) as reopened:
+        assert reopened.recovery.discarded_bytes == 0
+        assert segment_names(crashed) == [f"{0:020d}.wal"]
+        assert [r.data for r in reopened] == [record(i) for i in range(count)]
+        while reopened.next_lsn < SEGMENT + RECORD:
+            reopened.append(record(count))
+            count += 1
+    with Wal.open_segmented(crashed) as again:
+        assert [r.data for r in again] == [record(i) for i in range(count)]
+
+
+def test_a_failed_spare_leaves_the_roll_to_fail_all_or_nothing(tmp_path: Path) -> None:
+    syscalls = CountingSyscalls()
+    directory = tmp_path / "log"
+    with open_log(directory, syscalls) as wal:
+        wal.append(record(0))
+        syscalls.full = True
+        count = fill_past_half(wal, 1)
+        assert wait_for_spare(wal) is None
+        assert segment_names(directory) == [f"{0:020d}.wal"]
+        while wal.next_lsn + RECORD + 8 <= SEGMENT:
+            wal.append(record(count))
+            count += 1
+        end = wal.next_lsn
+        with pytest.raises(OSError, match="injected") as raised:
+            wal.append(record(count))
+        assert raised.value.errno == errno.ENOSPC
+        assert wal.next_lsn == end
+        syscalls.full = False
+        while wal.next_lsn < SEGMENT + RECORD:
+            wal.append(record(count))
+            count += 1
+        wal.sync()
+    with Wal.open_segmented(directory) as reopened:
+        assert [r.data for r in reopened] == [record(i) for i in range(count)]
+
+
+def test_truncate_after_discards_the_spare(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    with open_log(directory) as wal:
+        fill_past_half(wal)
+        assert wait_for_spare(wal) == 1
+        wal.truncate_after(0)
+        assert wait_for_spare(wal) is None
+        assert segment_names(directory) == [f"{0:020d}.wal"]
+        assert [r.data for r in wal] == [record(0)]
+
+
+def test_a_single_file_grows_by_its_spare_window_only(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    with Wal.with_store(FileStore(path, window_size=SEGMENT, precreate=True)) as wal:
+        count = fill_past_half(wal)
+        assert wait_for_spare(wal) == 1
+        assert os.path.getsize(path) == 2 * SEGMENT
+        while wal.next_lsn < SEGMENT + RECORD:
+            wal.append(record(count))
+            count += 1
+    with Wal.open(path) as reopened:
+        assert [r.data for r in reopened] == [record(i) for i in range(count)]
