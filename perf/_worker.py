@@ -11,6 +11,7 @@ import json
 import sys
 
 from perf.plan import Case
+from perf.states import RUNNERS as STATE_RUNNERS
 from perf.workloads import RUNNERS
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     case = Case.from_json(argv[0])
-    metrics = RUNNERS[case.workload](case)
+    metrics = {**RUNNERS, **STATE_RUNNERS}[case.workload](case)
     print(json.dumps({"metrics": metrics}), flush=True)
     return 0
 

@@ -149,6 +149,10 @@ class MmwalEngine(Engine):
         """Close the log."""
         self._wal.close()
 
+    def next_lsn(self) -> int:
+        """Return ``Wal.next_lsn``: where the next record goes (the log's end)."""
+        return self._wal.next_lsn
+
     def counters(self) -> dict[str, float]:
         """Return the numeric fields of ``Wal.stats()`` when mmwal provides it."""
         stats_method = getattr(self._wal, "stats", None)

@@ -22,7 +22,24 @@ WORKLOADS = (
     "replay_cold",
     "reopen",
     "rss",
+    "commit_fresh",
+    "commit_early",
+    "commit_middle",
+    "commit_late",
+    "commit_many_segments",
+    "commit_after_roll",
+    "disk_bytes",
+    "roll_latency",
+    "resources",
+    "rss_reader",
 )
+
+#: The workloads that grow a log to a state, then time commits against raw ones.
+COMMIT_STATE_WORKLOADS = WORKLOADS[WORKLOADS.index("commit_fresh") : WORKLOADS.index("disk_bytes")]
+#: The engine the commit states, rolls and resources run on (segments are what roll).
+SEGMENTED = "mmwal-seg"
+#: The plain-file log every bytes-written figure is compared with.
+PLAINFILE = "plainfile"
 
 _MIB = 1 << 20
 
@@ -39,6 +56,8 @@ class Case:
     budget_s: float = 0.0
     sync_every: int = 0
     directory: str = ""
+    #: Shrinks the log a commit-state workload grows before it measures (smoke runs).
+    depth_scale: float = 1.0
 
     @property
     def key(self) -> tuple[str, str, int, int]:
@@ -93,6 +112,13 @@ class Settings:
     rss_bytes: int
     rss_size: int
     rss_sync_bytes: int
+    commit_state_commits: int = 400
+    disk_bytes: int = 256 * _MIB
+    disk_sync_bytes: int = _MIB
+    roll_appends: int = 1_150_000
+    reader_rss_bytes: int = 1024 * _MIB
+    resource_segments: int = 1024
+    depth_scale: float = 1.0
 
     def describe(self) -> str:
         """Return the sizes of this run in one paragraph, for the printed report."""
@@ -105,7 +131,11 @@ class Settings:
             f"each; append_threads: {self.thread_append_records} records; reopen: "
             f"{self.reopen_bytes / mib:g} MiB log of {self.reopen_size} B records; rss: log grown "
             f"to {self.rss_bytes / mib:g} MiB of {self.rss_size} B records, sync every "
-            f"{self.rss_sync_bytes / mib:g} MiB"
+            f"{self.rss_sync_bytes / mib:g} MiB; commit states: {self.commit_state_commits} "
+            f"commits each side; disk_bytes: {self.disk_bytes / mib:g} MiB of 256 B records, sync "
+            f"every {self.disk_sync_bytes / mib:g} MiB; roll_latency: {self.roll_appends} appends "
+            f"of 256 B, sync every MiB; rss_reader: {self.reader_rss_bytes / mib:g} MiB log; "
+            f"resources: 16 and {self.resource_segments} segments of 4 KiB"
         )
 
     def scaled(self, factor: float) -> Settings:
@@ -125,6 +155,12 @@ class Settings:
             reopen_bytes=count(self.reopen_bytes, _MIB),
             rss_bytes=count(self.rss_bytes, 2 * _MIB),
             rss_sync_bytes=count(self.rss_sync_bytes, _MIB // 4),
+            commit_state_commits=count(self.commit_state_commits, 50),
+            disk_bytes=count(self.disk_bytes, 2 * _MIB),
+            roll_appends=count(self.roll_appends, 1000),
+            reader_rss_bytes=count(self.reader_rss_bytes, 2 * _MIB),
+            resource_segments=count(self.resource_segments, 32),
+            depth_scale=min(1.0, self.depth_scale * factor),
         )
 
 
@@ -159,6 +195,10 @@ QUICK = dataclasses.replace(
     thread_append_records=100_000,
     reopen_bytes=64 * _MIB,
     rss_bytes=128 * _MIB,
+    commit_state_commits=200,
+    disk_bytes=64 * _MIB,
+    roll_appends=300_000,
+    reader_rss_bytes=128 * _MIB,
 )
 
 #: Engines ``--quick`` runs unless ``--engines`` says otherwise.
@@ -225,4 +265,41 @@ def build(settings: Settings, engines: tuple[str, ...], workloads: tuple[str, ..
     sync_every = max(1, s.rss_sync_bytes // s.rss_size)
     rss = [Case("rss", e, s.rss_size, count=rss_count, sync_every=sync_every) for e in engines]
     simple("rss", rss, s.heavy_reps)
+    if mmwal:
+        _long_running(groups, settings, engines, workloads)
     return groups
+
+
+def _long_running(
+    groups: list[Group], s: Settings, engines: tuple[str, ...], workloads: tuple[str, ...]
+) -> None:
+    """Add the measurements of a log that ran a while (issue 9): states, bytes, rolls."""
+    for workload in COMMIT_STATE_WORKLOADS:
+        if workload in workloads:
+            case = Case(
+                workload, SEGMENTED, 256, count=s.commit_state_commits, depth_scale=s.depth_scale
+            )
+            groups.append(Group(workload, (), (Stage((case,), s.reps),)))
+    peers = [e for e in (BASELINE, SEGMENTED, PLAINFILE) if e == SEGMENTED or e in engines]
+    records = s.disk_bytes // 264
+    sync_every = max(1, s.disk_sync_bytes // 264)
+    if "disk_bytes" in workloads:
+        cases = tuple(
+            Case("disk_bytes", e, 256, count=records, sync_every=sync_every) for e in peers
+        )
+        groups.append(Group("disk_bytes", (), (Stage(cases, s.reps),)))
+    if "roll_latency" in workloads:
+        cases = tuple(
+            Case("roll_latency", e, 256, count=s.roll_appends, sync_every=_MIB // 264)
+            for e in peers
+        )
+        groups.append(Group("roll_latency", (), (Stage(cases, s.heavy_reps),)))
+    if "resources" in workloads:
+        case = Case("resources", SEGMENTED, 256, count=s.resource_segments)
+        groups.append(Group("resources", (), (Stage((case,), 1),)))
+    if "rss_reader" in workloads:
+        count = s.reader_rss_bytes // 4096
+        readers = (BASELINE, SEGMENTED)
+        fixtures = tuple(Case("prepare", e, 4096, count=count) for e in readers)
+        cases = tuple(Case("rss_reader", e, 4096, count=count) for e in readers)
+        groups.append(Group("rss_reader", fixtures, (Stage(cases, s.heavy_reps),)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from perf import bench, open_time
-from perf.plan import WORKLOADS
+from perf.plan import COMMIT_STATE_WORKLOADS, WORKLOADS
 from perf.report import DISPLAY
 
 
@@ -27,8 +27,16 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     assert document["meta"]["engines"].keys() >= {"mmwal", "plainfile", "sqlite3"}
 
     measured = {(r["workload"], r["engine"]) for r in document["results"]}
+    only: dict[str, set[str]] = {
+        "append_threads": {"mmwal"},
+        **dict.fromkeys(COMMIT_STATE_WORKLOADS, {"mmwal-seg"}),
+        "disk_bytes": {"mmwal", "mmwal-seg", "plainfile"},
+        "roll_latency": {"mmwal", "mmwal-seg", "plainfile"},
+        "resources": {"mmwal-seg"},
+        "rss_reader": {"mmwal", "mmwal-seg"},
+    }
     for workload in WORKLOADS:
-        engines = {"mmwal"} if workload == "append_threads" else {"mmwal", "plainfile", "sqlite3"}
+        engines = only.get(workload, {"mmwal", "plainfile", "sqlite3"})
         assert {(workload, engine) for engine in engines} <= measured
     assert ("sync_each", "raw-pwrite") in measured
 
