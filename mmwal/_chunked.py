@@ -29,6 +29,8 @@ from __future__ import annotations
 import abc
 import mmap
 import os
+import sys
+import threading
 
 from ._errors import WalClosedError
 from ._files import (
@@ -46,6 +48,10 @@ __all__ = ["ChunkedStore"]
 
 _ZERO_BLOCK = bytes(16 * PAGE_SIZE)
 
+#: Default bytes of chunks kept mapped besides the last one (at least one chunk,
+#: at most 16): a log's older segments cost no descriptor and no mapping.
+DEFAULT_MAPPED_BYTES = 64 << 20
+
 #: Chunks at least this large are made ahead by default. Smaller ones roll more
 #: often than a background job (two fsyncs each) keeps up with, and cost little
 #: to make inline.
@@ -57,6 +63,9 @@ class ChunkedStore(Store):
 
     #: Whether the subclass implements ``_precreate_chunk``.
     _makes_chunks_ahead = False
+    #: Whether the subclass implements ``_load_chunk``: then only the last chunk
+    #: and ``mapped_chunks`` others stay mapped, the rest are mapped on demand.
+    _reloads_chunks = False
 
     def __init__(
         self,
@@ -65,6 +74,7 @@ class ChunkedStore(Store):
         *,
         writable: bool,
         precreate: bool | None = None,
+        mapped_chunks: int | None = None,
     ) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk size must be a positive int, got {chunk_size!r}")
@@ -86,11 +96,19 @@ class ChunkedStore(Store):
             precreate = chunk_size >= PRECREATE_MIN_CHUNK
         self._pipeline = (
             ChunkPipeline(self._precreate_chunk, self._discard_spare)
-            if writable
-            and precreate
-            and type(self)._precreate_chunk is not ChunkedStore._precreate_chunk
+            if writable and precreate and self._makes_chunks_ahead
             else None
         )
+        # Chunks below this index hold durable bytes the log will not write
+        # again (until a truncation moves the end back): mapped for reading.
+        # Unknown until recovery found the end (``prepare_end``).
+        self._writable_from = sys.maxsize
+        if mapped_chunks is None:
+            mapped_chunks = max(1, min(16, DEFAULT_MAPPED_BYTES // chunk_size))
+        elif mapped_chunks < 1:
+            raise ValueError(f"mapped_chunks must be at least 1, got {mapped_chunks}")
+        self._mapped_limit = mapped_chunks
+        self._mapping_lock = threading.Lock()
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -109,6 +127,35 @@ class ChunkedStore(Store):
         nothing is left for a flush to do. Subclasses that cannot, do not override.
         """
         raise NotImplementedError
+
+    def _load_chunk(self, index: int) -> mmap.mmap:
+        """Map existing chunk ``index`` again (it was unmapped to bound the mappings)."""
+        raise NotImplementedError
+
+    def _mapped(self, index: int) -> mmap.mmap | None:
+        """Return chunk ``index``'s mapping, mapping it if it was let go; None if absent."""
+        chunk = self._chunks.get(index)
+        if chunk is not None or not self._reloads_chunks:
+            return chunk
+        if not self._first_chunk <= index < self._end_chunk:
+            return None
+        with self._mapping_lock:
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                chunk = self._load_chunk(index)
+                self._chunks[index] = chunk
+                self._let_go_beyond_limit(index)
+        return chunk
+
+    def _let_go_beyond_limit(self, keep: int) -> None:
+        # Oldest mapped first; the last chunk (the log's tail) always stays. A chunk
+        # let go is not closed: a reader or a copy holding it keeps it alive, and
+        # its last reference unmaps it. Dirty pages stay in the page cache, and a
+        # flush maps the chunk again: msync writes back the file's range.
+        last = self._end_chunk - 1
+        others = [index for index in list(self._chunks) if index not in (keep, last)]
+        for index in others[: max(0, len(others) - self._mapped_limit + 1)]:
+            self._chunks.pop(index, None)
 
     def _discard_spare(self, index: int, chunk: mmap.mmap) -> None:
         """Undo ``_precreate_chunk(index)``: the chunk was never part of the log."""
@@ -186,7 +233,7 @@ class ChunkedStore(Store):
     def _locate(self, offset: int) -> tuple[mmap.mmap, int, int]:
         self._check_open()
         index = offset // self.chunk_size
-        chunk = self._chunks.get(index)
+        chunk = self._mapped(index)
         if chunk is None or offset < self._head_lsn:
             raise ValueError(
                 f"offset {offset} is outside the bytes {self.location} holds "
@@ -215,16 +262,22 @@ class ChunkedStore(Store):
         if not length:
             return
         if local + length <= size:
-            self._chunks[index][local : local + length] = data
+            self._chunk_for_write(index)[local : local + length] = data
             return
         view = memoryview(data).cast("B")
         done = 0
         while done < length:
             step = min(size - local, length - done)
-            self._chunks[index][local : local + step] = view[done : done + step]
+            self._chunk_for_write(index)[local : local + step] = view[done : done + step]
             done += step
             index += 1
             local = 0
+
+    def _chunk_for_write(self, index: int) -> mmap.mmap:
+        chunk = self._mapped(index)
+        if chunk is None:
+            raise ValueError(f"chunk {index} of {self.location} is not backed")
+        return chunk
 
     def ensure_capacity(self, end: int) -> None:
         self._check_open()
@@ -281,6 +334,8 @@ class ChunkedStore(Store):
                 self._drop_resident(chunk)
                 advise_reading(chunk)
         self._released_below = max(self._released_below, below)
+        if self._writable_from != sys.maxsize:
+            self._writable_from = max(self._writable_from, below)
 
     def discard_after(self, end: int) -> None:
         self._check_open()
@@ -290,21 +345,25 @@ class ChunkedStore(Store):
         size = self.chunk_size
         first_whole = -(-end // size)
         dirty: list[tuple[int, int, int]] = []
-        if end % size and end // size in self._chunks:
+        # Chunks the zeroing writes stay mapped for writing (see ``_load_chunk``).
+        self._writable_from = min(self._writable_from, max(end // size, self._first_chunk))
+        holding_end = self._mapped(end // size) if end % size else None
+        if holding_end is not None:
             index = end // size
-            span = self._zero_nonzero(self._chunks[index], end - index * size)
+            span = self._zero_nonzero(holding_end, end - index * size)
             if span is not None:
                 dirty.append((index, *span))
         released = False
         for index in range(self._end_chunk - 1, max(first_whole, self._first_chunk) - 1, -1):
-            chunk = self._chunks[index]
             if self._release_chunk(index):
                 released = True
-                del self._chunks[index]
-                chunk.close()
+                chunk = self._chunks.pop(index, None)
+                if chunk is not None:
+                    chunk.close()
                 if index == self._end_chunk - 1:
                     self._end_chunk = index
                 continue
+            chunk = self._chunk_for_write(index)
             span = self._zero_nonzero(chunk, 0)
             if span is not None:
                 dirty.append((index, *span))
@@ -324,8 +383,10 @@ class ChunkedStore(Store):
         size = self.chunk_size
         first = max(end // size, self._first_chunk)
         self._released_below = min(self._released_below, first)
+        if self.writable:
+            self._writable_from = first
         for index in range(first, self._end_chunk):
-            chunk = self._chunks.get(index)
+            chunk = self._mapped(index)
             if chunk is None:
                 continue
             local = max(0, end - index * size)

@@ -32,6 +32,7 @@ class FileStore(ChunkedStore):
     """
 
     _makes_chunks_ahead = True
+    _reloads_chunks = True
 
     def __init__(
         self,
@@ -41,16 +42,22 @@ class FileStore(ChunkedStore):
         writable: bool = True,
         syscalls: Syscalls | None = None,
         precreate: bool | None = None,
+        mapped_chunks: int | None = None,
     ) -> None:
         if window_size <= 0 or window_size % mmap.ALLOCATIONGRANULARITY:
             raise ValueError(
                 f"window_size must be a positive multiple of {mmap.ALLOCATIONGRANULARITY} "
                 f"(the mapping granularity), got {window_size}"
             )
-        super().__init__(window_size, syscalls, writable=writable, precreate=precreate)
+        super().__init__(
+            window_size,
+            syscalls,
+            writable=writable,
+            precreate=precreate,
+            mapped_chunks=mapped_chunks,
+        )
         self.path = os.fspath(path)
         self.location = self.path
-        self._addresses: dict[int, int] = {}
         self._metadata_lock = threading.Lock()
         existed = os.path.exists(self.path)
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
@@ -60,7 +67,8 @@ class FileStore(ChunkedStore):
                 lock_exclusively(fd, self.path)
             size = os.fstat(fd).st_size
             windows = -(-size // window_size)
-            for index in range(windows):
+            # Only the last window is mapped now; the others when they are read.
+            for index in range(windows)[-1:]:
                 offset = index * window_size
                 self._map(fd, index, min(window_size, size - offset))
             self._end_chunk = windows
@@ -77,8 +85,14 @@ class FileStore(ChunkedStore):
     def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
         chunk = map_range(fd, length, index * self.chunk_size, writable=self.writable)
         self._chunks[index] = chunk
-        if self.writable:
-            self._addresses[index] = mapping_address(chunk)
+        return chunk
+
+    def _load_chunk(self, index: int) -> mmap.mmap:
+        offset = index * self.chunk_size
+        length = min(self.chunk_size, os.fstat(self._fd).st_size - offset)
+        chunk = map_range(self._fd, length, offset, writable=self.writable)
+        if self.writable and index >= self._writable_from:
+            advise_writing(chunk)
         return chunk
 
     def _unmap_all(self) -> None:
@@ -116,7 +130,6 @@ class FileStore(ChunkedStore):
         self.syscalls.fsync(self._fd)
         chunk = map_range(self._fd, self.chunk_size, index * self.chunk_size, writable=True)
         advise_writing(chunk)
-        self._addresses[index] = mapping_address(chunk)
         return chunk
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:
@@ -128,7 +141,7 @@ class FileStore(ChunkedStore):
     def _forget_chunk(self, index: int) -> None:
         # The file keeps the blocks allocated for the window; creating the window
         # again reuses them.
-        self._addresses.pop(index, None)
+        del index
 
     def _before_flush(self) -> None:
         with self._metadata_lock:
@@ -140,7 +153,10 @@ class FileStore(ChunkedStore):
             self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(self.path)))
 
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
-        self.syscalls.msync(self._addresses[index] + start, length)
+        # The local reference keeps the mapping alive while msync runs on it.
+        chunk = self._mapped(index)
+        if chunk is not None:
+            self.syscalls.msync(mapping_address(chunk) + start, length)
 
     def _side_path(self, name: str) -> str | None:
         return f"{self.path}.{name}"

@@ -93,6 +93,7 @@ class SegmentStore(ChunkedStore):
     """
 
     _makes_chunks_ahead = True
+    _reloads_chunks = True
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class SegmentStore(ChunkedStore):
         writable: bool = True,
         syscalls: Syscalls | None = None,
         precreate: bool | None = None,
+        mapped_chunks: int | None = None,
     ) -> None:
         self.path = os.fspath(directory)
         created = False
@@ -123,13 +125,13 @@ class SegmentStore(ChunkedStore):
                 syscalls,
                 writable=writable,
                 precreate=precreate,
+                mapped_chunks=mapped_chunks,
             )
             self.location = self.path
             self._directory_fd = directory_fd
-            self._addresses: dict[int, int] = {}
-            # Descriptors of segments created since the last flush, by index: the
-            # flush fsyncs and closes them; a rolled-back creation closes its own.
-            self._pending_fds: dict[int, int] = {}
+            # Segments created since the last flush: the flush fsyncs them. By
+            # index, not descriptor, so many new segments hold no descriptor.
+            self._pending_files: set[int] = set()
             self._metadata_lock = threading.Lock()
             self._directory_dirty = created
             self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
@@ -201,7 +203,8 @@ class SegmentStore(ChunkedStore):
             )
         self._stale = [index for index in indices if index < head_index]
         live = [index for index in indices if index >= head_index]
-        for index in live:
+        # Only the last segment is mapped now; the others when they are read.
+        for index in live[-1:]:
             fd = os.open(self.segment_path(index), os.O_RDWR if self.writable else os.O_RDONLY)
             try:
                 length = os.fstat(fd).st_size
@@ -248,8 +251,17 @@ class SegmentStore(ChunkedStore):
     def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
         chunk = map_range(fd, length, 0, writable=self.writable)
         self._chunks[index] = chunk
-        if self.writable:
-            self._addresses[index] = mapping_address(chunk)
+        return chunk
+
+    def _load_chunk(self, index: int) -> mmap.mmap:
+        flags = (os.O_RDWR if self.writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.segment_path(index), flags)
+        try:
+            chunk = map_range(fd, os.fstat(fd).st_size, 0, writable=self.writable)
+        finally:
+            os.close(fd)
+        if self.writable and index >= self._writable_from:
+            advise_writing(chunk)
         return chunk
 
     def _unmap_all(self) -> None:
@@ -275,10 +287,10 @@ class SegmentStore(ChunkedStore):
 
     def _create_chunk(self, index: int) -> mmap.mmap:
         fd, chunk = self._create_segment(index)
+        os.close(fd)
         self._chunks[index] = chunk
-        self._addresses[index] = mapping_address(chunk)
         with self._metadata_lock:
-            self._pending_fds[index] = fd
+            self._pending_files.add(index)
             self._directory_dirty = True
         return chunk
 
@@ -295,9 +307,6 @@ class SegmentStore(ChunkedStore):
             with contextlib.suppress(OSError):
                 os.remove(self.segment_path(index))
             raise
-        # Taken over by ensure_capacity under the log's lock; the address is
-        # what a flush of it needs.
-        self._addresses[index] = mapping_address(chunk)
         return chunk
 
     def _drop_resident(self, chunk: mmap.mmap) -> None:
@@ -314,12 +323,9 @@ class SegmentStore(ChunkedStore):
             os.close(fd)
 
     def _forget_chunk(self, index: int) -> None:
-        self._addresses.pop(index, None)
         with self._metadata_lock:
-            # A flush running meanwhile may have taken (fsynced, closed) it already.
-            fd = self._pending_fds.pop(index, None)
-        if fd is not None:
-            os.close(fd)
+            # A flush running meanwhile may have taken (fsynced) it already.
+            self._pending_files.discard(index)
         with contextlib.suppress(FileNotFoundError):
             self.syscalls.remove(self.segment_path(index))
         with self._metadata_lock:
@@ -327,23 +333,28 @@ class SegmentStore(ChunkedStore):
 
     def _before_flush(self) -> None:
         with self._metadata_lock:
-            pending, self._pending_fds = self._pending_fds, {}
+            pending, self._pending_files = self._pending_files, set()
             directory_dirty, self._directory_dirty = self._directory_dirty, False
-        try:
-            for fd in pending.values():
+        for index in sorted(pending):
+            try:
+                fd = os.open(self.segment_path(index), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                continue  # removed again since (a rolled-back growth, a truncation)
+            try:
                 self.syscalls.fsync(fd)
-        finally:
-            for fd in pending.values():
+            finally:
                 os.close(fd)
         if directory_dirty:
             self.syscalls.fsync_directory(self.path)
 
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
-        self.syscalls.msync(self._addresses[index] + start, length)
+        # The local reference keeps the mapping alive while msync runs on it.
+        chunk = self._mapped(index)
+        if chunk is not None:
+            self.syscalls.msync(mapping_address(chunk) + start, length)
 
     def _release_chunk(self, index: int) -> bool:
         # The caller unmaps the chunk once this returns True.
-        self._addresses.pop(index, None)
         self.syscalls.remove(self.segment_path(index))
         with self._metadata_lock:
             self._directory_dirty = True
@@ -377,10 +388,9 @@ class SegmentStore(ChunkedStore):
         new_first = offset // self.chunk_size
         for index in range(self._first_chunk, min(new_first, self._end_chunk)):
             chunk = self._chunks.pop(index, None)
-            self._addresses.pop(index, None)
             if chunk is not None:
                 chunk.close()
-                self.syscalls.remove(self.segment_path(index))
+            self.syscalls.remove(self.segment_path(index))
         self._first_chunk = new_first
         self._end_chunk = max(self._end_chunk, new_first)
         self.syscalls.fsync_directory(self.path)
@@ -395,8 +405,4 @@ class SegmentStore(ChunkedStore):
         return self._file(f"quarantine-{offset:020d}")
 
     def _close_resources(self) -> None:
-        with self._metadata_lock:
-            pending, self._pending_fds = self._pending_fds, {}
-        for fd in pending.values():
-            os.close(fd)
         os.close(self._directory_fd)

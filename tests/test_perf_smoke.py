@@ -29,7 +29,7 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     measured = {(r["workload"], r["engine"]) for r in document["results"]}
     only: dict[str, set[str]] = {
         "append_threads": {"mmwal"},
-        **dict.fromkeys(COMMIT_STATE_WORKLOADS, {"mmwal-seg"}),
+        **{workload: {"mmwal-seg"} for workload in COMMIT_STATE_WORKLOADS},
         "disk_bytes": {"mmwal", "mmwal-seg", "plainfile"},
         "roll_latency": {"mmwal", "mmwal-seg", "plainfile"},
         "resources": {"mmwal-seg"},

@@ -1,0 +1,137 @@
+"""Descriptors and mappings do not grow with the number of segments.
+
+Before: one mapping (and, through ``mmap``'s own descriptor, one descriptor) per
+live segment, kept until the segment was dropped: under ``ulimit -n 256`` appends
+failed at 249 segments, and past ``vm.max_map_count`` (65,530) mappings a log
+could not be opened at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mmwal import SegmentStore, Wal
+from mmwal._format import encode_frame, segment_name
+
+SEGMENT = 4096
+FRAME = 256  # 16 frames a segment; some records span two segments
+SOAK = os.environ.get("MMWAL_SOAK") == "1"
+
+
+def payload(index: int) -> bytes:
+    return index.to_bytes(8, "little") * ((FRAME - 8) // 8)
+
+
+def write_log(directory: Path, segments: int) -> int:
+    """Write a log of ``segments`` full segments straight to files; return its records."""
+    directory.mkdir()
+    stream = bytearray()
+    records = 0
+    for index in range(segments):
+        while len(stream) < SEGMENT:
+            stream += encode_frame(payload(records))
+            records += 1
+        fd = os.open(directory / segment_name(index), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, stream[:SEGMENT])
+        finally:
+            os.close(fd)
+        del stream[:SEGMENT]
+    # One sync for all: recovery's flush of each new, unsynced file would cost a
+    # journal commit apiece (minutes for 100,000 files).
+    os.sync()
+    # The frame cut by the last segment's end is not in the log.
+    return records - (1 if stream else 0)
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, resource, sys
+    from mmwal import Wal
+
+    directory, expected = sys.argv[1], int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    def mappings():
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+
+    base = mappings()
+    most = 0
+    wal = Wal.open_segmented(directory)
+    count = 0
+    cut = None
+    for record in wal:
+        count += 1
+        if cut is None and record.lsn >= 100 * 4096:
+            cut = record.lsn
+        if count % 10_000 == 0:
+            most = max(most, mappings() - base, len(os.listdir("/proc/self/fd")))
+    assert count == expected, (count, expected)
+    lsns = wal.append_many([b"x" * 1000] * 40)
+    wal.sync()
+    wal.truncate_after(lsns[20])
+    head = wal.truncate_before(cut)
+    wal.append(b"after")
+    wal.sync()
+    most = max(most, mappings() - base, len(os.listdir("/proc/self/fd")))
+    wal.close()
+    with Wal.open_segmented(directory, readonly=True) as reader:
+        tail = sum(1 for _ in reader)
+        most = max(most, mappings() - base, len(os.listdir("/proc/self/fd")))
+    print(head, tail, most)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/maps")
+@pytest.mark.parametrize(
+    "segments",
+    [
+        2_000,
+        # A writable open flushes every segment (one device cache flush each,
+        # ~1 ms here), and truncate_before unlinks them: minutes, so soak only.
+        pytest.param(
+            100_000,
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(not SOAK, reason="soak setting: run with MMWAL_SOAK=1"),
+            ],
+        ),
+    ],
+)
+def test_a_log_of_many_segments_under_256_descriptors(tmp_path: Path, segments: int) -> None:
+    directory = tmp_path / "log"
+    records = write_log(directory, segments)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(directory), str(records)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    head, tail, most = map(int, done.stdout.split())
+    # Frames are 256 bytes back to back: the head is record 1,600's LSN; after
+    # it, the rest of the written records, 21 of the 40 appended, and one more.
+    assert head == 100 * SEGMENT
+    assert tail == records - 1_600 + 21 + 1
+    assert most < 64
+
+
+def test_sealed_segments_are_let_go_beyond_the_cache(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    records = write_log(directory, 64)
+    store = SegmentStore(directory, mapped_chunks=3)
+    with Wal.with_store(store) as wal:
+        assert sum(1 for _ in wal) == records
+        # The last segment and three others.
+        assert len(store._chunks) <= 4
+        assert [r.data for r in wal.iter(wal.head_lsn)][:2] == [payload(0), payload(1)]
+        assert len(store._chunks) <= 4
