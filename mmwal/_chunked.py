@@ -320,8 +320,11 @@ class ChunkedStore(Store):
     def release(self, end: int) -> None:
         self._check_open()
         pipeline = self._pipeline
-        if pipeline is not None and end - (self._end_chunk - 1) * self.chunk_size >= (
-            self.chunk_size // 2
+        last = self._end_chunk - 1
+        if (
+            pipeline is not None
+            and last >= 0
+            and end - last * self.chunk_size >= self.chunk_size // 2
         ):
             # Once the durable end is halfway through the last chunk, not before:
             # a log that stays small, and an open that only reads, is refused or
