@@ -19,6 +19,7 @@ SLOW = {
     ("test_fuzz.py", "test_single_files_recover_or_refuse"),
     ("test_fuzz.py", "test_the_atheris_entry_point_holds"),
     ("test_stateful.py", "TestCrashingLog"),
+    ("test_bounded_resources.py", "test_a_log_of_many_segments_under_256_descriptors"),
 }
 
 
