@@ -24,11 +24,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ._crc import crc32c
 from ._errors import CorruptionError
 from ._format import (
     HEAD_FILE_NAME,
     HEADER,
     HEADER_SIZE,
+    LENGTH,
     Stop,
     decode_head_file,
     parse_segment_name,
@@ -42,6 +44,9 @@ from ._wal import Wal
 __all__ = ["LocalLog"]
 
 _SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
+# How much of a frame longer than ``max_record_size`` one read holds while its CRC
+# is checked (each read opens, and for a directory fsyncs, the file).
+_CHECK_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -173,17 +178,27 @@ class LocalLog:
             # One record spans the whole segment; its frame was checked, complete
             # and durable, when the segment holding its start was sealed.
             return first_lsn
-        scan = scan_frames(
-            data,
-            first_lsn - base,
-            size,
-            base=base,
-            max_record_size=self.max_record_size,
-            collect=False,
-        )
+        position = first_lsn
+        while True:
+            scan = scan_frames(
+                data,
+                position - base,
+                size,
+                base=base,
+                max_record_size=self.max_record_size,
+                collect=False,
+            )
+            if scan.stop is not Stop.BAD_LENGTH:
+                break
+            # A frame longer than the limit is a record when its CRC checks, as at
+            # open; one that crosses into the next segment is checked below.
+            following = self._long_frame_end(scan.end)
+            if following is None or following >= end:
+                break
+            position = following
         if scan.stop is None:
             return scan.end
-        if scan.stop in _SHORT:
+        if scan.stop in _SHORT or scan.stop is Stop.BAD_LENGTH:
             following = self._crossing_frame_end(scan.end)
             if following is not None and (
                 self.durable_limit is None or following <= self.durable_limit
@@ -200,6 +215,27 @@ class LocalLog:
             hint="run python -m mmwal verify on the log; damaged segments are not archived",
         )
 
+    def _long_frame_end(self, position: int) -> int | None:
+        """Return the end of the frame at ``position`` if it is complete and checks.
+
+        Reads it a block at a time: a frame longer than ``max_record_size`` is
+        checked without allocating what its length field says.
+        """
+        header = self.read(position, HEADER_SIZE)
+        if header is None:
+            return None
+        crc, length = HEADER.unpack(header)
+        value = crc32c(LENGTH.pack(length))
+        at = position + HEADER_SIZE
+        end = at + length
+        while at < end:
+            block = self.read(at, min(end - at, _CHECK_BLOCK))
+            if block is None:
+                return None
+            value = crc32c(block, value)
+            at += len(block)
+        return end if value == crc else None
+
     def _crossing_frame_end(self, position: int) -> int | None:
         """Return the end of the frame at ``position`` if it is complete and checks."""
         header = self.read(position, HEADER_SIZE)
@@ -207,7 +243,7 @@ class LocalLog:
             return None
         _, length = HEADER.unpack(header)
         if length > self.max_record_size:
-            return None
+            return self._long_frame_end(position)
         frame = self.read(position, HEADER_SIZE + length)
         if frame is None:
             return None
