@@ -6,6 +6,7 @@ import base64
 import importlib.metadata
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -392,3 +393,27 @@ def test_verify_reports_progress_up_to_the_whole_log(tmp_path: Path) -> None:
     assert calls[-1] == (10_080_000, 10_080_000)
     assert len(calls) >= 3  # a step every 4 MiB, then the end
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_info_on_a_live_log_skips_a_segment_removed_meanwhile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer's truncate_before may remove a segment between info's listing of
+    # the directory and its look at each file: info reported ENOENT and failed.
+    path = tmp_path / "log"
+    _segmented(path, [bytes(1000)] * 10)
+    removed = path / f"{0:020d}.wal"
+    real_getsize = os.path.getsize
+
+    def getsize(name: str | os.PathLike[str]) -> int:
+        if os.fspath(name) == os.fspath(removed):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(name))
+        return real_getsize(name)
+
+    monkeypatch.setattr(os.path, "getsize", getsize)
+    assert main(["info", "--json", str(path)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert [file["name"] for file in described["files"]] == [
+        f"{1:020d}.wal",
+        f"{2:020d}.wal",
+    ]

@@ -71,9 +71,14 @@ def _add_format_options(parser: argparse.ArgumentParser) -> None:
 def _files(path: str) -> list[dict[str, Any]]:
     if os.path.isdir(path):
         names = sorted(name for name in os.listdir(path) if _SEGMENT_NAME.match(name))
-        return [
-            {"name": name, "bytes": os.path.getsize(os.path.join(path, name))} for name in names
-        ]
+        files = []
+        for name in names:
+            try:
+                size = os.path.getsize(os.path.join(path, name))
+            except FileNotFoundError:
+                continue  # a live writer's truncate_before removed it since the listing
+            files.append({"name": name, "bytes": size})
+        return files
     return [{"name": os.path.basename(path), "bytes": os.path.getsize(path)}]
 
 
