@@ -130,8 +130,27 @@ class PointKeeper:
     def save_durable_end(self, end: int) -> None:
         """Write a point at ``end``, the durable end, if the last durable range ends there."""
         start, flushed_end = self._flushed
-        if self._enabled and flushed_end == end and self.saved_end != end:
+        if not self._enabled or flushed_end != end:
+            return
+        if self._store.head_lsn >= end:
+            # No record lies between the head and the end for a point to name, and
+            # a saved one names a record a drop removed: the next open would
+            # ignore it with a warning. An empty log needs none.
+            if self.saved_end is not None:
+                self._remove()
+        elif self.saved_end != end:
             self.save(start, end)
+
+    def _remove(self) -> None:
+        try:
+            self._store.remove_side_file(RECOVERY_FILE_NAME)
+        except OSError as error:
+            # Optional work, as a save: the point left behind is ignored at open.
+            _log.warning(
+                "could not remove the recovery point of %s: %s", self._store.location, error
+            )
+            return
+        self.saved_end = None
 
     def truncating(self, lsn: int, new_end: int, *, durable: bool) -> None:
         """Before the log is cut to ``new_end`` (where the record at ``lsn`` ends).

@@ -177,6 +177,28 @@ def test_truncate_before_leaves_a_point_the_new_head_can_use(tmp_path: Path) -> 
         assert [r.lsn for r in wal] == lsns[7:]
 
 
+def test_truncate_before_the_end_leaves_no_point_naming_a_dropped_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Checkpoint, then drop everything: the point saved at the end named the last
+    # record, now deleted; the next open ignored it with a warning that the point
+    # "does not match the log", on a log closed cleanly.
+    path = tmp_path / "log"
+    with Wal.open_segmented(path, 256) as wal:
+        wal.append_many([b"x" * 100 for _ in range(10)])
+        wal.sync()
+        end = wal.next_lsn
+        assert wal.truncate_before(end) == end
+    point = read_point(path) if side_path(path).exists() else None
+    assert point is None or point.last_lsn >= end
+    with Wal.open_segmented(path) as wal:
+        assert (wal.head_lsn, wal.next_lsn) == (end, end)
+        wal.append_and_sync(b"after")
+    assert not [m for m in caplog.messages if "does not match the log" in m]
+    with Wal.open_segmented(path) as wal:
+        assert [r.data for r in wal] == [b"after"]
+
+
 def test_a_failure_to_write_the_point_never_breaks_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
