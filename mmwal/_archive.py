@@ -33,6 +33,7 @@ from ._config import WalConfig
 from ._crc import crc32c
 from ._errors import ArchiveConflictError, CorruptionError, InvalidLSNError
 from ._format import (
+    HEADER,
     HEADER_SIZE,
     Record,
     Stop,
@@ -65,6 +66,58 @@ _BATCH_BYTES = 1 << 20
 # entry names, which would include another push's upload not yet published.
 _push_locks: dict[tuple[str, str], threading.Lock] = {}
 _push_locks_guard = threading.Lock()
+
+
+def _long_record(
+    buffer: bytes, at: int, limit: int, base: int, max_record_size: int
+) -> Record | None:
+    """Return the frame at ``buffer[at]`` if it is longer than the limit, whole and checks."""
+    if at + HEADER_SIZE > limit:
+        return None
+    crc, length = HEADER.unpack_from(buffer, at)
+    end = at + HEADER_SIZE + length
+    if length <= max_record_size or end > limit:
+        return None
+    if crc32c(memoryview(buffer)[at + 4 : end]) != crc:
+        return None
+    return Record(base + at, buffer[at + HEADER_SIZE : end])
+
+
+def _decode(
+    buffer: bytes, at: int, limit: int, base: int, max_record_size: int
+) -> tuple[list[Record], int, bool]:
+    """Decode a batch of the frames at ``buffer[at:limit]``; say whether more may follow.
+
+    A frame longer than ``max_record_size`` whose CRC checks is a record, as the
+    log itself reads it.
+    """
+    records, position = decode_batch(
+        buffer,
+        at,
+        limit,
+        base=base,
+        max_record_size=max_record_size,
+        max_records=_BATCH_RECORDS,
+        max_bytes=_BATCH_BYTES,
+    )
+    if len(records) == _BATCH_RECORDS or position - (base + at) >= _BATCH_BYTES:
+        return records, position, True
+    long_record = _long_record(buffer, position - base, limit, base, max_record_size)
+    if long_record is None:
+        return records, position, False
+    return [*records, long_record], position + HEADER_SIZE + len(long_record.data), True
+
+
+def _at_or_after(records: list[Record], start: int) -> Iterator[Record]:
+    """Yield the records at or after ``start``; one that straddles it is an LSN error."""
+    for record in records:
+        end = record.lsn + HEADER_SIZE + len(record.data)
+        if record.lsn >= start:
+            yield record
+        elif end > start:
+            raise InvalidLSNError(
+                start, "is not a record start in the archive", before=record.lsn, after=end
+            )
 
 
 def _stamp(info: dict[str, Any]) -> object:
@@ -392,31 +445,16 @@ class Archive:
             base = position
             limit = len(buffer)
             while True:
-                batch_start = position
-                records, position = decode_batch(
-                    buffer,
-                    position - base,
-                    limit,
-                    base=base,
-                    max_record_size=max_record_size,
-                    max_records=_BATCH_RECORDS,
-                    max_bytes=_BATCH_BYTES,
+                records, position, more = _decode(
+                    buffer, position - base, limit, base, max_record_size
                 )
-                for record in records:
-                    if record.lsn >= start:
-                        yield record
-                    elif record.lsn + HEADER_SIZE + len(record.data) > start:
-                        raise InvalidLSNError(
-                            start,
-                            "is not a record start in the archive",
-                            before=record.lsn,
-                            after=record.lsn + HEADER_SIZE + len(record.data),
-                        )
-                bounded = len(records) == _BATCH_RECORDS or position - batch_start >= _BATCH_BYTES
-                if position - base >= limit or not bounded:
+                yield from _at_or_after(records, start)
+                if position - base >= limit or not more:
                     break
             if position - base < limit:
                 stop, length = diagnose(buffer, position - base, limit, max_record_size)
+                if stop is Stop.BAD_LENGTH and position + HEADER_SIZE + length > base + limit:
+                    stop = Stop.SHORT_PAYLOAD  # a long record continuing in the next segment
                 if stop not in (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD):
                     raise CorruptionError(
                         position,

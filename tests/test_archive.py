@@ -449,4 +449,8 @@ def test_records_longer_than_max_record_size_are_sealed(tmp_path: Path, source: 
     else:
         pushed = archive.push(log, max_record_size=1000)
     assert pushed == [0, 1, 2]
-    assert list(archive.iter(max_record_size=SEGMENT_SIZE * 4)) == records[:3]
+    # Reading the archive with the smaller limit raised CorruptionError.
+    assert list(archive.iter(max_record_size=1000)) == records[:3]
+    assert list(archive.iter(records[2].lsn, max_record_size=1000)) == records[2:3]
+    with pytest.raises(mmwal.InvalidLSNError):
+        list(archive.iter(records[1].lsn + 8, max_record_size=1000))
