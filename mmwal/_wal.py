@@ -764,6 +764,9 @@ class Wal:
                     self._closed = True
                     self._lifetime.open = False
                     self._store.close()
+                    # The piece may be a chunk the store let go (not closed by it):
+                    # its mapping holds a descriptor, and with it the writer's lock.
+                    self._piece = b""
             finally:
                 self._close_done.set()
 

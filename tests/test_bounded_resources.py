@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mmwal import SegmentStore, Wal
+from mmwal import FileStore, SegmentStore, Wal
 from mmwal._format import encode_frame, segment_name
 
 SEGMENT = 4096
@@ -135,3 +135,24 @@ def test_sealed_segments_are_let_go_beyond_the_cache(tmp_path: Path) -> None:
         assert len(store._chunks) <= 4
         assert [r.data for r in wal.iter(wal.head_lsn)][:2] == [payload(0), payload(1)]
         assert len(store._chunks) <= 4
+
+
+def test_close_leaves_no_mapping_behind_that_holds_the_lock(tmp_path: Path) -> None:
+    # A single file keeps its windows after truncate_after, so the window the log
+    # appends into need not be the last one, and reading others let it go from the
+    # cache while the append fast path still held it. Close then left it mapped,
+    # and with it (mmap keeps a descriptor) the writer's lock: the usual
+    # ``wal.close(); wal = mmwal.open(path)`` raised WalLockedError.
+    path = tmp_path / "log.wal"
+    window = 1 << 20
+    with Wal.with_store(FileStore(path, window_size=window)) as wal:
+        lsns = wal.append_many([b"x" * (window // 2)] * 6)  # windows 0..3
+    wal = Wal.with_store(FileStore(path, window_size=window, mapped_chunks=1))
+    wal.truncate_after(lsns[0])  # the end moves back into window 0
+    wal.append(b"y" * window)  # ends in window 1, which the fast path then holds;
+    # copying its start into window 0 mapped that again and let window 1 go
+    wal.close()
+    reopened = Wal.with_store(FileStore(path, window_size=window))
+    assert [r.data for r in reopened] == [b"x" * (window // 2), b"y" * window]
+    reopened.close()
+    del wal
