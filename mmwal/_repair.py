@@ -27,6 +27,7 @@ from ._recovery import recover
 from ._segstore import SegmentStore, infer_segment_size
 from ._store import Store
 from ._syscalls import Syscalls
+from ._verify import verify
 
 __all__ = ["RepairReport", "repair"]
 
@@ -106,19 +107,26 @@ def repair(
     else:
         store = FileStore(location, syscalls=syscalls, writable=not dry_run)
     try:
+        # Counted before recovery zeroes them: the intact records past each damage.
+        intact_after = _intact_after_damage(location, segment_size, config)
         report = recover(store, config, refuse_foreign=False)
         if report.discarded_bytes:
             reason = report.stop.value if report.stop else "end of store"
+            lost = intact_after.get(report.end, 0)
+            where = (
+                f"a damaged record ({reason}) and the {lost} intact records after it"
+                if lost
+                else f"past the last intact record ({reason})"
+            )
             if dry_run:
                 actions.append(
-                    f"would keep {report.discarded_bytes} bytes from LSN {report.end}, past the "
-                    f"last intact record ({reason}), in a quarantine file beside the log and "
-                    f"zero them"
+                    f"would keep {report.discarded_bytes} bytes from LSN {report.end}, "
+                    f"{where}, in a quarantine file beside the log and zero them"
                 )
             else:
                 actions.append(
-                    f"kept {report.discarded_bytes} bytes from LSN {report.end}, past the last "
-                    f"intact record ({reason}), in {report.quarantine_path} and zeroed them"
+                    f"kept {report.discarded_bytes} bytes from LSN {report.end}, {where}, "
+                    f"in {report.quarantine_path} and zeroed them"
                 )
             if report.quarantine_path is not None:
                 quarantined.append(report.quarantine_path)
@@ -129,6 +137,22 @@ def repair(
         )
     finally:
         store.close()
+
+
+def _intact_after_damage(
+    location: str, segment_size: int | None, config: WalConfig
+) -> dict[int, int]:
+    """Map each damaged record's LSN to the number of intact records after it.
+
+    Repair cuts the log at the first damage: the records after it leave the log
+    with it (into the quarantine file), and its report must say so. Empty when
+    the log cannot be read at all.
+    """
+    try:
+        found = verify(location, segment_size=segment_size, config=config)
+    except (CorruptionError, OSError, ValueError):
+        return {}
+    return {damage.lsn: damage.intact_after for damage in found.damage}
 
 
 def _refuse_what_is_not_a_log(location: str, segment_size: int | None, config: WalConfig) -> None:

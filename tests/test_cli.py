@@ -326,6 +326,31 @@ def test_repair_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFi
     assert path.read_bytes() != content
 
 
+def test_repair_says_how_many_intact_records_leave_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bit rot in the second of five records: repair cuts there, and the three
+    # intact records after it go to the quarantine file with the damage. It said
+    # the bytes lay "past the last intact record", as if nothing intact was lost.
+    path = tmp_path / "a.wal"
+    _log(path, [b"first", b"second", b"third", b"fourth", b"fifth"])
+    with path.open("r+b") as file:
+        file.seek(13 + 8)
+        file.write(b"X")
+    assert main(["verify", str(path)]) == 3
+    capsys.readouterr()
+    assert main(["repair", "--dry-run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "past the last intact record" not in out
+    assert "3 intact records after it" in out
+    assert main(["repair", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "past the last intact record" not in out
+    assert "3 intact records after it" in out
+    with mmwal.open(path) as wal:
+        assert [r.data for r in wal] == [b"first"]
+
+
 def test_repair_dry_run_of_a_segment_gap(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
