@@ -288,7 +288,9 @@ class ChunkedStore(Store):
             while self._end_chunk * self.chunk_size < end:
                 index = self._end_chunk
                 chunk = pipeline.take(index) if pipeline is not None else None
-                self._chunks[index] = chunk if chunk is not None else self._create_chunk(index)
+                if chunk is None:
+                    chunk = self._create_chunk_or_take(index)
+                self._chunks[index] = chunk
                 self._end_chunk = index + 1
                 self._units_created += 1
         except BaseException:
@@ -300,6 +302,18 @@ class ChunkedStore(Store):
                 self._chunks.pop(index).close()
                 self._forget_chunk(index)
             raise
+
+    def _create_chunk_or_take(self, index: int) -> mmap.mmap:
+        try:
+            return self._create_chunk(index)
+        except FileExistsError:
+            # A flush's ``release`` (it runs without the append lock) started the
+            # job for this very chunk after ``take`` found none, and the job's
+            # create came first: its chunk is the one to use.
+            chunk = self._pipeline.take(index) if self._pipeline is not None else None
+            if chunk is None:
+                raise
+            return chunk
 
     def flush(self, start: int, end: int) -> None:
         self._check_open()

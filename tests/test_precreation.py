@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmwal import FileStore, SegmentStore, Syscalls, Wal
+from mmwal._pipeline import ChunkPipeline
 
 SEGMENT = 64 * 1024
 RECORD = 1000
@@ -174,3 +175,29 @@ def test_a_single_file_grows_by_its_spare_window_only(tmp_path: Path) -> None:
             count += 1
     with Wal.open(path) as reopened:
         assert [r.data for r in reopened] == [record(i) for i in range(count)]
+
+
+def test_a_spare_made_while_the_roll_creates_the_segment_inline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flush leader calls release() (which may start the job for the next
+    # segment) without the reservation lock, so it can start the job for the very
+    # segment an append is creating inline, between the append's take() and its
+    # create: the job won the O_EXCL create and the append raised FileExistsError.
+    real_take = ChunkPipeline.take
+
+    def take(pipeline: ChunkPipeline, index: int) -> object:
+        chunk = real_take(pipeline, index)
+        if chunk is None and index > 0:  # release() starts none before a first segment
+            pipeline.start(index)  # the leader's release(), right then
+            pipeline._wait()
+        return chunk
+
+    monkeypatch.setattr(ChunkPipeline, "take", take)
+    path = tmp_path / "log"
+    with Wal.with_store(SegmentStore(path, SEGMENT, precreate=True)) as wal:
+        lsns = [wal.append(record(index)) for index in range(3 * SEGMENT // RECORD)]
+        wal.sync()
+    with Wal.open_segmented(path) as wal:
+        assert [r.lsn for r in wal] == lsns
+        assert [bytes(r.data) for r in wal] == [record(i) for i in range(len(lsns))]
