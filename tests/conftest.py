@@ -24,9 +24,23 @@ SLOW = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Add the ``slow`` marker to the tests listed in ``SLOW``."""
+    """Add the ``slow`` marker to the tests listed in ``SLOW``.
+
+    An entry whose file was collected but which names no test there is an error:
+    a renamed test would otherwise drop out of the slow set silently and run in
+    the fast one (or, deselected by a marker expression, nowhere).
+    """
+    matched: set[tuple[str, str]] = set()
+    files = set()
     for item in items:
+        files.add(item.path.name)
         name = item.name.split("[")[0]
         owner = item.parent.name if item.parent is not None else ""
-        if (item.path.name, name) in SLOW or (item.path.name, owner) in SLOW:
-            item.add_marker(pytest.mark.slow)
+        for entry in ((item.path.name, name), (item.path.name, owner)):
+            if entry in SLOW:
+                matched.add(entry)
+                item.add_marker(pytest.mark.slow)
+                break
+    stale = sorted(entry for entry in SLOW - matched if entry[0] in files)
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {stale}")
