@@ -27,7 +27,7 @@ def main(directory: Path) -> None:
     segments = directory / "segments"
     with mmwal.open(segments, segment_size=64) as wal:
         wal.append_many([b"x" * 100, b"y" * 10])
-        files = sorted(entry.name for entry in segments.iterdir())
+        files = sorted(entry.name for entry in segments.glob("*.wal"))
         print(
             f"a {wal.next_lsn}-byte log over 64-byte segments spans {len(files)} files: "
             f"{files[0]}, ..."

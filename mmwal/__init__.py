@@ -8,6 +8,7 @@ import os
 
 from . import codecs as codecs  # mmwal.codecs.Json() after a bare import mmwal
 from ._archive import Archive, ArchivedSegment
+from ._batches import RecordBatch
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import (
     ArchiveConflictError,
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidLSNError",
     "MemStore",
     "Record",
+    "RecordBatch",
     "RecordTooLargeError",
     "RecoveryPolicy",
     "RecoveryReport",

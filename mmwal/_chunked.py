@@ -37,6 +37,7 @@ from ._files import (
     LARGEST_FOLIO,
     advise_reading,
     advise_writing,
+    close_mapping,
     read_small_file,
     replace_file_durably,
 )
@@ -376,7 +377,7 @@ class ChunkedStore(Store):
                 released = True
                 chunk = self._chunks.pop(index, None)
                 if chunk is not None:
-                    chunk.close()
+                    close_mapping(chunk)
                 if index == self._end_chunk - 1:
                     self._end_chunk = index
                 continue
@@ -499,7 +500,7 @@ class ChunkedStore(Store):
         chunks = list(self._chunks.values())
         self._chunks.clear()
         for chunk in chunks:
-            chunk.close()
+            close_mapping(chunk)
         self._close_resources()
 
     # -- helpers ----------------------------------------------------------------

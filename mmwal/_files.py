@@ -19,6 +19,7 @@ __all__ = [
     "LARGEST_FOLIO",
     "advise_reading",
     "advise_writing",
+    "close_mapping",
     "drop_resident",
     "evict_clean",
     "lock_exclusively",
@@ -202,3 +203,15 @@ def read_small_file(path: str, limit: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def close_mapping(mapping: mmap.mmap) -> None:
+    """Unmap ``mapping`` now, or when the last view into it is released.
+
+    CPython refuses to close a mapping while views of it are exported (a reader's
+    ``memoryview``): dropping the reference instead leaves the unmap to the last
+    view's release, so no view ever points at unmapped memory. A file removed
+    meanwhile stays readable through the mapping.
+    """
+    with contextlib.suppress(BufferError):
+        mapping.close()

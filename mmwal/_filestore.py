@@ -114,6 +114,32 @@ class FileStore(ChunkedStore):
         with self._metadata_lock:
             self._file_dirty = True
 
+    def read_head(self) -> int:
+        """Return the head LSN: always 0, a single file keeps its whole prefix."""
+        return 0
+
+    def refresh(self, head: int, cut: int | None = None) -> None:
+        """Read-only: map the bytes a live writer added to the file since the last look.
+
+        A single file never loses a window, so ``head`` and ``cut`` change nothing.
+        """
+        del head, cut
+        self._check_open()
+        if self.writable:
+            return
+        size = os.fstat(self._fd).st_size
+        window = self.chunk_size
+        if size <= self.capacity:
+            return
+        last = self._chunks.get(self._end_chunk - 1)
+        index = self._end_chunk - 1 if last is not None and len(last) < window else self._end_chunk
+        while index * window < size:
+            # A shorter mapping of the last window is replaced, not closed: a reader
+            # thread may still hold it, and it goes with its last reference.
+            self._map(self._fd, index, min(window, size - index * window))
+            index += 1
+        self._end_chunk = index
+
     def _create_chunk(self, index: int) -> mmap.mmap:
         self.syscalls.allocate(self._fd, index * self.chunk_size, self.chunk_size)
         with self._metadata_lock:

@@ -37,6 +37,7 @@ Recovery point (mmwal's own, not wal-db's: ``recovery`` in a segment directory,
 
 from __future__ import annotations
 
+import array
 import enum
 import mmap
 import os
@@ -87,6 +88,7 @@ __all__ = [
     "parse_segment_name",
     "scan_frames",
     "segment_name",
+    "walk_frames",
 ]
 
 HEADER = struct.Struct("<II")
@@ -132,10 +134,19 @@ def _crc_after_length(length: int) -> int:
 
 
 class Record(NamedTuple):
-    """One record of a log: where its frame starts and its payload."""
+    """One record of a log: where its frame starts and its payload.
+
+    ``data`` is ``bytes``, except from the zero-copy reads (``copy=False``), which
+    yield a read-only ``memoryview`` into the mapping instead.
+    """
 
     lsn: int
     data: bytes
+
+    @property
+    def end(self) -> int:
+        """The LSN just past this record: where the next one starts, to resume from."""
+        return self.lsn + HEADER_SIZE + len(self.data)
 
 
 def frame_size(payload_length: int) -> int:
@@ -286,6 +297,67 @@ def _decode_batch_python(  # noqa: PLR0917 - the hot loop takes its inputs posit
         add(make(record_type, (base + pos, bytes(payload) if copy else payload)))
         pos = end
     return records, base + pos
+
+
+def walk_frames(  # noqa: PLR0917 - one call per batch, all of it state
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    start: int,
+    limit: int,
+    base: int,
+    max_record_size: int,
+    max_records: int,
+    max_bytes: int,
+) -> tuple[bytes, bytes, bytes, int]:
+    """Check the good frames of ``buf[start:limit]`` without copying a payload.
+
+    Returns ``(lsns, offsets, lengths, stop)``: native int64 arrays as bytes, one
+    value per good frame (its LSN ``base + offset``, the buffer offset of its
+    payload, its payload length), and the buffer offset where the walk stopped,
+    bounded as ``decode_batch`` is.
+    """
+    if _speedups is None:
+        return _walk_frames_python(buf, start, limit, base, max_record_size, max_records, max_bytes)
+    return _speedups.frames(buf, start, limit, base, max_record_size, max_records, max_bytes)
+
+
+def _walk_frames_python(  # noqa: PLR0917 - the reference takes the C call's arguments
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    start: int,
+    limit: int,
+    base: int,
+    max_record_size: int,
+    max_records: int,
+    max_bytes: int,
+) -> tuple[bytes, bytes, bytes, int]:
+    """Do what ``walk_frames`` does, in Python: the reference the C walk must match."""
+    lsns = array.array("q")
+    offsets = array.array("q")
+    lengths = array.array("q")
+    unpack = _unpack_header
+    seed_for = _crc_after_length
+    check = crc32c
+    start = max(start, 0)
+    limit = min(limit, len(buf))
+    header_limit = limit - HEADER_SIZE
+    pos = start
+    with memoryview(buf) as whole, whole.cast("B") as view:
+        while (
+            len(lsns) != max_records
+            and pos <= header_limit
+            and (max_bytes < 0 or pos - start < max_bytes)
+        ):
+            crc, length = unpack(view, pos)
+            payload_start = pos + HEADER_SIZE
+            end = payload_start + length
+            if length > max_record_size or end > limit:
+                break
+            if check(view[payload_start:end], seed_for(length)) != crc:
+                break
+            lsns.append(base + pos)
+            offsets.append(payload_start)
+            lengths.append(length)
+            pos = end
+    return lsns.tobytes(), offsets.tobytes(), lengths.tobytes(), pos
 
 
 def _verify(

@@ -33,11 +33,13 @@ from ._format import (
     diagnose,
     scan_frames,
 )
+from ._lifetime import Lifetime, Watch
 from ._store import Buffer, Store
 
 __all__ = [
     "Lifetime",
     "RecoveryReport",
+    "Watch",
     "frame_at",
     "last_record_start",
     "read_records",
@@ -223,24 +225,16 @@ def scan_end(store: Store, config: WalConfig, start: int | None = None) -> Recov
     return RecoveryReport(head=head, end=good_end, stop=stop, skipped=skipped)
 
 
-class Lifetime:
-    """Whether the log a walk reads is still open; the log clears ``open`` on close."""
-
-    __slots__ = ("open",)
-
-    def __init__(self) -> None:
-        self.open = True
-
-
 def _decode_piece(  # noqa: PLR0917 - one call per piece, all of it state
     buffer: Buffer,
     base: int,
     position: int,
     stop_at: int,
     max_record_size: int,
-    lifetime: Lifetime,
+    watch: Watch,
 ) -> Generator[Record, None, int]:
     """Yield the good records of one piece from ``position``; return where they stop."""
+    lifetime = watch.lifetime
     while True:
         batch_start = position
         try:
@@ -254,13 +248,27 @@ def _decode_piece(  # noqa: PLR0917 - one call per piece, all of it state
                 max_bytes=_BATCH_BYTES,
             )
         except ValueError:
-            if not lifetime.open:  # a mapping closed under the walk: say so
-                raise WalClosedError() from None
+            # A mapping closed under the walk, by close or truncate_before.
+            watch.check(batch_start)
             raise
-        for record in records:
-            if not lifetime.open:
-                raise WalClosedError()
-            yield record
+        epoch = watch.epoch
+        high = watch.high
+        remote = lifetime.remote
+        if remote is None:
+            for record in records:
+                if lifetime.epoch != epoch or record[0] >= high:
+                    watch.check(record[0])
+                    epoch = watch.epoch
+                    high = watch.high
+                yield record
+        else:
+            # A read-only handle: the writer may truncate from another process.
+            for record in records:
+                if lifetime.epoch != epoch or record[0] >= high or remote[0] != lifetime.seen:
+                    watch.check(record[0])
+                    epoch = watch.epoch
+                    high = watch.high
+                yield record
         bounded = len(records) == _BATCH_RECORDS or position - batch_start >= _BATCH_BYTES
         if position >= stop_at or not bounded:
             return position
@@ -273,36 +281,51 @@ def read_records(
     end: int,
     config: WalConfig,
     skipped: list[CorruptionError],
-    lifetime: Lifetime,
+    watch: Watch,
 ) -> Iterator[Record]:
     """Yield the records of ``[start, end)``; damage raises or is skipped per the policy.
 
-    Records are decoded in batches, but ``lifetime`` is checked before each one is
-    yielded: a walk of a closed log stops with ``WalClosedError`` at its next step.
+    Records are decoded in batches, but ``watch`` is asked before each one is
+    yielded: after a close the walk raises ``WalClosedError``; a record removed by
+    a truncation made since the walk began raises ``WalTruncatedError`` instead
+    of being yielded, and so does one appended after it in the removed range.
     """
     skip = config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS
     max_record_size = config.max_record_size
     position = start
     while position < end:
-        if not lifetime.open:
-            raise WalClosedError()
-        buffer, base, piece_limit = store.piece(position)
+        watch.check(position)
+        try:
+            buffer, base, piece_limit = store.piece(position)
+        except (ValueError, OSError, WalClosedError):
+            # A mapping closed, or a segment removed, under the walk.
+            watch.check(position, look=True)
+            raise
         stop_at = min(piece_limit, end)
-        position = yield from _decode_piece(
-            buffer, base, position, stop_at, max_record_size, lifetime
-        )
+        position = yield from _decode_piece(buffer, base, position, stop_at, max_record_size, watch)
         if position >= stop_at:
             continue
-        stop, length = diagnose(buffer, position - base, stop_at - base, max_record_size)
+        try:
+            stop, length = diagnose(buffer, position - base, stop_at - base, max_record_size)
+        except ValueError:
+            watch.check(position)
+            raise
         scan = Scan([], position, stop, length)
         if stop is Stop.BAD_LENGTH or (stop in _SHORT and stop_at < end):
             # The frame crosses into the next piece, or is longer than today's
             # limit: check it alone (a long one in place, before it is read).
-            scan = frame_at(store, position, end, max_record_size)
+            try:
+                scan = frame_at(store, position, end, max_record_size)
+            except (ValueError, OSError, WalClosedError):
+                watch.check(position, look=True)
+                raise
             if scan.stop is None:
+                watch.check(position)
                 yield from scan.records
                 position = scan.end
                 continue
+        # Bytes a truncation is changing under the walk are not damage.
+        watch.check(position)
         error = _damage(scan, store)
         if not skip:
             raise error

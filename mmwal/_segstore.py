@@ -7,11 +7,13 @@ import itertools
 import mmap
 import os
 import threading
+import time
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
 from ._files import (
     advise_writing,
+    close_mapping,
     drop_resident,
     evict_clean,
     lock_exclusively,
@@ -30,6 +32,10 @@ from ._syscalls import Syscalls, mapping_address
 __all__ = ["DEFAULT_SEGMENT_SIZE", "SegmentStore", "infer_segment_size"]
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+
+# How often a read-only open takes its view again while a live writer's
+# truncation keeps changing the directory under it.
+_CONSISTENT_ATTEMPTS = 100
 
 
 def infer_segment_size(sizes: list[tuple[str, int]], requested: int | None) -> int:
@@ -114,29 +120,11 @@ class SegmentStore(ChunkedStore):
         try:
             if writable:
                 lock_exclusively(directory_fd, self.path)
-            names = sorted(
-                (index, name)
-                for name in os.listdir(self.path)
-                if (index := parse_segment_name(name)) is not None
-            )
-            sizes = [(name, os.stat(self._file(name)).st_size) for _, name in names]
-            super().__init__(
-                infer_segment_size(sizes, segment_size),
-                syscalls,
-                writable=writable,
-                precreate=precreate,
-                mapped_chunks=mapped_chunks,
-            )
-            self.location = self.path
+                self._load(segment_size, syscalls, writable, precreate, mapped_chunks)
+            else:
+                self._load_consistently(segment_size, syscalls, mapped_chunks)
             self._directory_fd = directory_fd
-            # Segments created since the last flush: the flush fsyncs them. By
-            # index, not descriptor, so many new segments hold no descriptor.
-            self._pending_files: set[int] = set()
-            self._metadata_lock = threading.Lock()
             self._directory_dirty = created
-            self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
-            self._head_lsn = self._read_head()
-            self._open_segments([index for index, _ in names])
         except BaseException:
             self._unmap_all()
             os.close(directory_fd)
@@ -144,6 +132,138 @@ class SegmentStore(ChunkedStore):
         if created:
             # The new directory's own entry lives in its parent.
             self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+
+    def _load(
+        self,
+        segment_size: int | None,
+        syscalls: Syscalls | None,
+        writable: bool,
+        precreate: bool | None,
+        mapped_chunks: int | None,
+    ) -> None:
+        """List the segments, read the head file and map the live segments."""
+        names = sorted(
+            (index, name)
+            for name in os.listdir(self.path)
+            if (index := parse_segment_name(name)) is not None
+        )
+        sizes = [(name, os.stat(self._file(name)).st_size) for _, name in names]
+        super().__init__(
+            infer_segment_size(sizes, segment_size),
+            syscalls,
+            writable=writable,
+            precreate=precreate,
+            mapped_chunks=mapped_chunks,
+        )
+        self.location = self.path
+        # Segments created since the last flush: the flush fsyncs them. By
+        # index, not descriptor, so many new segments hold no descriptor.
+        self._pending_files: set[int] = set()
+        self._metadata_lock = threading.Lock()
+        self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
+        self._head_lsn = self._read_head()
+        self._open_segments([index for index, _ in names])
+
+    def _load_consistently(
+        self, segment_size: int | None, syscalls: Syscalls | None, mapped_chunks: int | None
+    ) -> None:
+        """Load a read-only view that a live writer's truncation did not tear apart.
+
+        A writer's ``truncate_before`` writes the head file, then removes segments:
+        a listing taken meanwhile can name a file that is gone when it is opened,
+        or a head file read before it moved can name a segment removed since. Such
+        a view is taken again. Only a failure that repeats on an unchanged
+        directory and head file is real: it is raised.
+        """
+        previous: tuple[object, ...] | None = None
+        for _ in range(_CONSISTENT_ATTEMPTS):
+            seen = (sorted(os.listdir(self.path)), self._read_head_bytes())
+            try:
+                self._load(segment_size, syscalls, False, None, mapped_chunks)
+            except (FileNotFoundError, CorruptionError) as error:
+                self._unmap_all()
+                state = (*seen, sorted(os.listdir(self.path)), self._read_head_bytes())
+                if isinstance(error, CorruptionError) and state == previous:
+                    raise
+                previous = state
+                time.sleep(0.001)
+                continue
+            return
+        raise CorruptionError(
+            0,
+            f"the segments of {self.path} kept changing while they were opened",
+            path=self.path,
+            hint="a writer is truncating the log very fast; open it again",
+        )
+
+    def _read_head_bytes(self) -> bytes:
+        try:
+            with open(self._file(HEAD_FILE_NAME), "rb") as head_file:
+                return head_file.read(64)
+        except FileNotFoundError:
+            return b""
+
+    # -- following a live writer (read-only stores) ---------------------------------
+
+    def read_head(self) -> int:
+        """Return the head LSN the head file names now (a live writer may move it)."""
+        return self._read_head()
+
+    def refresh(self, head: int, cut: int | None = None) -> None:
+        """Read-only: take in the head ``head`` and the segments created since open.
+
+        ``cut`` is a writer's ``truncate_after`` end: it removed the segments
+        wholly past it, and may have created new ones under the same names, so
+        their mappings are given up and the files mapped again.
+
+        Mappings below the segment holding ``head`` are given up (unmapped once no
+        reader holds them); segments a writer created since are mapped, and a short
+        last file (wal-db's) is mapped again when it grew.
+        """
+        self._check_open()
+        if self.writable:
+            return
+        size = self.chunk_size
+        if cut is not None:
+            first_gone = max(-(-cut // size), self._first_chunk)
+            for index in range(first_gone, self._end_chunk):
+                self._chunks.pop(index, None)  # dropped, not closed: see below
+            self._end_chunk = min(self._end_chunk, first_gone)
+        if head > self._head_lsn:
+            new_first = head // size
+            for index in range(self._first_chunk, min(new_first, self._end_chunk)):
+                # Dropped, not closed: a reader thread may still hold it, and the
+                # mapping goes when the last reference does.
+                self._chunks.pop(index, None)
+            self._head_lsn = head
+            self._first_chunk = new_first
+            self._end_chunk = max(self._end_chunk, new_first)
+        last = self._chunks.get(self._end_chunk - 1)
+        if last is not None and len(last) < size:
+            self._end_chunk -= 1  # a short last file (wal-db's) may have grown
+        while True:
+            index = self._end_chunk
+            try:
+                fd = os.open(self.segment_path(index), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                return
+            try:
+                length = min(os.fstat(fd).st_size, size)
+                old = self._chunks.get(index)
+                if length == 0 or (old is not None and length <= len(old)):
+                    if old is not None:
+                        self._end_chunk = index + 1
+                    return
+                with self._mapping_lock:
+                    # The old mapping goes with its last user; at most the store's
+                    # limit of mappings stays, as for any store.
+                    self._map(fd, index, length)
+                    self._let_go_beyond_limit(index)
+            finally:
+                os.close(fd)
+            self._end_chunk = index + 1
+            if length < size:
+                return
 
     @property
     def segment_size(self) -> int:
@@ -389,7 +509,7 @@ class SegmentStore(ChunkedStore):
         for index in range(self._first_chunk, min(new_first, self._end_chunk)):
             chunk = self._chunks.pop(index, None)
             if chunk is not None:
-                chunk.close()
+                close_mapping(chunk)
             self.syscalls.remove(self.segment_path(index))
         self._first_chunk = new_first
         self._end_chunk = max(self._end_chunk, new_first)

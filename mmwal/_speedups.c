@@ -5,7 +5,9 @@
  * _format._verify do: walk wal-db 1.x frames from an offset, check each length
  * against max_record_size before touching the payload, check each CRC-32C, and
  * stop at the first frame that is not good. It decides nothing else: why a walk
- * stopped is for _format.diagnose, in Python. encode_frame() and
+ * stopped is for _format.diagnose, in Python. frames() walks the same way but
+ * copies no payload: it returns the LSNs, payload offsets and lengths as arrays
+ * (_format.walk_frames, for RecordBatch and copy=False reads). encode_frame() and
  * encode_frames() build frames as _format's Python encoders do.
  *
  * Rules kept here:
@@ -222,6 +224,122 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Nnn)", records, pos, walked);
 }
 
+PyDoc_STRVAR(frames_doc,
+"frames(buffer, start, limit, base, max_record_size, max_records, max_bytes)\n"
+"--\n\n"
+"Walk good frames of buffer[start:limit] without copying a payload.\n\n"
+"Return (lsns, offsets, lengths, stop): three bytes objects of native int64\n"
+"values, one per good frame (its LSN base + offset, the buffer offset of its\n"
+"payload, its payload length), and the buffer offset where the walk ended.\n"
+"Bounds as for scan().");
+
+/* Grow the three int64 arrays of frames() to hold at least `needed` values. */
+static int
+grow_arrays(PyObject **arrays, Py_ssize_t *capacity, Py_ssize_t needed)
+{
+    Py_ssize_t wanted = *capacity;
+    while (wanted < needed) {
+        if (wanted > PY_SSIZE_T_MAX / 16) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        wanted *= 2;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (_PyBytes_Resize(&arrays[i], wanted * (Py_ssize_t)sizeof(int64_t)) != 0) {
+            return -1;
+        }
+    }
+    *capacity = wanted;
+    return 0;
+}
+
+static PyObject *
+frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "frames() takes exactly 7 arguments");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    long long base = PyLong_AsLongLong(args[3]);
+    long long max_record_size = PyLong_AsLongLong(args[4]);
+    Py_ssize_t max_records = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) != 0) {
+        return NULL;
+    }
+    if (limit > view.len) {
+        limit = view.len;
+    }
+    if (start < 0) {
+        start = 0;
+    }
+    Py_ssize_t capacity = 256;
+    PyObject *arrays[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++) {
+        arrays[i] = PyBytes_FromStringAndSize(NULL, capacity * (Py_ssize_t)sizeof(int64_t));
+        if (arrays[i] == NULL) {
+            goto fail;
+        }
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t pos = start;
+    Py_ssize_t walked = 0;
+    Py_ssize_t decoded_bytes = 0;
+    int64_t *lsns = (int64_t *)PyBytes_AS_STRING(arrays[0]);
+    int64_t *offsets = (int64_t *)PyBytes_AS_STRING(arrays[1]);
+    int64_t *lengths = (int64_t *)PyBytes_AS_STRING(arrays[2]);
+    while (walked != max_records && limit - pos >= HEADER_SIZE &&
+           (max_bytes < 0 || decoded_bytes < max_bytes)) {
+        uint32_t crc = read_u32(data + pos);
+        uint32_t length = read_u32(data + pos + 4);
+        if ((long long)length > max_record_size ||
+            (Py_ssize_t)length > limit - pos - HEADER_SIZE) {
+            break;
+        }
+        uint32_t state = crc_update(0xFFFFFFFFu, data + pos + 4, 4 + (size_t)length);
+        if ((state ^ 0xFFFFFFFFu) != crc) {
+            break;
+        }
+        if (walked == capacity) {
+            if (grow_arrays(arrays, &capacity, walked + 1) != 0) {
+                goto fail;
+            }
+            lsns = (int64_t *)PyBytes_AS_STRING(arrays[0]);
+            offsets = (int64_t *)PyBytes_AS_STRING(arrays[1]);
+            lengths = (int64_t *)PyBytes_AS_STRING(arrays[2]);
+        }
+        lsns[walked] = (int64_t)(base + pos);
+        offsets[walked] = (int64_t)(pos + HEADER_SIZE);
+        lengths[walked] = (int64_t)length;
+        pos += HEADER_SIZE + (Py_ssize_t)length;
+        decoded_bytes += HEADER_SIZE + (Py_ssize_t)length;
+        walked++;
+    }
+    PyBuffer_Release(&view);
+    for (int i = 0; i < 3; i++) {
+        if (_PyBytes_Resize(&arrays[i], walked * (Py_ssize_t)sizeof(int64_t)) != 0) {
+            for (int j = 0; j < 3; j++) {
+                Py_XDECREF(arrays[j]);
+            }
+            return NULL;
+        }
+    }
+    return Py_BuildValue("(NNNn)", arrays[0], arrays[1], arrays[2], pos);
+fail:
+    for (int i = 0; i < 3; i++) {
+        Py_XDECREF(arrays[i]);
+    }
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 PyDoc_STRVAR(crc32c_doc,
 "crc32c(data, value=0)\n--\n\nReturn the CRC-32C of data, continuing from value.");
 
@@ -337,6 +455,7 @@ static PyMethodDef methods[] = {
     {"encode_frame", (PyCFunction)encode_frame, METH_O, encode_frame_doc},
     {"encode_frames", (PyCFunction)encode_frames, METH_O, encode_frames_doc},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, scan_doc},
+    {"frames", (PyCFunction)(void (*)(void))frames, METH_FASTCALL, frames_doc},
     {"crc32c", (PyCFunction)(void (*)(void))crc32c, METH_FASTCALL, crc32c_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -15,6 +15,16 @@ def scan(
     max_bytes: int,
     /,
 ) -> tuple[list[Any] | None, int, int]: ...
+def frames(
+    buffer: Buffer,
+    start: int,
+    limit: int,
+    base: int,
+    max_record_size: int,
+    max_records: int,
+    max_bytes: int,
+    /,
+) -> tuple[bytes, bytes, bytes, int]: ...
 def crc32c(data: Buffer, value: int = 0, /) -> int: ...
 def encode_frame(payload: bytes, /) -> bytes: ...
 def encode_frames(payloads: list[bytes], /) -> bytes: ...

@@ -16,6 +16,8 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import mmap
 import os
 import threading
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
+from ._batches import RecordBatch, read_batches, read_views
 from ._config import WalConfig
 from ._errors import (
     CorruptionError,
@@ -35,9 +38,13 @@ from ._errors import (
     WalReadOnlyError,
 )
 from ._filestore import FileStore
+from ._follow import PollState, follow, refresh
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
+from ._lifetime import UNBOUNDED, Lifetime, Watch
+from ._memstore import MemStore
 from ._opening import check_segment_size, check_single_file_path, explain_permission
-from ._reading import Lifetime, frame_at, read_records
+from ._published import EndsPublisher, ends_path
+from ._reading import frame_at, read_records
 from ._recovery import recover
 from ._recovery_point import PointKeeper
 from ._segstore import SegmentStore
@@ -57,6 +64,10 @@ _T = TypeVar("_T")
 # Frames up to this size are copied while the reservation lock is held: for them
 # a second lock round trip to publish completion costs more than the copy.
 _INLINE_COPY_LIMIT = 64 * 1024
+
+# How often a read-only open of a segmented log starts again when a live writer's
+# truncation removed a segment under it.
+_READ_ONLY_OPEN_ATTEMPTS = 100
 
 # How often a thread that finds the reservation lock taken yields before it
 # blocks on it (see ``Wal._acquire_contended``).
@@ -105,6 +116,18 @@ class WalIterator:
     def __next__(self) -> Record:
         self._wal._check_open()
         return next(self._records)
+
+
+def _batches_before(batches: Iterator[RecordBatch], stop: int) -> Iterator[RecordBatch]:
+    """Yield the batches of records before ``stop``, the last one cut short."""
+    for batch in batches:
+        if batch.end <= stop:
+            yield batch
+            continue
+        kept = bisect.bisect_left(batch.lsns, stop)
+        if kept:
+            yield batch._head(kept)
+        return
 
 
 def _as_bytes(data: object) -> bytes:
@@ -190,6 +213,27 @@ class Wal:
         self._fast_limit = 0
         #: The background archiver when opened with ``archive=`` (see ``_archiver``).
         self._archiver: Archiver | None = None
+        self._start_following(end)
+
+    def _start_following(self, end: int) -> None:
+        """Publish the ends for followers (a writer), or find the writer's (a reader)."""
+        store = self._store
+        # Followers on this handle wait on ``_arrivals``; appends, flushes,
+        # truncations and close notify it only while one is waiting.
+        self._arrivals = threading.Condition(threading.Lock())
+        self._followers_waiting = 0
+        self._publisher: EndsPublisher | None = None
+        self._poll: PollState | None = None
+        path = ends_path(store)
+        if not store.writable:
+            self._poll = PollState(self)
+            counter = self._poll.reader.counter
+            self._lifetime.remote = counter
+            self._lifetime.seen = counter[0] if counter is not None else 0
+            self._lifetime.poll = self.refresh
+        elif path is not None:
+            self._publisher = EndsPublisher.create(path)
+            self._publish(end)
 
     # -- constructors -------------------------------------------------------------
 
@@ -234,9 +278,19 @@ class Wal:
         location = os.fspath(directory)
         check_single_file_path(location)
         check_segment_size(location, segment_size, writable=not readonly)
-        with explain_permission(location, writable=not readonly):
-            store = SegmentStore(location, segment_size, writable=not readonly)
-        wal = cls(store, config)
+        for attempt in itertools.count(1):
+            with explain_permission(location, writable=not readonly):
+                store = SegmentStore(location, segment_size, writable=not readonly)
+            try:
+                wal = cls(store, config)
+            except FileNotFoundError:
+                # A live writer's truncate_before removed a segment this read-only
+                # open was about to read (segments are mapped when first read):
+                # take the view again, as SegmentStore does for its listing.
+                if not readonly or attempt == _READ_ONLY_OPEN_ATTEMPTS:
+                    raise
+                continue
+            break
         if archive is not None:
             from ._archiver import Archiver  # noqa: PLC0415 - imports this module
 
@@ -281,6 +335,8 @@ class Wal:
                     self._piece[lsn - base : end - base] = frame  # type: ignore[index]
                     self._next_lsn = end
                     self._appends += 1
+                    if self._followers_waiting:
+                        self._wake_followers()
                     return lsn
             finally:
                 reserve.release()
@@ -369,6 +425,8 @@ class Wal:
             else:
                 self._fast_limit = 0
             if size <= _INLINE_COPY_LIMIT:
+                if self._followers_waiting:
+                    self._wake_followers()
                 return lsn
         try:
             store.write(lsn, frame)
@@ -382,6 +440,8 @@ class Wal:
         with reserve:
             del self._in_flight[lsn]
             self._copies_done.notify_all()
+            if self._followers_waiting:
+                self._wake_followers()
         return lsn
 
     def _written_lsn(self) -> int:
@@ -422,6 +482,8 @@ class Wal:
         self._sync_to(self._next_lsn)
 
     def _sync_to(self, target: int) -> None:
+        if self._poll is not None:
+            return  # read-only: what refresh found is the writer's to flush
         commit = self._commit
         with commit:
             self._syncs_requested += 1
@@ -488,6 +550,7 @@ class Wal:
             self._durable_lsn = max(self._durable_lsn, flush_to)
             self._flushes += 1
             self._flush_seconds += elapsed
+            self._publish(flush_to)
             # The waiters this flush covered return now; the leader stays the one
             # flusher (no truncation or close) while it may write a recovery point.
             self._commit.notify_all()
@@ -497,6 +560,8 @@ class Wal:
             with self._commit:
                 self._flushing = False
                 self._commit.notify_all()
+        if self._followers_waiting:
+            self._wake_followers()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -517,19 +582,35 @@ class Wal:
 
     # -- reading ------------------------------------------------------------------
 
-    def iter(self, start: int | None = None) -> WalIterator:
+    def iter(
+        self, start: int | None = None, stop: int | None = None, *, copy: bool = True
+    ) -> WalIterator:
         """Iterate over records from the head (or from ``start``) to the current end.
 
         The end is fixed when this is called; records appended later are not seen.
-        Checks every checksum: damage raises ``CorruptionError`` or, under
-        ``SKIP_BAD_RECORDS``, is stepped over and listed in ``skipped``.
+        ``stop`` ends the walk before the first record at or past it. Checks every
+        checksum: damage raises ``CorruptionError`` or, under
+        ``SKIP_BAD_RECORDS``, is stepped over and listed in ``skipped``. A record
+        removed by a truncation made after this call is never yielded: the walk
+        raises ``WalTruncatedError`` where it would have read it.
+
+        ``copy=False`` yields each ``data`` as a read-only ``memoryview`` into the
+        mapping, valid until the iterator advances (or the log is truncated or
+        closed): then it is released, and touching it raises ``ValueError``.
         """
-        if start is not None:
+        if start is None:
+            self._check_open()
+            with self._reserve:
+                end = self._written_lsn()
+            return self._walk(self._store.head_lsn, end, stop, copy=copy)
+        if stop is None and copy:
             return self.iter_from(start)
         self._check_open()
         with self._reserve:
             end = self._written_lsn()
-        return self._walk(self._store.head_lsn, end)
+        if start < end:
+            self._check_record_start(start, end)
+        return self._walk(min(start, end), end, stop, copy=copy)
 
     def iter_from(self, lsn: int) -> WalIterator:
         """Iterate from the record at ``lsn`` (an O(1) seek) to the current end.
@@ -545,21 +626,151 @@ class Wal:
         self._check_record_start(lsn, end)
         return self._walk(lsn, end)
 
+    def batches(
+        self, start: int | None = None, stop: int | None = None, *, max_bytes: int = 8 << 20
+    ) -> Iterator[RecordBatch]:
+        """Iterate over the records as ``RecordBatch``es: views and arrays, no copies.
+
+        Each batch covers up to ``max_bytes`` of frames in one mapping, CRCs
+        checked in C, and is valid until the iterator advances (or the log is
+        truncated or closed); then its views are released. ``start`` and ``stop``
+        as for ``iter``; the end is fixed when this is called.
+        """
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self._check_open()
+        with self._reserve:
+            end = self._written_lsn()
+        if start is None:
+            start = self._store.head_lsn
+        elif start < end:
+            self._check_record_start(start, end)
+        batches = read_batches(
+            self._store,
+            start=min(start, end),
+            end=end,
+            config=self._config,
+            skipped=[],
+            watch=Watch(self._lifetime),
+            max_bytes=max_bytes,
+        )
+        return batches if stop is None else _batches_before(batches, stop)
+
+    def follow(
+        self,
+        start: int | None = None,
+        *,
+        timeout: float | None = None,
+        durable: bool = False,
+        copy: bool = True,
+    ) -> Iterator[Record]:
+        """Yield every record from ``start`` (default: the head), then wait for more.
+
+        Records come in order, each exactly once. The iterator returns once
+        ``timeout`` seconds pass without a new record (``None``: wait until this
+        handle is closed). On the writer's handle appends wake it; on a
+        ``readonly=True`` handle (another process) it polls the writer's published
+        ends with a backoff, across segment rolls, with no reopen.
+        ``durable=True`` yields only records a ``sync`` made durable, which a
+        crash cannot take back (a replica should ship only those). A follower
+        whose position was removed by ``truncate_before`` or ``truncate_after``
+        raises ``WalTruncatedError``. ``copy=False`` as for ``iter``.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must not be negative, got {timeout}")
+        # A read-only handle first takes in what the writer did until now: the
+        # follower answers only for truncations made after this call.
+        self.refresh()
+        if start is None:
+            start = self._store.head_lsn
+        else:
+            with self._reserve:
+                end = self._written_lsn()
+            if start < end:
+                self._check_record_start(start, end)
+        return follow(self, start, timeout=timeout, durable=durable, copy=copy)
+
+    def refresh(self) -> int:
+        """Look at what the writer did since the last look; return the new ``next_lsn``.
+
+        On a ``readonly=True`` handle: maps the segments the writer added, checks
+        the new frames by CRC, and takes in its published durable end and its
+        truncations; ``iter``, ``follow`` and ``durable_lsn`` then see them. On
+        the writer's own handle it only returns ``next_lsn``.
+        """
+        self._check_open()
+        if self._poll is None:
+            return self._next_lsn
+        with self._reserve:
+            return refresh(self, self._poll)
+
     def __iter__(self) -> Iterator[Record]:
         """Iterate over every record from the head; see ``iter``."""
         return iter(self.iter())
 
-    def _walk(self, start: int, end: int) -> WalIterator:
+    def _walk(
+        self, start: int, end: int, stop: int | None = None, *, copy: bool = True
+    ) -> WalIterator:
         skipped: list[CorruptionError] = []
-        records = read_records(
-            self._store,
-            start=start,
-            end=end,
-            config=self._config,
-            skipped=skipped,
-            lifetime=self._lifetime,
-        )
+        records = self._read(start, end, Watch(self._lifetime), skipped, copy=copy)
+        if stop is not None:
+            records = itertools.takewhile(lambda record: record[0] < stop, records)
         return WalIterator(self, records, skipped)
+
+    def _read(
+        self,
+        start: int,
+        end: int,
+        watch: Watch,
+        skipped: list[CorruptionError],
+        *,
+        copy: bool,
+    ) -> Iterator[Record]:
+        read = read_records if copy else read_views
+        return read(
+            self._store, start=start, end=end, config=self._config, skipped=skipped, watch=watch
+        )
+
+    # -- following ------------------------------------------------------------------
+
+    def _publish(self, written: int) -> None:
+        """Publish the ends for followers in other processes (no-op without a state file)."""
+        if self._publisher is not None:
+            self._publisher.publish(
+                written=written, durable=self._durable_lsn, head=self._store.head_lsn
+            )
+
+    def _follow_end(self, *, durable: bool) -> int:
+        """Return how far a follower may read now: the written or the durable end."""
+        self._check_open()
+        if self._poll is not None:
+            with self._reserve:
+                end = refresh(self, self._poll)
+            return min(end, self._durable_lsn) if durable else end
+        if durable:
+            return self._durable_lsn
+        with self._reserve:
+            return self._written_lsn()
+
+    def _wait_for_news(
+        self, position: int, epoch: int, *, durable: bool, timeout: float | None
+    ) -> None:
+        """Wait until the log passes ``position``, is truncated or closed, or ``timeout``."""
+        arrivals = self._arrivals
+        with arrivals:
+            self._followers_waiting += 1
+            try:
+                # Read after announcing the wait: an append this read misses sees
+                # the waiter and notifies under the same lock.
+                end = self._durable_lsn if durable else self._written_lsn()
+                if end <= position and not self._closing and self._lifetime.epoch == epoch:
+                    arrivals.wait(timeout)
+            finally:
+                self._followers_waiting -= 1
+
+    def _wake_followers(self) -> None:
+        with self._arrivals:
+            self._arrivals.notify_all()
 
     def _check_record_start(self, lsn: int, end: int) -> int:
         """Return the end of the intact record at ``lsn``, or raise ``CorruptionError``."""
@@ -598,6 +809,17 @@ class Wal:
             self._fast_limit = 0
             # The point must not vouch for records this drops: it moves first.
             self._points.truncating(lsn, new_end, durable=self._durable_lsn >= new_end)
+            # Readers learn of the cut before a byte changes (see _lifetime). A cut
+            # at the end removes nothing: readers need not hear of it.
+            if new_end < self._next_lsn:
+                self._lifetime.truncated(0, new_end)
+            if self._publisher is not None and new_end < self._next_lsn:
+                self._publisher.cut(
+                    new_end,
+                    written=self._next_lsn,
+                    durable=self._durable_lsn,
+                    head=self._store.head_lsn,
+                )
             try:
                 self._store.discard_after(new_end)
             except OSError as error:
@@ -608,6 +830,9 @@ class Wal:
             self._bytes_dropped += self._next_lsn - new_end
             self._next_lsn = new_end
             self._durable_lsn = min(self._durable_lsn, new_end)
+            self._publish(new_end)
+        if self._followers_waiting:
+            self._wake_followers()
 
     def truncate_before(self, lsn: int) -> int:
         """Drop whole segments before the one holding ``lsn``; return the new head.
@@ -647,14 +872,25 @@ class Wal:
                 with self._commit:
                     self._durable_lsn = max(self._durable_lsn, end)
                 self._points.flushed(start, end)
-                new_head = self._store.drop_before(lsn)
+                if not isinstance(self._store, FileStore | MemStore):
+                    # Readers learn of the cut before any mapping is closed.
+                    self._lifetime.truncated(lsn, UNBOUNDED)
+                    if self._publisher is not None:
+                        self._publisher.publish(written=end, durable=end, head=lsn)
+                        self._publisher.announce()
+                head = self._store.drop_before(lsn)
+                if self._publisher is not None:
+                    self._publisher.announce()  # the head file is in place now
                 # The point may name a record the drop removed: name the end.
                 self._points.save_durable_end(end)
-                return new_head
             except OSError as error:
                 # The head file or the removals may be half durable: fail-stop.
                 self._break_locked(error, "the durable steps of truncate_before")
                 raise WalBrokenError("the durable steps of truncate_before") from error
+            self._publish(end)
+        if self._followers_waiting:
+            self._wake_followers()
+        return head
 
     def typed(self, codec: Codec[_T]) -> TypedWal[_T]:
         """Return a view of this log that appends and yields values through ``codec``."""
@@ -762,13 +998,19 @@ class Wal:
                     if self._broken is None and self._store.writable:
                         self._points.save_durable_end(self._durable_lsn)
                     self._closed = True
-                    self._lifetime.open = False
+                    self._lifetime.close()
+                    if self._publisher is not None:
+                        self._publish(self._durable_lsn)
+                        self._publisher.close()
+                    if self._poll is not None:
+                        self._poll.reader.close()
                     self._store.close()
                     # The piece may be a chunk the store let go (not closed by it):
                     # its mapping holds a descriptor, and with it the writer's lock.
                     self._piece = b""
             finally:
                 self._close_done.set()
+                self._wake_followers()
 
     def __enter__(self) -> Self:
         return self

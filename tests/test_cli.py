@@ -251,7 +251,8 @@ def test_tail_follow_prints_records_appended_later(
         status = main(["tail", "-f", "--timeout", "2", "--json", str(path)])
         writer.join()
     assert status == 0
-    data = [base64.b64decode(json.loads(line)["data"]) for line in capsys.readouterr().out.split()]
+    lines = capsys.readouterr().out.splitlines()
+    data = [base64.b64decode(json.loads(line)["data"]) for line in lines]
     assert data == [b"before", b"later 0", b"later 1", b"later 2"]
 
 

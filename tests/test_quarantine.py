@@ -17,6 +17,7 @@ def _digest(path: Path) -> dict[str, str]:
         return {
             entry.name: hashlib.sha256(entry.read_bytes()).hexdigest()
             for entry in sorted(path.iterdir())
+            if entry.name != "mmwal-ends"  # the state file published for followers
         }
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
 
@@ -65,7 +66,8 @@ def test_clean_tail_makes_no_quarantine(tmp_path: Path) -> None:
     with mmwal.open(path) as wal:
         assert wal.recovery.quarantine_path is None
         assert wal.recovery.discarded_bytes == 0
-    assert sorted(os.listdir(tmp_path)) == ["a.wal", "a.wal.recovery"]
+    # Besides the log: its recovery point and the state file published for followers.
+    assert sorted(os.listdir(tmp_path)) == ["a.wal", "a.wal.mmwal-ends", "a.wal.recovery"]
 
 
 def test_second_quarantine_at_the_same_lsn_keeps_the_first(tmp_path: Path) -> None:

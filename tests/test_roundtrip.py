@@ -58,8 +58,13 @@ def assert_running_offsets(lsns: list[int], payloads: list[bytes], start: int) -
         assert lsns[i + 1] == lsns[i] + 8 + len(payloads[i]), i
 
 
+def log_files(directory: Path) -> list[Path]:
+    """The files of the log itself: not the state file published for followers."""
+    return sorted(p for p in directory.iterdir() if p.name != "mmwal-ends")
+
+
 def dir_bytes(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    return {p.name: p.read_bytes() for p in log_files(directory)}
 
 
 # -- single file -------------------------------------------------------------------------

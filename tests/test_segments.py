@@ -17,9 +17,14 @@ def name(index: int) -> str:
     return f"{index:020d}.wal"
 
 
+def log_files(directory: Path) -> list[Path]:
+    """The files of the log itself: not its recovery point or state file for followers."""
+    return sorted(p for p in directory.iterdir() if p.name not in {"recovery", "mmwal-ends"})
+
+
 def listing(directory: Path) -> list[str]:
-    """The log's files: segments and head, not the recovery point beside them."""
-    return sorted(p.name for p in directory.iterdir() if p.name != "recovery")
+    """The log's files: segments and head, not the files mmwal keeps beside them."""
+    return [p.name for p in log_files(directory)]
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -262,7 +267,8 @@ def test_truncate_before_on_single_file_and_memstore_changes_nothing(tmp_path: P
             assert wal.head_lsn == 0
             assert list(wal) == records
         assert path.read_bytes() == before
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "log.recovery"]
+        beside = sorted(p.name for p in tmp_path.iterdir() if p.name != "log.mmwal-ends")
+        assert beside == ["log", "log.recovery"]
 
     store = MemStore(64)
     with Wal.with_store(store, CONFIG) as wal:

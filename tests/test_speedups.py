@@ -136,3 +136,57 @@ def test_the_c_encoders_take_only_bytes() -> None:
         speedups.encode_frames([b"ok", "text"])
     with pytest.raises(TypeError):
         speedups.encode_frames((b"a",))
+
+
+def _as_lists(result: tuple[bytes, bytes, bytes, int]) -> tuple[list[int], ...]:
+    lsns, offsets, lengths, stop = result
+    return (
+        memoryview(lsns).cast("q").tolist(),
+        memoryview(offsets).cast("q").tolist(),
+        memoryview(lengths).cast("q").tolist(),
+        [stop],
+    )
+
+
+@given(
+    logs(),
+    st.integers(0, 40),
+    st.integers(0, 2000),
+    LIMITS,
+    st.integers(0, 1 << 40),
+    st.integers(-1, 5),
+    st.integers(-1, 300),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_c_offsets_walk_matches_its_python_twin_and_the_record_walk(  # noqa: PLR0917
+    image: bytes,
+    start: int,
+    limit: int,
+    max_size: int,
+    base: int,
+    max_records: int,
+    max_bytes: int,
+) -> None:
+    limit = min(limit, len(image))
+    start = min(start, limit)
+    arguments = (image, start, limit, base, max_size, max_records, max_bytes)
+    c_walk = _as_lists(speedups.frames(*arguments))
+    assert c_walk == _as_lists(_format._walk_frames_python(*arguments))
+    records, stop, _ = speedups.scan(
+        image, start, limit, base, max_size, Record, max_records, max_bytes
+    )
+    assert records is not None
+    assert c_walk[0] == [record.lsn for record in records]
+    assert c_walk[3] == [stop]
+    assert [
+        image[offset : offset + length] for offset, length in zip(c_walk[1], c_walk[2], strict=True)
+    ] == [record.data for record in records]
+
+
+def test_the_offsets_walk_grows_past_its_first_allocation() -> None:
+    image = encode_frames([b""] * 5000 + [b"last"])
+    lsns, offsets, lengths, stop = speedups.frames(image, 0, len(image), 7, 100, -1, -1)
+    assert memoryview(lsns).cast("q").tolist() == [7 + 8 * i for i in range(5001)]
+    assert memoryview(lengths).cast("q").tolist() == [0] * 5000 + [4]
+    assert memoryview(offsets).cast("q")[-1] == 8 * 5000 + 8
+    assert stop == len(image)

@@ -207,8 +207,9 @@ def test_waldb_segments_open_read_and_extend(
         lsns = wal.append_many(more)
         assert lsns == [lsn for lsn, _ in with_lsns(more, len(log))]
 
-    # mmwal's recovery point lies beside the segments, under a name wal-db ignores.
-    files = sorted(p.name for p in directory.iterdir() if p.name != "recovery")
+    # mmwal's recovery point and its state file for followers lie beside the
+    # segments, under names wal-db ignores.
+    files = sorted(p.name for p in directory.iterdir() if p.name not in {"recovery", "mmwal-ends"})
     end = len(log) + sum(8 + len(p) for p in more)
     assert files == [spec_segment_name(i) for i in range(-(-end // segment_size))]
     assert {(directory / name).stat().st_size for name in files} == {segment_size}

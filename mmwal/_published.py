@@ -1,0 +1,294 @@
+"""The ends a writer publishes for followers in other processes: a small state file.
+
+A writer maps ``mmwal-ends`` (in a segmented log's directory) or
+``<file>.mmwal-ends`` (beside a single-file log) and writes there, at every
+flush and every truncation, how far the log is written and durable, its head,
+and the cuts ``truncate_after`` made. Followers map it read-only and look at it
+at every poll: reading it costs a copy of 192 bytes and a CRC, no system call.
+
+The file is not part of the wal-db format (no ``.wal`` suffix, not ``head``), so
+wal-db ignores it, and nothing depends on it: a log without it (wal-db's, or one
+whose file was lost) is followed by checking frames alone. Layout (little-endian),
+two slots of 192 bytes at offsets 0 and 192 in a 4096-byte file::
+
+    0    4   magic     b"MWPE"
+    4    4   version   1
+    8    8   sequence  which update this is; the slot is sequence % 2
+    16   8   written   the end of the records the writer had copied in
+    24   8   durable   the end of what its last flush made durable
+    32   8   head      the first LSN of the log
+    40   8   epoch     how many truncate_after cuts were ever made
+    48   128 cuts      the last 8 cuts: (epoch, new end) pairs, oldest first
+    176  4   crc32c    of bytes 0 .. 176
+
+and at offset 512 a native u64, outside the slots: the truncation counter. The
+writer bumps it before every truncation changes a byte, after the slot naming
+the truncation is written; a reader compares it before yielding each record
+(one aligned load), and reads the slots again when it moved.
+
+Rules kept here:
+
+- Torn updates are detected: a reader takes the valid slot with the highest
+  sequence; a slot being rewritten fails its CRC and the other one is used.
+- Distrusted when it disagrees with the log: followers still check every frame
+  by its CRC and never read past what the frames say; the file only says how far
+  is durable and what was cut.
+- Created with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0o600; a name taken by
+  anything but a state file of the right size (a symlink, a foreign file) is
+  removed and created afresh. It is never shrunk (a follower may have it mapped).
+- A failure to create or write it never fails the writer: following then falls
+  back to checking frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import stat
+import struct
+import time
+from typing import NamedTuple
+
+from ._chunked import ChunkedStore
+from ._crc import crc32c
+from ._files import close_mapping
+from ._store import Store
+
+__all__ = ["CUTS_KEPT", "ENDS_FILE_NAME", "Ends", "EndsPublisher", "EndsReader", "ends_path"]
+
+_log = logging.getLogger("mmwal")
+
+ENDS_FILE_NAME = "mmwal-ends"
+CUTS_KEPT = 8
+_MAGIC = b"MWPE"
+_VERSION = 1
+_FILE_SIZE = 4096
+_SLOT_SIZE = 192
+_COUNTER_OFFSET = 512
+_BODY = struct.Struct(f"<4sIQQQQQ{2 * CUTS_KEPT}Q")
+_CRC = struct.Struct("<I")
+assert _BODY.size + _CRC.size <= _SLOT_SIZE
+# How long a follower waits before it looks for a missing state file again.
+_REOPEN_SECONDS = 0.5
+
+
+class Ends(NamedTuple):
+    """One published state: the writer's ends, head and recent cuts."""
+
+    sequence: int
+    written: int
+    durable: int
+    head: int
+    epoch: int
+    cuts: tuple[tuple[int, int], ...]
+
+
+def ends_path(store: Store) -> str | None:
+    """Return where the state file of the log in ``store`` lives, or None (no path)."""
+    if isinstance(store, ChunkedStore):
+        return store._side_path(ENDS_FILE_NAME)
+    return None
+
+
+def _encode(ends: Ends) -> bytes:
+    cuts = list(ends.cuts[-CUTS_KEPT:])
+    flat = [value for cut in cuts for value in cut]
+    flat += [0] * (2 * CUTS_KEPT - len(flat))
+    body = _BODY.pack(
+        _MAGIC, _VERSION, ends.sequence, ends.written, ends.durable, ends.head, ends.epoch, *flat
+    )
+    return body + _CRC.pack(crc32c(body))
+
+
+def _decode(slot: bytes) -> Ends | None:
+    body = slot[: _BODY.size]
+    (crc,) = _CRC.unpack_from(slot, _BODY.size)
+    if crc32c(body) != crc:
+        return None
+    magic, version, sequence, written, durable, head, epoch, *flat = _BODY.unpack(body)
+    if magic != _MAGIC or version != _VERSION or not head <= durable <= written:
+        return None
+    cuts = tuple(
+        (flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] and flat[i] <= epoch
+    )
+    return Ends(sequence, written, durable, head, epoch, cuts)
+
+
+def _latest(mapping: mmap.mmap) -> Ends | None:
+    best: Ends | None = None
+    for offset in (0, _SLOT_SIZE):
+        ends = _decode(mapping[offset : offset + _SLOT_SIZE])
+        if ends is not None and (best is None or ends.sequence > best.sequence):
+            best = ends
+    return best
+
+
+def _is_state_file(fd: int) -> bool:
+    info = os.fstat(fd)
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_size == _FILE_SIZE
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & 0o077
+    )
+
+
+def _open_for_writing(path: str) -> int:
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(3):
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.posix_fallocate(fd, 0, _FILE_SIZE)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            fd = -1  # a symlink (ELOOP), a directory, a file gone meanwhile
+        if fd >= 0:
+            if _is_state_file(fd):
+                return fd
+            os.close(fd)
+        # Not a state file we wrote: take the name back (removing a symlink never
+        # touches its target) and create our own.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    raise FileExistsError(f"{path} keeps being replaced")
+
+
+class EndsPublisher:
+    """The writer's side: updates the state file; never fails the writer."""
+
+    def __init__(self, mapping: mmap.mmap, last: Ends | None) -> None:
+        self._mapping = mapping
+        self._counter = memoryview(mapping)[_COUNTER_OFFSET : _COUNTER_OFFSET + 8].cast("Q")
+        self._sequence = last.sequence if last is not None else 0
+        self._epoch = last.epoch if last is not None else 0
+        self._cuts: list[tuple[int, int]] = list(last.cuts) if last is not None else []
+        # What the file says now: an update that would say the same is not
+        # written (an open and close of an unchanged log leave the file as it was).
+        self._said = None if last is None else tuple(last[1:])
+
+    @classmethod
+    def create(cls, path: str) -> EndsPublisher | None:
+        """Open or create the state file at ``path``; None (and a debug log) if impossible."""
+        try:
+            fd = _open_for_writing(path)
+            try:
+                mapping = mmap.mmap(fd, _FILE_SIZE, access=mmap.ACCESS_WRITE)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            _log.debug("not publishing ends for followers at %s: %s", path, error)
+            return None
+        return cls(mapping, _latest(mapping))
+
+    def publish(self, *, written: int, durable: int, head: int) -> None:
+        """Write the writer's current ends into the next slot."""
+        mapping = self._mapping
+        if mapping.closed:
+            return
+        said = (written, durable, head, self._epoch, tuple(self._cuts))
+        if said == self._said:
+            return
+        self._said = said
+        self._sequence += 1
+        slot = (self._sequence % 2) * _SLOT_SIZE
+        data = _encode(Ends(self._sequence, *said))
+        mapping[slot : slot + len(data)] = data
+
+    def cut(self, new_end: int, *, written: int, durable: int, head: int) -> None:
+        """Publish a ``truncate_after`` cut at ``new_end``, before any byte changes."""
+        self._epoch += 1
+        self._cuts = [*self._cuts[-(CUTS_KEPT - 1) :], (self._epoch, new_end)]
+        self.publish(written=written, durable=min(durable, new_end), head=head)
+        self.announce()
+
+    def announce(self) -> None:
+        """Bump the truncation counter: followers read the slots again before going on."""
+        if not self._mapping.closed:
+            self._counter[0] = (self._counter[0] + 1) % (1 << 64)
+
+    def close(self) -> None:
+        """Unmap the state file (it stays, for followers and the next writer)."""
+        self._counter.release()
+        close_mapping(self._mapping)
+
+
+class EndsReader:
+    """A follower's side: maps the state file read-only, when there is one."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._mapping: mmap.mmap | None = None
+        #: The writer's truncation counter, a view into the mapping (None without one).
+        self.counter: memoryview | None = None
+        self._identity: tuple[int, int] | None = None
+        self._next_attempt = 0.0
+        self._open()
+
+    def _open(self) -> None:
+        path = self._path
+        if path is None:
+            return
+        self._next_attempt = time.monotonic() + _REOPEN_SECONDS
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != _FILE_SIZE:
+                return
+            mapping = mmap.mmap(fd, _FILE_SIZE, access=mmap.ACCESS_READ)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        # The old mapping is not closed: a walk may still hold its counter view;
+        # it goes with the last reference.
+        self._mapping = mapping
+        self.counter = memoryview(mapping)[_COUNTER_OFFSET : _COUNTER_OFFSET + 8].cast("Q")
+        self._identity = (info.st_dev, info.st_ino)
+
+    def read(self) -> Ends | None:
+        """Return the latest state the writer published, or None when there is none."""
+        if self._mapping is None or time.monotonic() >= self._next_attempt:
+            self._recheck()
+        mapping = self._mapping
+        if mapping is None:
+            return None
+        for _ in range(4):
+            ends = _latest(mapping)
+            if ends is not None:
+                return ends
+        return None
+
+    def _recheck(self) -> None:
+        """Map the state file if it appeared, or again if a writer replaced it."""
+        self._next_attempt = time.monotonic() + _REOPEN_SECONDS
+        if self._mapping is not None and self._path is not None:
+            try:
+                info = os.stat(self._path, follow_symlinks=False)
+            except OSError:
+                return
+            if (info.st_dev, info.st_ino) == self._identity:
+                return
+        self._open()
+
+    def close(self) -> None:
+        """Unmap the state file (once no walk holds its counter view)."""
+        if self.counter is not None:
+            self.counter.release()
+            self.counter = None
+        if self._mapping is not None:
+            close_mapping(self._mapping)
+            self._mapping = None
