@@ -324,10 +324,10 @@ def replay(directory: Path, scale: float) -> None:
         print(_ratio_line("iter(copy=False) 256 B vs sqlite3 cursor", ours, reference, ">= 2x"))
         ours, reference = _alternate(batches(wal), memcpy_of(wal), repeats)
         print(_ratio_line("batches() 256 B vs memcpy", ours, reference, ">= 0.5x"))
-        copies, _ = _alternate(lambda: list(wal.iter()), cursor, 2)
+        copies, cursor_times = _alternate(lambda: list(wal.iter()), cursor, 2)
         print(
             f"  (for comparison: iter() copying 256 B, "
-            f"{min(reference) / min(copies):.2f}x sqlite3's cursor)"
+            f"{min(cursor_times) / min(copies):.2f}x sqlite3's cursor)"
         )
         database.close()
 
