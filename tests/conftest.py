@@ -20,6 +20,8 @@ SLOW = {
     ("test_fuzz.py", "test_the_atheris_entry_point_holds"),
     ("test_stateful.py", "TestCrashingLog"),
     ("test_bounded_resources.py", "test_a_log_of_many_segments_under_256_descriptors"),
+    ("test_follow_model.py", "test_followers_against_a_model"),
+    ("test_follow.py", "test_read_only_opens_racing_a_truncating_writer_never_fail"),
 }
 
 
