@@ -24,7 +24,7 @@ RECORDS = 20
 def follow(path: Path, count: int) -> None:
     """Print ``count`` records of the log at ``path`` as they become durable, then stop."""
     with mmwal.open(path, readonly=True) as wal:
-        records = wal.follow(durable=True, timeout=10)  # type: ignore[attr-defined, unused-ignore]
+        records = wal.follow(durable=True, timeout=10)
         for seen, record in enumerate(records, start=1):
             print(f"follower: LSN {record.lsn:>4}: {bytes(record.data).decode()}", flush=True)
             if seen == count:

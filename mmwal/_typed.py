@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._format import Record
 
@@ -24,31 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["TypedRecord", "TypedWal"]
 
 T = TypeVar("T")
-
-
-class _Follows(Protocol):
-    """``Wal.follow``'s signature (the followers' API)."""
-
-    def follow(
-        self,
-        start: int | None = None,
-        *,
-        timeout: float | None = None,
-        durable: bool = False,
-        copy: bool = True,
-    ) -> Iterator[Record]: ...
-
-
-def follow_records(
-    wal: Wal,
-    start: int | None = None,
-    *,
-    timeout: float | None = None,
-    durable: bool = False,
-    copy: bool = True,
-) -> Iterator[Record]:
-    """Call ``wal.follow`` with these arguments (shared by the typed and async logs)."""
-    return cast("_Follows", wal).follow(start, timeout=timeout, durable=durable, copy=copy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +115,7 @@ class TypedWal(Generic[T]):
         ``durable=True`` yields only what a sync made durable, so a crash cannot
         take back a value this has yielded.
         """
-        return self._decoded(follow_records(self.wal, start, timeout=timeout, durable=durable))
+        return self._decoded(self.wal.follow(start, timeout=timeout, durable=durable))
 
     def __repr__(self) -> str:
         return f"<TypedWal {self.codec!r} over {self.wal!r}>"

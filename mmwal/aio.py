@@ -30,7 +30,6 @@ from . import open as open_wal
 from ._config import WalConfig
 from ._format import HEADER_SIZE, Record
 from ._store import Buffer
-from ._typed import follow_records
 from ._wal import Wal, WalStats
 
 __all__ = ["AsyncWal", "open"]
@@ -205,7 +204,7 @@ class AsyncWal:
         cannot take back what this has yielded. If the task is cancelled while
         waiting, the thread stays until the next record, ``timeout`` or ``close``.
         """
-        records = follow_records(self.wal, start, timeout=timeout, durable=durable, copy=copy)
+        records = self.wal.follow(start, timeout=timeout, durable=durable, copy=copy)
         loop = asyncio.get_running_loop()
         waiter = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mmwal-follow"

@@ -18,7 +18,6 @@ import mmwal
 import mmwal.aio
 from mmwal.aio import AsyncWal
 
-FOLLOW_MISSING = "Wal.follow is not on main yet (branch followers)"
 GATE_TIMEOUT = 10.0
 
 
@@ -192,7 +191,6 @@ def test_using_it_before_it_is_open_says_how_to_open_it(tmp_path: Path) -> None:
     _run(scenario)
 
 
-@pytest.mark.skipif(not hasattr(mmwal.Wal, "follow"), reason=FOLLOW_MISSING)
 def test_follow_yields_records_as_tasks_append_them(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with mmwal.aio.open(tmp_path / "a.wal") as wal:

@@ -141,8 +141,6 @@ def test_missing_path_is_an_error_not_a_traceback(
 
 # -- the operator's surface ------------------------------------------------------------
 
-FOLLOW_MISSING = "Wal.follow is not on main yet (branch followers)"
-
 
 def _segmented(path: Path, payloads: list[bytes], segment_size: int = 4096) -> None:
     with mmwal.open(path, segment_size=segment_size) as wal:
@@ -233,7 +231,6 @@ def test_dump_json_with_a_limit(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert base64.b64decode(lines[0]["data"]) == b"x"
 
 
-@pytest.mark.skipif(not hasattr(mmwal.Wal, "follow"), reason=FOLLOW_MISSING)
 def test_tail_follow_prints_records_appended_later(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

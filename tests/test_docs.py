@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import mmwal
-
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -28,8 +26,6 @@ def _blocks() -> list[tuple[str, int, str]]:
 def test_python_block_runs(
     document: str, number: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if ".follow(" in code and not hasattr(mmwal.Wal, "follow"):
-        pytest.skip("Wal.follow is not on main yet (branch followers)")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{document}[{number}]", "exec"), {"__name__": "__doc_example__"})  # noqa: S102
 

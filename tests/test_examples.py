@@ -6,12 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import mmwal
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLLOW_MISSING = "Wal.follow is not on main yet (branch followers)"
 
 
 def _run(name: str, directory: Path) -> str:
@@ -42,7 +39,6 @@ def test_kvstore_checkpoints_and_replays_only_the_log_after_its_snapshot(tmp_pat
         assert wal.head_lsn > 0
 
 
-@pytest.mark.skipif(not hasattr(mmwal.Wal, "follow"), reason=FOLLOW_MISSING)
 def test_follower_process_prints_every_record_in_order(tmp_path: Path) -> None:
     out = _run("follower.py", tmp_path)
     lines = [line for line in out.splitlines() if line.startswith("follower:")]

@@ -14,8 +14,6 @@ import pytest
 import mmwal
 from mmwal.codecs import Codec, Json, MsgPack, Pickle, Struct
 
-FOLLOW_MISSING = "Wal.follow is not on main yet (branch followers)"
-
 
 @pytest.mark.parametrize(
     ("codec", "values"),
@@ -137,7 +135,6 @@ def test_json_bytes_are_standard_json() -> None:
     assert pickle.loads(Pickle().encode([1])) == [1]  # noqa: S301 - our own bytes
 
 
-@pytest.mark.skipif(not hasattr(mmwal.Wal, "follow"), reason=FOLLOW_MISSING)
 def test_follow_decodes_records_as_they_arrive(tmp_path: Path) -> None:
     with mmwal.open(tmp_path / "a.wal") as wal:
         typed = wal.typed(Json())

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import mmwal
-from mmwal._typed import follow_records  # Wal.follow, typed for before it lands
 
 from ._common import ExitStatus, add_command, open_readonly
 
@@ -172,8 +171,7 @@ def _tail(arguments: argparse.Namespace) -> int:
             _print_records(collections.deque(wal, maxlen=max(arguments.lines, 0)), arguments)
         if arguments.follow:
             sys.stdout.flush()
-            records = follow_records(
-                wal,
+            records = wal.follow(
                 max(end, arguments.start or 0),
                 timeout=arguments.timeout,
                 durable=arguments.durable,
