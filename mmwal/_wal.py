@@ -231,6 +231,11 @@ class Wal:
             self._lifetime.remote = counter
             self._lifetime.seen = counter[0] if counter is not None else 0
             self._lifetime.poll = self.refresh
+            # A live writer's unsynced records are in the page cache, so recovery
+            # found them: the writer's published durable end is the truth.
+            ends = self._poll.reader.read()
+            if ends is not None:
+                self._durable_lsn = max(min(ends.durable, end), store.head_lsn)
         elif path is not None:
             self._publisher = EndsPublisher.create(path)
             self._publish(end)

@@ -406,6 +406,21 @@ def test_a_read_only_durable_follower_waits_for_the_published_durable_end(
             ]
 
 
+@pytest.mark.parametrize("segmented", [True, False])
+def test_a_read_only_open_reports_the_writers_durable_end_not_its_written_end(
+    tmp_path: Path, segmented: bool
+) -> None:
+    # Catches a reader that takes everything recovery found (unsynced records
+    # still in the page cache) for durable, until its first refresh.
+    path = tmp_path / ("log" if segmented else "log.wal")
+    with (Wal.open_segmented(path, SEGMENT) if segmented else Wal.open(path)) as wal:
+        wal.append_and_sync(b"a" * 100)
+        wal.append(b"b" * 100)
+        with mmwal.open(path, readonly=True) as reader:
+            assert reader.next_lsn == 216
+            assert reader.durable_lsn == wal.durable_lsn == 108
+
+
 def test_truncations_reach_a_follower_in_another_handle(tmp_path: Path) -> None:
     with Wal.open_segmented(tmp_path / "log", SEGMENT) as wal:
         lsns = wal.append_many(payloads(60))
