@@ -413,7 +413,7 @@ def test_a_read_only_open_reports_the_writers_durable_end_not_its_written_end(
     # Catches a reader that takes everything recovery found (unsynced records
     # still in the page cache) for durable, until its first refresh.
     path = tmp_path / ("log" if segmented else "log.wal")
-    with (Wal.open_segmented(path, SEGMENT) if segmented else Wal.open(path)) as wal:
+    with Wal.open_segmented(path, SEGMENT) if segmented else Wal.open(path) as wal:
         wal.append_and_sync(b"a" * 100)
         wal.append(b"b" * 100)
         with mmwal.open(path, readonly=True) as reader:
