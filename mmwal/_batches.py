@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import array
 import bisect
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from typing import overload
 
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError, WalClosedError
-from ._format import HEADER_SIZE, Record, Scan, diagnose, walk_frames
+from ._format import HEADER_SIZE, Record, Scan, diagnose, record_views, walk_frames
 from ._lifetime import UNBOUNDED, Lifetime, Watch
 from ._reading import frame_at
 from ._store import Store
@@ -33,6 +33,11 @@ __all__ = ["RecordBatch", "read_batches", "read_views"]
 
 # Bytes of frames one step of a ``copy=False`` walk checks before yielding.
 _VIEW_STEP_BYTES = 256 * 1024
+
+# Records (and views) a ``copy=False`` walk makes at once. Each chunk's objects
+# are freed before the next chunk is made; fewer than the cyclic GC's first
+# threshold (700 allocations) keeps the walk from triggering collections.
+_VIEW_CHUNK = 256
 
 
 class RecordBatch:
@@ -111,16 +116,19 @@ class RecordBatch:
 class _Views:
     """The views one reader holds; the log's ``Lifetime`` releases them."""
 
-    __slots__ = ("__weakref__", "batch", "item")
+    __slots__ = ("__weakref__", "batch", "records")
 
     def __init__(self) -> None:
         self.batch: RecordBatch | None = None
-        self.item: memoryview | None = None
+        # The records of the batch a ``copy=False`` walk is yielding from: each
+        # one's view is released as the walk passes it, all of them here.
+        self.records: list[Record] | None = None
 
     def release_views(self) -> None:
-        if self.item is not None:
-            self.item.release()
-            self.item = None
+        if self.records is not None:
+            for record in self.records:
+                record.data.release()  # type: ignore[union-attr]
+            self.records = None
         if self.batch is not None:
             self.batch.release()
             self.batch = None
@@ -244,7 +252,6 @@ def read_views(
     views = _Views()
     watch.lifetime.register(views)
     lifetime = watch.lifetime
-    make = tuple.__new__
     position = start
     try:
         while position < end:
@@ -257,44 +264,52 @@ def read_views(
                 watch=watch,
                 max_bytes=_VIEW_STEP_BYTES,
             )
-            position = yield from _yield_views(batches, views, lifetime, watch, make)
+            position = yield from _yield_views(batches, views, lifetime, watch)
     finally:
         views.release_views()
 
 
+def _chunks(batches: Iterator[RecordBatch]) -> Iterator[tuple[RecordBatch, int]]:
+    """Yield each batch with the index of each chunk of ``_VIEW_CHUNK`` records in it."""
+    for batch in batches:
+        for first in range(0, len(batch), _VIEW_CHUNK):
+            yield batch, first
+
+
 def _yield_views(
-    batches: Iterator[RecordBatch],
-    views: _Views,
-    lifetime: Lifetime,
-    watch: Watch,
-    make: Callable[[type[Record], tuple[int, memoryview]], Record],
+    batches: Iterator[RecordBatch], views: _Views, lifetime: Lifetime, watch: Watch
 ) -> Generator[Record, None, int]:
     """Yield the records of ``batches`` as views; return where to read again, or past all.
 
-    A truncation that spared the next record may still have released the batch
-    holding it (it releases every view): then the walk reads again from there.
+    The records of a batch are made at once (``record_views``, in C); each is
+    checked against the watch just before it is yielded and its view released
+    when the walk resumes. A truncation or close releases every view (so the
+    records not yet yielded too): the walk then checks the next record and, when
+    it survived, reads again from there.
     """
-    for batch in batches:
-        view = batch.view
+    for batch, first in _chunks(batches):
+        records = record_views(
+            batch.view, batch.lsns, batch.offsets, batch.lengths, first, first + _VIEW_CHUNK
+        )
+        views.records = records
         epoch = watch.epoch
         high = watch.high
         remote = lifetime.remote
         seen = lifetime.seen
-        for lsn, offset, length in zip(
-            batch.lsns.tolist(), batch.offsets.tolist(), batch.lengths.tolist(), strict=True
-        ):
-            if lifetime.epoch != epoch or lsn >= high or (remote is not None and remote[0] != seen):
-                watch.check(lsn)
+        for record in records:
+            if (
+                lifetime.epoch != epoch
+                or record[0] >= high
+                or (remote is not None and remote[0] != seen)
+            ):
+                watch.check(record[0])
+                if views.records is not records:
+                    return record[0]  # released under the walk
                 epoch = watch.epoch
                 high = watch.high
                 seen = lifetime.seen
-            try:
-                item = view[offset : offset + length]
-            except ValueError:
-                watch.check(lsn)
-                return lsn
-            views.item = item
-            yield make(Record, (lsn, item))
-            item.release()
-            views.item = None
+            yield record
+            record[1].release()  # type: ignore[union-attr]
+        views.records = None
+        del records  # freed before the next chunk is made
     return UNBOUNDED

@@ -25,6 +25,16 @@ def frames(
     max_bytes: int,
     /,
 ) -> tuple[bytes, bytes, bytes, int]: ...
+def record_views(
+    view: memoryview,
+    lsns: Buffer,
+    offsets: Buffer,
+    lengths: Buffer,
+    start: int,
+    stop: int,
+    record_type: type[tuple[Any, ...]],
+    /,
+) -> list[Any]: ...
 def crc32c(data: Buffer, value: int = 0, /) -> int: ...
 def encode_frame(payload: bytes, /) -> bytes: ...
 def encode_frames(payloads: list[bytes], /) -> bytes: ...
