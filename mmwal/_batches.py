@@ -32,7 +32,7 @@ from ._store import Store
 __all__ = ["RecordBatch", "read_batches", "read_views"]
 
 # Bytes of frames one step of a ``copy=False`` walk checks before yielding.
-_VIEW_STEP_BYTES = 256 * 1024
+_VIEW_STEP_BYTES = 1024 * 1024
 
 # Records (and views) a ``copy=False`` walk makes at once. Each chunk's objects
 # are freed before the next chunk is made; fewer than the cyclic GC's first
@@ -127,7 +127,7 @@ class _Views:
     def release_views(self) -> None:
         if self.records is not None:
             for record in self.records:
-                record.data.release()  # type: ignore[union-attr]
+                record.data.release()  # type: ignore[attr-defined]
             self.records = None
         if self.batch is not None:
             self.batch.release()
@@ -309,7 +309,7 @@ def _yield_views(
                 high = watch.high
                 seen = lifetime.seen
             yield record
-            record[1].release()  # type: ignore[union-attr]
+            record[1].release()  # type: ignore[attr-defined]
         views.records = None
         del records  # freed before the next chunk is made
     return UNBOUNDED

@@ -360,7 +360,7 @@ def _record_views_python(  # noqa: PLR0917 - the reference takes the C call's ar
     for lsn, offset, length in zip(*chosen, strict=True):
         if offset < 0 or length < 0 or offset + length > len(view):
             raise IndexError("a record lies outside the view")
-        records.append(Record(lsn, view[offset : offset + length]))
+        records.append(Record(lsn, view[offset : offset + length]))  # type: ignore[arg-type]
     return records
 
 
