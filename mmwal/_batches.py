@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import array
 import bisect
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import overload
 
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError, WalClosedError
 from ._format import HEADER_SIZE, Record, Scan, diagnose, record_views, walk_frames
-from ._lifetime import UNBOUNDED, Lifetime, Watch
+from ._lifetime import UNBOUNDED, Watch
 from ._reading import frame_at
 from ._store import Store
 
@@ -248,10 +248,15 @@ def read_views(
     """Yield the records of ``[start, end)`` with ``data`` a view into the mapping.
 
     Each view is released when the next record is asked for (or the walk ends).
+    The records are made ``_VIEW_CHUNK`` at a time (``record_views``, in C); each
+    is checked against the watch just before it is yielded. A truncation or close
+    releases every view (so those of the records made but not yet yielded too):
+    the walk then checks the next record and, when it survived, reads again from
+    there. One generator, no helpers: this loop is the per-record cost.
     """
     views = _Views()
-    watch.lifetime.register(views)
     lifetime = watch.lifetime
+    lifetime.register(views)
     position = start
     try:
         while position < end:
@@ -264,7 +269,36 @@ def read_views(
                 watch=watch,
                 max_bytes=_VIEW_STEP_BYTES,
             )
-            position = yield from _yield_views(batches, views, lifetime, watch)
+            position = UNBOUNDED
+            for batch, first in _chunks(batches):
+                records = record_views(
+                    batch.view, batch.lsns, batch.offsets, batch.lengths, first, first + _VIEW_CHUNK
+                )
+                views.records = records
+                epoch = watch.epoch
+                high = watch.high
+                remote = lifetime.remote
+                seen = lifetime.seen
+                for record in records:
+                    if (
+                        lifetime.epoch != epoch
+                        or record[0] >= high
+                        or (remote is not None and remote[0] != seen)
+                    ):
+                        watch.check(record[0])
+                        if views.records is not records:
+                            break  # released under the walk: read again from this record
+                        epoch = watch.epoch
+                        high = watch.high
+                        seen = lifetime.seen
+                    yield record
+                    record[1].release()  # type: ignore[attr-defined]
+                else:
+                    views.records = None
+                    del records  # freed before the next chunk is made
+                    continue
+                position = record[0]
+                break
     finally:
         views.release_views()
 
@@ -274,42 +308,3 @@ def _chunks(batches: Iterator[RecordBatch]) -> Iterator[tuple[RecordBatch, int]]
     for batch in batches:
         for first in range(0, len(batch), _VIEW_CHUNK):
             yield batch, first
-
-
-def _yield_views(
-    batches: Iterator[RecordBatch], views: _Views, lifetime: Lifetime, watch: Watch
-) -> Generator[Record, None, int]:
-    """Yield the records of ``batches`` as views; return where to read again, or past all.
-
-    The records of a batch are made at once (``record_views``, in C); each is
-    checked against the watch just before it is yielded and its view released
-    when the walk resumes. A truncation or close releases every view (so the
-    records not yet yielded too): the walk then checks the next record and, when
-    it survived, reads again from there.
-    """
-    for batch, first in _chunks(batches):
-        records = record_views(
-            batch.view, batch.lsns, batch.offsets, batch.lengths, first, first + _VIEW_CHUNK
-        )
-        views.records = records
-        epoch = watch.epoch
-        high = watch.high
-        remote = lifetime.remote
-        seen = lifetime.seen
-        for record in records:
-            if (
-                lifetime.epoch != epoch
-                or record[0] >= high
-                or (remote is not None and remote[0] != seen)
-            ):
-                watch.check(record[0])
-                if views.records is not records:
-                    return record[0]  # released under the walk
-                epoch = watch.epoch
-                high = watch.high
-                seen = lifetime.seen
-            yield record
-            record[1].release()  # type: ignore[attr-defined]
-        views.records = None
-        del records  # freed before the next chunk is made
-    return UNBOUNDED
