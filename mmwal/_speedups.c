@@ -600,12 +600,15 @@ record_views(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)record_type;
-    /* Fails on a released view; the checks below make the direct slicing valid. */
-    Py_buffer *whole = PyMemoryView_GET_BUFFER(view);
-    if (((PyMemoryViewObject *)view)->flags & _Py_MEMORYVIEW_RELEASED) {
-        PyErr_SetString(PyExc_ValueError, "operation forbidden on released memoryview object");
+    /* A released view refuses to export (ValueError): asked through the public
+     * buffer API rather than the view's private flags. The checks below make the
+     * direct slicing valid. */
+    Py_buffer probe;
+    if (PyObject_GetBuffer(view, &probe, PyBUF_SIMPLE) != 0) {
         return NULL;
     }
+    PyBuffer_Release(&probe);
+    Py_buffer *whole = PyMemoryView_GET_BUFFER(view);
     if (whole->ndim != 1 || whole->itemsize != 1 || !PyBuffer_IsContiguous(whole, 'C') ||
         (whole->format != NULL && strcmp(whole->format, "B") != 0)) {
         PyErr_SetString(PyExc_TypeError, "record_views() takes a 1-D memoryview of bytes");
