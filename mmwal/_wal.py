@@ -392,7 +392,9 @@ class Wal:
     def append_and_sync(self, data: Buffer) -> int:
         """Append one record and make it durable; return its LSN.
 
-        Crash cost: none once it returns; concurrent callers share flushes.
+        Crash cost: none once it returns; concurrent callers share flushes. It
+        raises only when the record is not known durable: a ``close`` that flushed
+        it meanwhile does not make it raise.
         """
         payload = data if type(data) is bytes else _as_bytes(data)
         lsn = self.append(payload)
@@ -483,7 +485,13 @@ class Wal:
         return without flushing again when it covered them. Crash cost: none for
         records appended before the call, once it returns. Raises
         ``WalBrokenError`` if a flush fails; the log then refuses further writes.
+        On a log already broken or closed it raises at once, with nothing to flush.
         """
+        # Fail-stop: once broken, every later sync raises, even one with nothing
+        # left to flush; a closed log refuses as well.
+        if self._broken is not None:
+            self._raise_broken()
+        self._check_open()
         self._sync_to(self._next_lsn)
 
     def _sync_to(self, target: int) -> None:
@@ -504,14 +512,16 @@ class Wal:
         commit = self._commit
         with commit:
             while True:
-                # Broken first: a waiter whose flush failed hears of the failure
-                # even when a close finished meanwhile.
+                # Durable first: a commit whose record is durable never raises, even
+                # when a close flushed it or a later flush failed meanwhile. Then
+                # broken before closed: a waiter whose flush failed hears of the
+                # failure even when a close finished meanwhile.
+                if self._durable_lsn >= target:
+                    return
                 if self._broken is not None:
                     self._raise_broken()
                 if self._closed:
                     raise WalClosedError()
-                if self._durable_lsn >= target:
-                    return
                 if not self._flushing:
                     self._flushing = True
                     break
