@@ -612,6 +612,21 @@ def test_a_waiter_whose_record_close_made_durable_returns_its_lsn(
     assert lsn == HEADER + len(b"first")
 
 
+def commit_until_closed(
+    log: Wal, name: int, start: threading.Barrier, outcomes: dict[bytes, bool]
+) -> None:
+    """Commit records until the log is closed; note which commits returned."""
+    start.wait(DEADLINE)
+    for i in range(10_000):
+        payload = b"%d-%d" % (name, i)
+        try:
+            log.append_and_sync(payload)
+        except WalClosedError:
+            outcomes[payload] = False
+            return
+        outcomes[payload] = True
+
+
 def test_commits_racing_close_fail_only_when_their_record_was_not_written(
     tmp_path: Path,
 ) -> None:
@@ -628,19 +643,10 @@ def test_commits_racing_close_fail_only_when_their_record_was_not_written(
         log = Wal.with_store(FileStore(path, window_size=WINDOW))
         start = threading.Barrier(5)
         outcomes: dict[bytes, bool] = {}
-
-        def committer(name: int, log: Wal = log, start: threading.Barrier = start) -> None:
-            start.wait(DEADLINE)
-            for i in range(10_000):
-                payload = b"%d-%d" % (name, i)
-                try:
-                    log.append_and_sync(payload)
-                except WalClosedError:
-                    outcomes[payload] = False
-                    return
-                outcomes[payload] = True
-
-        runners = [Runner(f"committer-{n}", partial(committer, n)).start() for n in range(4)]
+        runners = [
+            Runner(f"committer-{n}", partial(commit_until_closed, log, n, start, outcomes)).start()
+            for n in range(4)
+        ]
         start.wait(DEADLINE)
         time.sleep(0.001 * (trials % 5))
         log.close()
