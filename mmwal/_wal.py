@@ -43,8 +43,9 @@ from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
 from ._lifetime import UNBOUNDED, Lifetime, Watch
 from ._memstore import MemStore
 from ._opening import check_segment_size, check_single_file_path, explain_permission
+from ._positions import RecordStarts
 from ._published import EndsPublisher, ends_path
-from ._reading import frame_at, read_records
+from ._reading import read_records
 from ._recovery import recover
 from ._recovery_point import PointKeeper
 from ._segstore import SegmentStore
@@ -189,6 +190,7 @@ class Wal:
         self._sync_callers = 0
         self._flushes = 0
         self._flush_seconds = 0.0
+        self._record_starts = RecordStarts()
         try:
             self.recovery = recover(store, self._config)
         except BaseException:
@@ -611,7 +613,8 @@ class Wal:
 
         ``copy=False`` yields each ``data`` as a read-only ``memoryview`` into the
         mapping, valid until the iterator advances (or the log is truncated or
-        closed): then it is released, and touching it raises ``ValueError``.
+        closed): then it is released, and touching it raises ``ValueError``. A
+        ``start`` follows the rules of ``iter_from``.
         """
         if start is None:
             self._check_open()
@@ -630,15 +633,21 @@ class Wal:
     def iter_from(self, lsn: int) -> WalIterator:
         """Iterate from the record at ``lsn`` (an O(1) seek) to the current end.
 
-        Past the end is empty. An ``lsn`` at which no intact record starts raises
-        ``CorruptionError``; one below the head raises ``ValueError``.
+        ``lsn`` is a record start or ``next_lsn`` (then the iterator is empty). A
+        caller's mistake raises ``InvalidLSNError`` (a ``ValueError``) naming the
+        nearest valid LSNs and changes nothing: an ``lsn`` inside a record, below
+        the head (dropped by ``truncate_before``) or past ``next_lsn``. A damaged
+        record at ``lsn`` raises ``CorruptionError``. An ``lsn`` appended but still
+        being copied by another thread reads as the end.
         """
         self._check_open()
         with self._reserve:
             end = self._written_lsn()
+            next_lsn = self._next_lsn
+        self._check_lsn(lsn, next_lsn)
         if lsn >= end:
             return self._walk(end, end)
-        self._check_record_start(lsn, end)
+        self._check_record_start(lsn, end, end_allowed=True)
         return self._walk(lsn, end)
 
     def batches(
@@ -787,40 +796,51 @@ class Wal:
         with self._arrivals:
             self._arrivals.notify_all()
 
-    def _check_record_start(self, lsn: int, end: int) -> int:
-        """Return the end of the intact record at ``lsn``, or raise ``CorruptionError``."""
-        if isinstance(lsn, bool) or not isinstance(lsn, int):
-            raise TypeError(f"an LSN is an int, not {type(lsn).__name__}")
-        head = self._store.head_lsn
-        if lsn < head:
-            raise ValueError(
-                f"LSN {lsn} is below the head {head}: the records before the head were "
-                f"dropped by truncate_before"
-            )
-        scan = frame_at(self._store, lsn, end, self._max_record_size)
-        if scan.stop is not None:
-            raise CorruptionError(
-                lsn,
-                f"no intact record starts at LSN {lsn} ({scan.stop.value})",
-                path=self._store.location,
-                hint="pass an LSN that append returned, or one read from the log",
-            )
-        return scan.end
+    def _check_lsn(self, lsn: int, end: int, *, end_allowed: bool = True) -> None:
+        """Refuse an LSN that is no int, below the head or past ``end``.
+
+        The same rules for every method that takes one (``RecordStarts.check_bounds``).
+        """
+        self._record_starts.check_bounds(
+            self._store, lsn, end, end_allowed=end_allowed, max_record_size=self._max_record_size
+        )
+
+    def _check_record_start(self, lsn: int, end: int, *, end_allowed: bool = True) -> int:
+        """Return the end of the intact record at ``lsn`` (``end`` itself if allowed).
+
+        Raises ``InvalidLSNError`` when no record starts at ``lsn`` (with the nearest
+        that do), or it lies below the head or past ``end``, and ``CorruptionError``
+        when the record there is damaged.
+        """
+        self._check_lsn(lsn, end, end_allowed=end_allowed)
+        return self._record_starts.check(
+            self._store,
+            lsn,
+            end=end,
+            end_allowed=end_allowed,
+            max_record_size=self._max_record_size,
+        )
 
     # -- truncation ---------------------------------------------------------------
 
     def truncate_after(self, lsn: int) -> None:
         """Keep the records up to and including the one at ``lsn``; drop the rest.
 
-        ``lsn`` must be an intact record of the log, else ``CorruptionError``. The
-        dropped bytes are zeroed and the zeroing is durable before this returns; if
+        ``lsn`` must be the start of a record of the log: one inside a record, below
+        the head, at ``next_lsn`` or past it raises ``InvalidLSNError`` (a
+        ``ValueError``) naming the nearest valid LSNs, and a damaged record there
+        ``CorruptionError``; either way nothing changes. The dropped bytes are
+        zeroed and the zeroing is durable before this returns; if
         making it durable fails, the log is broken (``WalBrokenError``).
         Crash cost: none once it returns; a crash during it leaves the log either
         as it was or truncated, never with a gap.
         """
         with self._exclusive():
             self._check_writable()
-            new_end = self._check_record_start(lsn, self._next_lsn)
+            end = self._next_lsn
+            self._check_lsn(lsn, end, end_allowed=False)
+            new_end = self._check_record_start(lsn, end, end_allowed=False)
+            self._record_starts.forget_from(new_end)
             self._fast_limit = 0
             # The point must not vouch for records this drops: it moves first.
             self._points.truncating(lsn, new_end, durable=self._durable_lsn >= new_end)
@@ -852,8 +872,11 @@ class Wal:
     def truncate_before(self, lsn: int) -> int:
         """Drop whole segments before the one holding ``lsn``; return the new head.
 
-        ``lsn`` must be a record start or the end, else ``CorruptionError``; below
-        the head it changes nothing. The head file is written durably before any
+        ``lsn`` must be a record start or ``next_lsn``: one inside a record or past
+        ``next_lsn`` raises ``InvalidLSNError`` (a ``ValueError``) naming the nearest
+        valid LSNs, a damaged record there ``CorruptionError``, and nothing changes.
+        At or below the head it changes nothing and returns the head: what it would
+        drop is gone already. The head file is written durably before any
         segment is deleted, and every record from ``lsn`` on is flushed before the
         head file is, so a crash at any point leaves a log that starts at the old
         head or at ``lsn``. If a step fails, the log is broken
@@ -869,15 +892,8 @@ class Wal:
             if lsn <= head:
                 return head
             end = self._next_lsn
-            if lsn > end:
-                raise CorruptionError(
-                    lsn,
-                    f"LSN {lsn} lies past the end of the log ({end})",
-                    path=self._store.location,
-                    hint="pass a record's LSN or next_lsn",
-                )
-            if lsn < end:
-                self._check_record_start(lsn, end)
+            self._check_lsn(lsn, end)
+            self._check_record_start(lsn, end, end_allowed=True)
             self._fast_limit = 0
             try:
                 # The records the new head points at must be on disk before the

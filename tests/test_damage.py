@@ -15,6 +15,7 @@ import pytest
 from mmwal import (
     CorruptionError,
     FileStore,
+    InvalidLSNError,
     MemStore,
     RecoveryPolicy,
     SegmentStore,
@@ -403,10 +404,12 @@ def test_iter_from_a_place_where_no_record_starts_raises(tmp_path: Path, kind: s
     records, wal = log.create()
     for lsn, payload in records:
         for inside in (1, 4, 7, 8, 8 + len(payload) // 2, 8 + len(payload) - 1):
-            with pytest.raises(CorruptionError) as caught:
+            with pytest.raises(InvalidLSNError) as caught:
                 wal.iter_from(lsn + inside)
-            assert caught.value.offset == lsn + inside
-            with pytest.raises(CorruptionError):
+            # A caller's mistake, not damage: the nearest record starts are named.
+            assert caught.value.lsn == lsn + inside
+            assert (caught.value.before, caught.value.after) == (lsn, lsn + 8 + len(payload))
+            with pytest.raises(InvalidLSNError):
                 wal.iter(start=lsn + inside)
     # Every record start works, and gives the rest of the log.
     for index, (lsn, _) in enumerate(records):
@@ -416,12 +419,15 @@ def test_iter_from_a_place_where_no_record_starts_raises(tmp_path: Path, kind: s
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_iter_from_at_or_past_the_end_is_empty(tmp_path: Path, kind: str) -> None:
+def test_iter_from_the_end_is_empty_and_past_it_is_a_mistake(tmp_path: Path, kind: str) -> None:
     log = Log(kind, tmp_path)
     _, wal = log.create()
     end = wal.next_lsn
-    for lsn in (end, end + 1, end + 1000, 2**40):
-        assert list(wal.iter_from(lsn)) == []
+    assert list(wal.iter_from(end)) == []
+    for lsn in (end + 1, end + 1000, 2**40):
+        with pytest.raises(InvalidLSNError) as caught:
+            wal.iter_from(lsn)
+        assert (caught.value.before, caught.value.after) == (end, None)
     log.close(wal)
 
 

@@ -17,6 +17,7 @@ import mmwal
 from mmwal import (
     CorruptionError,
     FileStore,
+    InvalidLSNError,
     RecordTooLargeError,
     Syscalls,
     Wal,
@@ -25,6 +26,8 @@ from mmwal import (
     WalConfig,
     WalError,
     WalLockedError,
+    WalReadOnlyError,
+    WalTruncatedError,
 )
 
 PACKAGE_DIR = Path(mmwal.__file__).parent
@@ -157,8 +160,17 @@ def test_error_hierarchy() -> None:
     for cls in classes:
         assert issubclass(cls, WalError), cls
     assert issubclass(WalError, Exception)
+    # Caller mistakes are ValueErrors too; what happened to the log is not.
     assert issubclass(RecordTooLargeError, ValueError)
-    for cls in (CorruptionError, WalClosedError, WalLockedError, WalBrokenError):
+    assert issubclass(InvalidLSNError, ValueError)
+    for cls in (
+        CorruptionError,
+        WalClosedError,
+        WalLockedError,
+        WalBrokenError,
+        WalReadOnlyError,
+        WalTruncatedError,
+    ):
         assert not issubclass(cls, ValueError), cls
 
 
@@ -172,6 +184,10 @@ def sample_errors() -> list[WalError]:
         WalClosedError("iterator"),
         WalLockedError("/some/log"),
         WalBrokenError("a flush"),
+        WalReadOnlyError("/some/log"),
+        InvalidLSNError(7, "lies inside the record at LSN 0", before=0, after=13),
+        InvalidLSNError(99, "lies past the end of the log (40)", before=40),
+        WalTruncatedError(40, "truncate_before dropped it"),
     ]
     for cls in error_classes():
         if cls not in {type(e) for e in errors}:
@@ -187,9 +203,25 @@ def sample_errors() -> list[WalError]:
 
 
 @pytest.mark.parametrize("error", sample_errors(), ids=lambda e: type(e).__name__)
-def test_error_messages_are_nonempty(error: WalError) -> None:
-    assert str(error).strip()
+def test_error_messages_state_every_fact_the_error_carries(error: WalError) -> None:
+    """Each attribute an error carries (offset, path, LSNs, limits) is in its message."""
+    facts = [value for value in vars(error).values() if value is not None]
+    assert facts or type(error) is WalError
+    message = str(error)
+    for fact in facts:
+        assert str(fact) in message, (fact, message)
     assert type(error).__doc__
+
+
+def test_invalid_lsn_error_names_the_nearest_valid_lsns() -> None:
+    both = InvalidLSNError(7, "lies inside the record at LSN 0", before=0, after=13)
+    assert (both.lsn, both.before, both.after) == (7, 0, 13)
+    assert str(both) == (
+        "LSN 7 lies inside the record at LSN 0 (nearest valid LSNs: before 0, after 13); "
+        "nothing was changed"
+    )
+    assert str(InvalidLSNError(3, "is odd")) == "LSN 3 is odd; nothing was changed"
+    assert "(nearest valid LSNs: after 5)" in str(InvalidLSNError(1, "x", after=5))
 
 
 def test_error_messages_carry_their_facts() -> None:
@@ -262,18 +294,29 @@ def test_real_errors_carry_messages_and_facts(tmp_path: Path) -> None:
         with pytest.raises(RecordTooLargeError) as too_large:
             wal.append(bytes(17))
         assert (too_large.value.size, too_large.value.limit) == (17, 16)
-        with pytest.raises(CorruptionError) as corrupt:
+        second = wal.append(b"second")
+        with pytest.raises(InvalidLSNError) as mistake:
             wal.iter_from(first + 1)
-        assert corrupt.value.offset == first + 1
-        assert corrupt.value.reason
+        assert (mistake.value.lsn, mistake.value.before, mistake.value.after) == (
+            first + 1,
+            first,
+            second,
+        )
+        wal.store.write(second + 8, b"S")  # damage the second record's payload
+        with pytest.raises(CorruptionError) as corrupt:
+            wal.iter_from(second)
+        assert corrupt.value.offset == second
+        assert "checksum mismatch" in corrupt.value.reason
         assert corrupt.value.path == str(path)
         assert str(path) in str(corrupt.value)
+        wal.store.write(second + 8, b"s")
         with pytest.raises(WalLockedError) as locked:
             Wal.open(path)
         assert str(path) in str(locked.value)
     with pytest.raises(WalClosedError) as closed:
         wal.append(b"x")
-    assert str(closed.value)
+    assert closed.value.what == "log"
+    assert str(closed.value).startswith("the log is closed")
 
 
 def test_broken_error_has_the_os_error_as_cause(tmp_path: Path) -> None:
@@ -283,7 +326,8 @@ def test_broken_error_has_the_os_error_as_cause(tmp_path: Path) -> None:
     with pytest.raises(WalBrokenError) as broken:
         wal.sync()
     assert isinstance(broken.value.__cause__, OSError)
-    assert str(broken.value)
+    assert broken.value.operation == "a flush"
+    assert "a flush failed" in str(broken.value)
     with pytest.raises(WalBrokenError):
         wal.append(b"refused")
     # Closing a broken log releases it without trying to flush again.
@@ -315,5 +359,6 @@ def test_hints_name_only_existing_api(tmp_path: Path) -> None:
         messages.append(str(info.value))
     messages += [str(e) for e in sample_errors()]
     mentioned = {name for message in messages for name in _mentioned_api(message)}
-    assert all(hasattr(mmwal, name) for name in mentioned), mentioned
+    assert "repair" in mentioned, "the gap's hint no longer names the fix"
+    assert all(callable(getattr(mmwal, name, None)) for name in mentioned), mentioned
     assert foreign.read_bytes() == b"this is not a log at all" * 10

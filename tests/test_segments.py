@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmwal import CorruptionError, MemStore, Record, SegmentStore, Wal, WalConfig
+from mmwal import InvalidLSNError, MemStore, Record, SegmentStore, Wal, WalConfig
 from mmwal._format import encode_head_file
 
 CONFIG = WalConfig(max_record_size=4096)
@@ -211,11 +211,12 @@ def test_truncate_before_a_non_record_start_raises(tmp_path: Path) -> None:
         wal.sync()
         before = snapshot(directory)
         for bad in (records[10].lsn + 1, records[10].lsn + 8, records[-1].lsn - 3):
-            with pytest.raises(CorruptionError) as info:
+            with pytest.raises(InvalidLSNError) as info:
                 wal.truncate_before(bad)
-            assert info.value.offset == bad
-        with pytest.raises(CorruptionError):
+            assert info.value.lsn == bad
+        with pytest.raises(InvalidLSNError) as info:
             wal.truncate_before(wal.next_lsn + 1)
+        assert info.value.before == wal.next_lsn
         assert snapshot(directory) == before
         assert wal.head_lsn == 0
         assert list(wal) == records
@@ -355,7 +356,7 @@ def test_truncate_after_a_non_record_start_raises(tmp_path: Path) -> None:
         wal.sync()
         before = snapshot(directory)
         for bad in (records[4].lsn + 1, wal.next_lsn, wal.next_lsn + 100):
-            with pytest.raises(CorruptionError):
+            with pytest.raises(InvalidLSNError):
                 wal.truncate_after(bad)
         assert snapshot(directory) == before
         assert list(wal) == records
