@@ -341,12 +341,12 @@ def test_no_append_succeeds_once_a_failed_flush_broke_the_log(
 ) -> None:
     """Fail-stop covers appends: after a flush failed, every later append raises.
 
-    BUG: on a failed flush ``Wal._lead_flush`` zeroes ``_fast_limit`` under
-    ``_reserve`` and only then sets ``_broken`` under ``_commit``. An append landing
-    between the two takes the slow path, passes ``_check_writable`` (not broken
-    yet) and re-arms ``_fast_limit``; from then on the fast path in ``append``,
-    which never looks at ``_broken``, accepts appends on the broken log. A trace
-    function pins the leader at that point (the GIL can switch threads there).
+    Catches a leader that zeroes ``_fast_limit`` under ``_reserve`` and only later,
+    in another critical section, sets ``_broken``: an append landing between the
+    two would take the slow path, pass ``_check_writable`` (not broken yet) and
+    re-arm ``_fast_limit``, and from then on the fast path in ``append``, which
+    never looks at ``_broken``, would accept appends on the broken log. A trace
+    function pins the leader inside the break while an append races it.
     """
     wal.append(b"first")
     failure = OSError(errno.EIO, "injected msync failure")
@@ -377,10 +377,15 @@ def test_no_append_succeeds_once_a_failed_flush_broke_the_log(
             lambda: paused.is_set() or not leader.thread.is_alive(),
             "the leader handled the failed flush",
         )
-        with contextlib.suppress(WalBrokenError):
-            wal.append(b"racing the failure")  # concurrent with it: either outcome is fine
+        racer = Runner("racer", lambda: wal.append(b"racing the failure")).start()
+        # Where the break is one critical section the racer blocks on the
+        # reservation lock until the leader goes on; where it is two, the racer
+        # gets in between now. Either way the assertions below must hold.
+        racer.thread.join(0.05)
     finally:
         resume.set()
+    racer.join()
+    assert racer.error is None or isinstance(racer.error, WalBrokenError), racer.error
     leader.join()
     assert isinstance(leader.error, WalBrokenError)
     assert leader.error.__cause__ is failure
@@ -542,8 +547,9 @@ def test_a_second_close_returns_only_once_the_log_is_durable_and_closed(
 ) -> None:
     """``close`` promises: once it returns, what was appended before it is durable.
 
-    A second ``close`` racing the first must not return early (BUG: it returns at
-    once, while the first close is still flushing, with nothing durable yet).
+    A second ``close`` racing the first must not return early (catches one that
+    returns at once, while the first close is still flushing, with nothing durable
+    yet).
     """
     end = append_end(wal, b"appended before both closes")
     gate = calls.hold(1)

@@ -467,11 +467,10 @@ def test_enospc_while_growing_by_several_segments_during_a_flush_leaves_the_log_
     The flush (a leader that fixed its range before the append took the reservation
     lock) makes the first new segment's creation durable in the meantime. The append
     must still fail with plain ENOSPC and leave the log as it was, usable once space
-    is free. BUG: ``SegmentStore._forget_chunk`` assumes the newest pending
-    descriptor is the rolled-back segment's and pops it, but the flush already took
-    (and closed) it: ``IndexError`` escapes ``ensure_capacity`` halfway through its
-    rollback, leaving ``_end_chunk`` counting a segment that is unmapped, so later
-    appends into it fail.
+    is free. Catches a rollback that assumes the newest pending descriptor is the
+    rolled-back segment's although the flush already took (and closed) it: an error
+    escaping ``ensure_capacity`` halfway through its rollback would leave the store
+    counting a segment that is unmapped, so later appends into it would fail.
     """
     syscalls = StagedSyscalls()
     store = FlushGateStore(tmp_path / "log", 4096, syscalls)
@@ -600,13 +599,11 @@ def test_iteration_sync_and_durable_lsn_stop_at_a_copy_in_flight(tmp_path: Path)
 def test_a_failed_copy_never_lets_a_later_commit_report_durable(tmp_path: Path, size: int) -> None:
     """Fail-stop for copies: a write that failed must not leave a hole later syncs flush past.
 
-    BUG: ``Wal._place`` reserves the range (``_next_lsn = end``) before copying and
-    keeps the reservation when the copy raises (the out-of-lock path even says so:
-    "a copy that failed still publishes"), without breaking the log. The next
-    records land after a hole of zeros; ``append_and_sync`` of one returns as
-    durable, the live log cannot be iterated past the hole, and recovery stops at
-    it, dropping the "durable" record. In the out-of-lock case the commit is
-    concurrent: it waits for the copy in flight, which then fails.
+    Catches a reservation kept when its copy raises without breaking the log: the
+    next records would land after a hole of zeros, ``append_and_sync`` of one would
+    return as durable, and recovery would stop at the hole, dropping the "durable"
+    record. In the out-of-lock case the commit is concurrent: it waits for the copy
+    in flight, which then fails.
     """
     store = HookedStore(tmp_path / "log", 4096)
     store.hook_min_size = size

@@ -395,28 +395,28 @@ def test_a_failed_flush_in_truncate_after_breaks_the_log(tmp_path: Path, kind: s
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_failed_truncate_after_never_costs_a_synced_record(tmp_path: Path, kind: str) -> None:
-    """Whatever truncate_after does on a failed flush, a later sync that returns holds.
+    """A truncate_after whose flush failed: fail-stop, then the old or the new log.
 
-    Either the log refuses further writes, or what it accepts and syncs afterwards
-    is in the log now and after a reopen.
+    The log refuses every later write (what reached the disk is unknown); a reopen
+    finds the records before the cut intact and either the dropped ones or none of
+    them, never a gap; and a record appended and synced after that reopen holds.
     """
     syscalls = FaultySyscalls()
     wal = open_log(tmp_path, kind, syscalls)
-    lsns = wal.append_many([b"A" * 10, b"B" * 10, b"C" * 10])
+    payloads = [b"A" * 10, b"B" * 10, b"C" * 10]
+    old = list(zip(wal.append_many(payloads), payloads, strict=True))
     wal.sync()
     syscalls.arm("msync")
     with pytest.raises((OSError, WalBrokenError)):
-        wal.truncate_after(lsns[0])
+        wal.truncate_after(old[0][0])
     syscalls.disarm("msync")
-    try:
-        lsn = wal.append(b"D" * 10)
-        wal.sync()
-    except WalBrokenError:
-        wal.close()
-        return  # fail-stop: the log refused further writes
-    live = [(record.lsn, record.data) for record in wal.iter()]  # no CorruptionError
-    assert live[-1] == (lsn, b"D" * 10)
+    assert_broken(wal, syscalls.raised[0])
     wal.close()
     with open_log(tmp_path, kind) as again:
         recovered = records_of(again)
-    assert (lsn, b"D" * 10) in recovered, "a record whose sync returned was lost on reopen"
+        assert recovered in (old[:1], old), "neither the old nor the truncated log"
+        lsn = again.append(b"D" * 10)
+        again.sync()
+        assert lsn == again.next_lsn - 18
+    with open_log(tmp_path, kind) as reopened:
+        assert records_of(reopened) == [*recovered, (lsn, b"D" * 10)]
