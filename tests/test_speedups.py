@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,9 +62,45 @@ def test_the_c_walk_matches_the_python_walk(
 
 @given(st.binary(max_size=300), st.binary(max_size=64))
 @settings(max_examples=300, deadline=None)
-def test_arbitrary_bytes_never_read_out_of_bounds(image: bytes, tail: bytes) -> None:
+def test_arbitrary_bytes_walk_as_in_python(image: bytes, tail: bytes) -> None:
     data = image + tail
     assert _c_walk(data, 0, len(data), 0, 1 << 30) == _python_walk(data, 0, len(data), 0, 1 << 30)
+
+
+HOSTILE_WALK = Path(__file__).with_name("hostile_walk.py")
+
+
+def test_hostile_bytes_never_read_past_the_buffer() -> None:
+    """Every hostile sample ends flush against a PROT_NONE page: an over-read faults.
+
+    In a subprocess, so a fault fails this test instead of killing pytest. (Checked
+    by hand: a build whose length check lets a frame claim one byte more than the
+    buffer holds dies with SIGSEGV here.)
+    """
+    done = subprocess.run(
+        [sys.executable, str(HOSTILE_WALK)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert int(done.stdout.split()[0]) > 10_000
+
+
+def test_the_guard_page_faults() -> None:
+    """The harness can fail: reading the byte after a guarded buffer kills the process."""
+    probe = (
+        "import ctypes, sys; sys.path.insert(0, sys.argv[1]); import hostile_walk as h; "
+        "m, offset = h.guarded(b'x' * 100); "
+        "address = ctypes.addressof(ctypes.c_char.from_buffer(m)); "
+        "ctypes.string_at(address + offset + 99, 1); print('inside', flush=True); "
+        "ctypes.string_at(address + offset + 100, 1); print('past')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(HOSTILE_WALK.parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout == "inside\n"
+    assert done.returncode == -signal.SIGSEGV
 
 
 def test_max_records_bounds_the_walk() -> None:

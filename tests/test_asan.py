@@ -1,0 +1,116 @@
+"""The C frame walk under AddressSanitizer: hostile bytes never make it read out of bounds.
+
+``mmwal/_speedups.c`` is built with ``-fsanitize=address`` into a temporary
+directory and ``tests/hostile_walk.py`` walks hostile bytes through it (random,
+truncated, huge lengths, frames ending at the buffer's end) in a subprocess with
+the ASan runtime preloaded, each buffer an exact-size ``malloc`` block with a red
+zone after it and, separately, flush against a ``PROT_NONE`` page. Skipped where
+there is no C compiler, no ASan runtime or no Python headers.
+
+Checked by hand: a build whose length check lets a frame claim one byte more than
+the buffer holds fails here with "heap-buffer-overflow ... in crc_update".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "mmwal" / "_speedups.c"
+HOSTILE_WALK = Path(__file__).with_name("hostile_walk.py")
+
+
+def _asan_runtime(compiler: str) -> str | None:
+    found = subprocess.run(
+        [compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return found if os.path.isabs(found) and os.path.exists(found) else None
+
+
+@pytest.fixture(scope="module")
+def asan() -> tuple[str, dict[str, str]]:
+    """Return (compiler, environment with the ASan runtime preloaded), or skip."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the ASan build recipe here is for Linux")
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    runtime = _asan_runtime(compiler)
+    if runtime is None:
+        pytest.skip(f"{compiler} has no AddressSanitizer runtime (libasan)")
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").exists():
+        pytest.skip("no Python headers to build an extension against")
+    environment = dict(os.environ)
+    environment["LD_PRELOAD"] = runtime
+    # The interpreter is not instrumented and leaks by design at exit.
+    environment["ASAN_OPTIONS"] = "detect_leaks=0"
+    return compiler, environment
+
+
+def run_walk(environment: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(HOSTILE_WALK), *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_hostile_bytes_under_address_sanitizer(
+    asan: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    compiler, environment = asan
+    extension = tmp_path / "_speedups.so"
+    build = subprocess.run(
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-g",
+            "-fsanitize=address",
+            "-fno-omit-frame-pointer",
+            f"-I{sysconfig.get_paths()['include']}",
+            str(SOURCE),
+            "-o",
+            str(extension),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    done = run_walk(environment, "--heap", "--extension", str(extension))
+    assert "AddressSanitizer" not in done.stderr, done.stderr[-4000:]
+    assert done.returncode == 0, (done.returncode, done.stderr[-4000:])
+    assert int(done.stdout.split()[0]) > 20_000
+
+
+def test_the_sanitizer_catches_a_read_past_a_buffer(asan: tuple[str, dict[str, str]]) -> None:
+    """The harness can fail: ASan is live and a byte past an exact buffer is caught."""
+    _, environment = asan
+    probe = (
+        "import ctypes, sys; sys.path.insert(0, sys.argv[1]); import hostile_walk as h; "
+        "address = h._process.malloc(16); "
+        "ctypes.memmove(ctypes.create_string_buffer(17), address, 17)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(HOSTILE_WALK.parent)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "heap-buffer-overflow" in done.stderr
