@@ -42,10 +42,17 @@ class WalConfig:
     on disk never drives an allocation: the frame is checked in place first, and
     is a record when its CRC checks (so opening a log with a smaller limit than it
     was written with reads its larger records), else the end of the log.
+
+    ``allow_copy_on_write`` lets a writable open go ahead on a copy-on-write file
+    system where mmwal cannot make preallocation hold (ZFS, bcachefs, NILFS2, or
+    btrfs files without NOCOW). Crash cost: on such a file system a full disk can
+    crash the process with SIGBUS in the middle of an append instead of raising
+    ``OSError``; records synced before it stay durable.
     """
 
     max_record_size: int = DEFAULT_MAX_RECORD_SIZE
     recovery_policy: RecoveryPolicy = RecoveryPolicy.STOP_AT_FIRST_ERROR
+    allow_copy_on_write: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_record_size, bool) or not isinstance(self.max_record_size, int):

@@ -7,6 +7,7 @@ __all__ = [
     "CorruptionError",
     "InvalidLSNError",
     "RecordTooLargeError",
+    "UnsafeFileSystemError",
     "WalBrokenError",
     "WalClosedError",
     "WalError",
@@ -178,4 +179,25 @@ class ArchiveConflictError(WalError):
             f"archive {url} conflicts with the log at segment {index}: {reason}; the "
             f"archive was left as it was (hint: push this log to a new archive URL, or "
             f"restore the archive to continue its history)"
+        )
+
+
+class UnsafeFileSystemError(WalError):
+    """The log's file system cannot reserve space for writes through a mapping.
+
+    On a copy-on-write file system (btrfs, ZFS, bcachefs, NILFS2) an overwrite
+    needs a new block, so preallocation reserves nothing and a full disk would
+    crash the process with SIGBUS mid-append. ``path`` is the file or directory,
+    ``file_system`` its type; nothing was written.
+    """
+
+    def __init__(self, path: str, file_system: str, why: str) -> None:
+        self.path = path
+        self.file_system = file_system
+        self.why = why
+        super().__init__(
+            f"{path} is on {file_system}, a copy-on-write file system: {why}, so a full "
+            f"disk could crash the process with SIGBUS (hint: put the log on a file "
+            f"system that overwrites in place, such as ext4 or XFS, or open it with "
+            f"WalConfig(allow_copy_on_write=True) to accept that risk); nothing was written"
         )

@@ -8,6 +8,7 @@ import threading
 
 from ._chunked import ChunkedStore
 from ._files import advise_writing, drop_resident, evict_clean, lock_exclusively, map_range
+from ._filesystems import SpaceReservation
 from ._syscalls import Syscalls, mapping_address
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
@@ -25,6 +26,9 @@ class FileStore(ChunkedStore):
 
     Crash cost: bytes not covered by a ``flush`` may be lost or torn; the file's
     creation and growth are made durable by the first ``flush`` after them.
+    A writable store on a copy-on-write file system makes a new file NOCOW (btrfs)
+    or refuses with ``UnsafeFileSystemError`` unless ``allow_copy_on_write``
+    accepts that a full disk may SIGBUS (see ``mmwal._filesystems``).
 
     ``precreate`` (default: windows of 1 MiB or more) reserves and maps the next
     window ahead of need, on a background thread, so the file holds up to one
@@ -43,6 +47,7 @@ class FileStore(ChunkedStore):
         syscalls: Syscalls | None = None,
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
+        allow_copy_on_write: bool = False,
     ) -> None:
         if window_size <= 0 or window_size % mmap.ALLOCATIONGRANULARITY:
             raise ValueError(
@@ -59,6 +64,15 @@ class FileStore(ChunkedStore):
         self.path = os.fspath(path)
         self.location = self.path
         self._metadata_lock = threading.Lock()
+        reservation = (
+            SpaceReservation(
+                os.path.dirname(os.path.abspath(self.path)),
+                self.syscalls,
+                allow_copy_on_write=allow_copy_on_write,
+            )
+            if writable
+            else None
+        )
         existed = os.path.exists(self.path)
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -66,6 +80,11 @@ class FileStore(ChunkedStore):
             if writable:
                 lock_exclusively(fd, self.path)
             size = os.fstat(fd).st_size
+            if reservation is not None:
+                if size:
+                    reservation.check_existing_file(fd, self.path)
+                else:
+                    reservation.prepare_new_file(fd, self.path)
             windows = -(-size // window_size)
             # Only the last window is mapped now; the others when they are read.
             for index in range(windows)[-1:]:
@@ -182,7 +201,7 @@ class FileStore(ChunkedStore):
         # The local reference keeps the mapping alive while msync runs on it.
         chunk = self._mapped(index)
         if chunk is not None:
-            self.syscalls.msync(mapping_address(chunk) + start, length)
+            self.syscalls.sync_mapping(mapping_address(chunk) + start, length, self._fd, self.path)
 
     def _side_path(self, name: str) -> str | None:
         return f"{self.path}.{name}"

@@ -20,6 +20,7 @@ from ._files import (
     map_range,
     open_directory,
 )
+from ._filesystems import SpaceReservation
 from ._format import (
     HEAD_FILE_NAME,
     decode_head_file,
@@ -91,6 +92,9 @@ class SegmentStore(ChunkedStore):
     Crash cost: bytes not covered by a ``flush`` may be lost or torn; a segment
     created since the last flush may be missing after a crash (its directory entry
     is made durable by the next flush). ``drop_before`` is durable on return.
+    A writable store on a copy-on-write file system makes each new segment NOCOW
+    (btrfs) or refuses with ``UnsafeFileSystemError`` unless
+    ``allow_copy_on_write`` accepts that a full disk may SIGBUS.
 
     ``precreate`` (default: segments of 1 MiB or more) keeps the next segment
     created, reserved, mapped and durable ahead of need, on a background thread,
@@ -110,8 +114,19 @@ class SegmentStore(ChunkedStore):
         syscalls: Syscalls | None = None,
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
+        allow_copy_on_write: bool = False,
     ) -> None:
         self.path = os.fspath(directory)
+        # Before anything is created: a refused open leaves no directory behind.
+        self._reservation = (
+            SpaceReservation(
+                self.path,
+                syscalls if syscalls is not None else Syscalls(),
+                allow_copy_on_write=allow_copy_on_write,
+            )
+            if writable
+            else None
+        )
         created = False
         if writable and not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
@@ -323,11 +338,20 @@ class SegmentStore(ChunkedStore):
             )
         self._stale = [index for index in indices if index < head_index]
         live = [index for index in indices if index >= head_index]
+        if self._reservation is not None:
+            # Truncation zeroes bytes in older segments too: every live file counts.
+            for index in live[:-1]:
+                self._reservation.check_existing_path(self.segment_path(index))
         # Only the last segment is mapped now; the others when they are read.
         for index in live[-1:]:
             fd = os.open(self.segment_path(index), os.O_RDWR if self.writable else os.O_RDONLY)
             try:
                 length = os.fstat(fd).st_size
+                if self._reservation is not None:
+                    if length:
+                        self._reservation.check_existing_file(fd, self.segment_path(index))
+                    else:
+                        self._reservation.prepare_new_file(fd, self.segment_path(index))
                 if length:
                     self._map(fd, index, length)
             finally:
@@ -395,6 +419,8 @@ class SegmentStore(ChunkedStore):
         path = self.segment_path(index)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
+            if self._reservation is not None:
+                self._reservation.prepare_new_file(fd, path)
             self.syscalls.allocate(fd, 0, self.chunk_size)
             chunk = map_range(fd, self.chunk_size, 0, writable=True)
             advise_writing(chunk)
@@ -471,7 +497,9 @@ class SegmentStore(ChunkedStore):
         # The local reference keeps the mapping alive while msync runs on it.
         chunk = self._mapped(index)
         if chunk is not None:
-            self.syscalls.msync(mapping_address(chunk) + start, length)
+            self.syscalls.sync_mapping(
+                mapping_address(chunk) + start, length, None, self.segment_path(index)
+            )
 
     def _release_chunk(self, index: int) -> bool:
         # The caller unmaps the chunk once this returns True.

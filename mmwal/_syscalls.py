@@ -3,6 +3,11 @@
 Stores take a ``Syscalls`` object and call nothing else for these operations, so a
 test can pass a subclass that fails on purpose (ENOSPC on the third allocation,
 EIO on the next flush) instead of hoping the disk does.
+
+The platform's choices are made here too, from ``Syscalls.platform``, so a test
+can fake another platform and see which calls it would make: on macOS a flush of
+a mapping is msync followed by ``F_FULLFSYNC`` on the file (msync and fsync there
+leave the data in the drive's cache), and every fsync is ``F_FULLFSYNC``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import errno
 import fcntl
 import mmap
 import os
+import struct
 import sys
 
 __all__ = ["PAGE_SIZE", "Syscalls", "mapping_address"]
@@ -29,6 +35,20 @@ _msync = _libc.msync
 _msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _msync.restype = ctypes.c_int
 
+# statfs(2) for the file system's magic number (``f_type``, the first field of
+# struct statfs on Linux); the buffer is larger than the struct on any ABI.
+_statfs = getattr(_libc, "statfs", None)
+if _statfs is not None:
+    _statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    _statfs.restype = ctypes.c_int
+_STATFS_BUFFER_SIZE = 512
+
+# <linux/fs.h>: inode flags, and the one that turns copy-on-write off (btrfs).
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_NOCOW_FL = 0x00800000
+_FLAGS = struct.Struct("=i")
+
 
 def mapping_address(mapping: mmap.mmap) -> int:
     """Return the address of the first byte of a writable mapping."""
@@ -40,8 +60,12 @@ def mapping_address(mapping: mmap.mmap) -> int:
 class Syscalls:
     """The operations whose failure decides durability; subclass to inject faults.
 
-    Every method raises ``OSError`` on failure and never retries.
+    Every method raises ``OSError`` on failure and never retries. ``platform``
+    (``sys.platform`` by default) selects the platform's flush calls; a test sets
+    it to check another platform's selection.
     """
+
+    platform: str = sys.platform
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
         """Reserve disk blocks for ``[offset, offset+length)``, extending the file.
@@ -70,12 +94,62 @@ class Syscalls:
             code = ctypes.get_errno()
             raise OSError(code, f"msync: {os.strerror(code)}")
 
+    def sync_mapping(self, address: int, length: int, fd: int | None, path: str) -> None:
+        """Make ``length`` mapped bytes at page-aligned ``address`` of a file durable.
+
+        msync(MS_SYNC) writes the pages back. On macOS that leaves them in the
+        drive's cache, so ``F_FULLFSYNC`` on the file follows: on ``fd``, or on
+        ``path`` opened for it when the store keeps no descriptor.
+        """
+        self.msync(address, length)
+        if self.platform != "darwin" or length <= 0:
+            return
+        if fd is not None:
+            self.full_fsync(fd)
+            return
+        opened = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            self.full_fsync(opened)
+        finally:
+            os.close(opened)
+
     def fsync(self, fd: int) -> None:
         """Make a file's data and metadata durable (F_FULLFSYNC on macOS)."""
-        if sys.platform == "darwin":  # pragma: no cover - not this CI's platform
-            fcntl.fcntl(fd, _F_FULLFSYNC)
+        if self.platform == "darwin":
+            self.full_fsync(fd)
             return
         os.fsync(fd)
+
+    def full_fsync(self, fd: int) -> None:
+        """Flush a file through the drive's cache: ``fcntl(F_FULLFSYNC)`` (macOS only)."""
+        fcntl.fcntl(fd, _F_FULLFSYNC)
+
+    def file_system_magic(self, path: str) -> int:
+        """Return the magic number of the file system holding ``path`` (statfs f_type).
+
+        Looks at the nearest existing ancestor when ``path`` does not exist yet.
+        Returns 0 where statfs reports no such number (not Linux).
+        """
+        if _statfs is None or not sys.platform.startswith("linux"):
+            return 0
+        path = os.path.abspath(path)
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        buffer = ctypes.create_string_buffer(_STATFS_BUFFER_SIZE)
+        if _statfs(os.fsencode(path), buffer) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"statfs: {os.strerror(code)}", path)
+        return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+    def no_copy_on_write(self, fd: int) -> bool:
+        """Return whether a file has copy-on-write turned off (btrfs NOCOW, chattr +C)."""
+        flags = _FLAGS.unpack(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(_FLAGS.size)))[0]
+        return bool(flags & _FS_NOCOW_FL)
+
+    def set_no_copy_on_write(self, fd: int) -> None:
+        """Turn copy-on-write off for an empty file (btrfs NOCOW), before it has blocks."""
+        flags = _FLAGS.unpack(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(_FLAGS.size)))[0]
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, _FLAGS.pack(flags | _FS_NOCOW_FL))
 
     def fsync_directory(self, path: str) -> None:
         """Make the creation, removal and renaming of entries in ``path`` durable."""

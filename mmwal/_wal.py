@@ -255,11 +255,17 @@ class Wal:
         """Open or create the single-file log at ``path`` (locks it for this writer).
 
         ``readonly=True`` opens an existing log without the lock and changes
-        nothing on disk: recovery only finds the end, appends are refused.
+        nothing on disk: recovery only finds the end, appends are refused. A
+        writable open on a copy-on-write file system where preallocation cannot
+        reserve space raises ``UnsafeFileSystemError`` (see ``WalConfig``).
         """
         location = os.fspath(path)
         with explain_permission(location, writable=not readonly):
-            store = FileStore(location, writable=not readonly)
+            store = FileStore(
+                location,
+                writable=not readonly,
+                allow_copy_on_write=config is not None and config.allow_copy_on_write,
+            )
         return cls(store, config)
 
     @classmethod
@@ -278,7 +284,8 @@ class Wal:
         log); a size that contradicts them is a ``ValueError`` naming both, and so
         is one the file system can never hold; a new log whose first segment
         exceeds the free space is ``OSError(ENOSPC)`` here, not at the first append.
-        ``readonly=True`` changes nothing on disk, as for ``open``. With ``archive``
+        ``readonly=True`` changes nothing on disk, and copy-on-write file systems
+        are refused, as for ``open``. With ``archive``
         sealed segments are pushed to it in the background, and ``truncate_before``
         pushes what it would delete first (see ``mmwal.Archive``).
         """
@@ -287,7 +294,12 @@ class Wal:
         check_segment_size(location, segment_size, writable=not readonly)
         for attempt in itertools.count(1):
             with explain_permission(location, writable=not readonly):
-                store = SegmentStore(location, segment_size, writable=not readonly)
+                store = SegmentStore(
+                    location,
+                    segment_size,
+                    writable=not readonly,
+                    allow_copy_on_write=config is not None and config.allow_copy_on_write,
+                )
             try:
                 wal = cls(store, config)
             except FileNotFoundError:
