@@ -248,10 +248,14 @@ def test_the_config_option_reaches_the_stores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Syscalls, "file_system_magic", lambda self, path: ZFS_MAGIC)
-    for open_log in (
-        lambda config: mmwal.open(tmp_path / "file", config=config),
-        lambda config: mmwal.open(tmp_path / "dir", segment_size=4096, config=config),
-    ):
+
+    def open_file(config: WalConfig | None) -> Wal:
+        return mmwal.open(tmp_path / "file", config=config)
+
+    def open_directory(config: WalConfig | None) -> Wal:
+        return mmwal.open(tmp_path / "dir", segment_size=4096, config=config)
+
+    for open_log in (open_file, open_directory):
         with pytest.raises(UnsafeFileSystemError):
             open_log(None)
         with pytest.raises(UnsafeFileSystemError):
