@@ -103,9 +103,20 @@ def repair(
         if dry_run and actions:
             actions.append("then would check the records again (not shown: it depends on those)")
             return RepairReport(location, -1, -1, quarantined, actions, dry_run=True)
-        store = SegmentStore(location, segment_size, syscalls=syscalls, writable=not dry_run)
+        store = SegmentStore(
+            location,
+            segment_size,
+            syscalls=syscalls,
+            writable=not dry_run,
+            allow_copy_on_write=config.allow_copy_on_write,
+        )
     else:
-        store = FileStore(location, syscalls=syscalls, writable=not dry_run)
+        store = FileStore(
+            location,
+            syscalls=syscalls,
+            writable=not dry_run,
+            allow_copy_on_write=config.allow_copy_on_write,
+        )
     try:
         # Counted before recovery zeroes them: the intact records past each damage.
         intact_after = _intact_after_damage(location, segment_size, config)

@@ -283,3 +283,19 @@ def test_the_real_file_system_magic_matches_stat(tmp_path: Path) -> None:
     assert Syscalls().file_system_magic(str(tmp_path)) == int(expected, 16)
     # A path not created yet is judged by its nearest existing ancestor.
     assert Syscalls().file_system_magic(str(tmp_path / "a" / "b")) == int(expected, 16)
+
+
+def test_repair_and_the_cli_take_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmwal.__main__ import main
+
+    path = tmp_path / "log"
+    with Wal.open(path) as wal:
+        wal.append(b"x")
+    monkeypatch.setattr(Syscalls, "file_system_magic", lambda self, path: ZFS_MAGIC)
+    with pytest.raises(UnsafeFileSystemError):
+        mmwal.repair(path)
+    assert mmwal.repair(path, config=WalConfig(allow_copy_on_write=True)).end == 9
+    assert main(["repair", str(path)]) == 1
+    assert main(["--allow-copy-on-write", "repair", str(path)]) == 0

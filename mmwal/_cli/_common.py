@@ -70,6 +70,13 @@ def _log_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="the segment size of a segmented log (default: inferred from its files)",
     )
+    options.add_argument(
+        "--allow-copy-on-write",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="let repair write on a copy-on-write file system where a full disk may "
+        "crash it with SIGBUS (see README, File systems)",
+    )
     return options
 
 
@@ -104,6 +111,7 @@ def build_parser(groups: Iterable[Register]) -> argparse.ArgumentParser:
         help="the largest record length to accept (default: %(default)s)",
     )
     parser.add_argument("--segment-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--allow-copy-on-write", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for register in groups:
         register(commands)
@@ -112,7 +120,10 @@ def build_parser(groups: Iterable[Register]) -> argparse.ArgumentParser:
 
 def config_of(arguments: argparse.Namespace) -> mmwal.WalConfig:
     """Return the ``WalConfig`` the options ask for."""
-    return mmwal.WalConfig(max_record_size=arguments.max_record_size)
+    return mmwal.WalConfig(
+        max_record_size=arguments.max_record_size,
+        allow_copy_on_write=arguments.allow_copy_on_write,
+    )
 
 
 def open_readonly(
