@@ -277,6 +277,24 @@ def test_scan_starts_midway_and_bounds_records() -> None:
     assert bounded.end == records[2].lsn
     assert bounded.stop is None
 
+    # The same bound without collecting: exactly max_records frames are checked.
+    for bound in (1, 2, 3):
+        quiet = scan_frames(
+            stream, 0, len(stream), max_record_size=1 << 10, collect=False, max_records=bound
+        )
+        assert (quiet.end, quiet.stop) == (records[bound].lsn, None)
+
+
+@pytest.mark.parametrize("collect", [True, False])
+def test_a_record_of_exactly_max_record_size_is_a_record(collect: bool) -> None:
+    payload = b"m" * 40
+    stream = encode_frames([payload, b"after"])
+    scan = scan_frames(stream, 0, len(stream), max_record_size=40, collect=collect)
+    assert scan.end == len(stream)
+    assert scan.stop is None
+    tight = scan_frames(stream, 0, len(stream), max_record_size=39, collect=collect)
+    assert (tight.end, tight.stop, tight.length) == (0, Stop.BAD_LENGTH, 40)
+
 
 # -- the end of a log: zeros, garbage, truncation -----------------------------------------
 
