@@ -21,7 +21,9 @@ from mmwal._format import (
     HEAD_FILE_SIZE,
     HEADER_SIZE,
     Stop,
+    decode_batch,
     decode_head_file,
+    diagnose,
     encode_frame,
     encode_frames,
     encode_head_file,
@@ -511,3 +513,51 @@ def test_segment_name_round_trips(index: int) -> None:
 )
 def test_parse_segment_name_rejects_other_names(name: str) -> None:
     assert parse_segment_name(name) is None
+
+
+# -- why a walk stopped, and the bounds of one batch ----------------------------------
+
+
+def test_diagnose_says_why_and_the_length_it_read() -> None:
+    frame = encode_frame(b"payload")
+    assert diagnose(frame[:5], 0, 5, 100) == (Stop.SHORT_HEADER, 0)
+    assert diagnose(bytes(16), 0, 16, 100) == (Stop.ZERO_HEADER, 0)
+    assert diagnose(frame, 0, len(frame) - 1, 100) == (Stop.SHORT_PAYLOAD, 7)
+    assert diagnose(frame, 0, len(frame), 6) == (Stop.BAD_LENGTH, 7)
+    # A zero CRC alone, or a zero length alone, is damage, not the end of the log.
+    zero_crc = bytes(4) + frame[4:]
+    assert diagnose(zero_crc, 0, len(zero_crc), 100) == (Stop.BAD_CRC, 7)
+    empty_bad = b"\x01\x00\x00\x00" + bytes(4)
+    assert diagnose(empty_bad, 0, 8, 100) == (Stop.BAD_CRC, 0)
+    for collect in (True, False):
+        short = scan_frames(frame + frame[:5], 0, len(frame) + 5, max_record_size=100)
+        assert (short.end, short.stop, short.length) == (len(frame), Stop.SHORT_HEADER, 0)
+        whole = scan_frames(frame, 0, len(frame), max_record_size=100, collect=collect)
+        assert (whole.end, whole.stop, whole.length) == (len(frame), None, 0)
+        bounded = scan_frames(
+            frame * 2, 0, 2 * len(frame), max_record_size=100, collect=collect, max_records=1
+        )
+        assert (bounded.end, bounded.stop, bounded.length) == (len(frame), None, 0)
+
+
+def test_decode_batch_bounds_and_base() -> None:
+    stream, records = _frames(_PAYLOADS)
+    got, end = decode_batch(stream, 0, len(stream), max_record_size=1 << 10, max_records=-1)
+    assert (got, end) == (records, len(stream))  # base 0: LSNs are buffer offsets
+    first = records[1].lsn  # the size of the first frame
+    for max_bytes, count in ((1, 1), (first, 1), (first + 1, 2), (0, 0)):
+        got, end = decode_batch(
+            stream,
+            0,
+            len(stream),
+            max_record_size=1 << 10,
+            max_records=-1,
+            max_bytes=max_bytes,
+        )
+        assert got == records[:count], max_bytes
+        assert end == (records[count].lsn if count else 0)
+    shifted, end = decode_batch(
+        stream, 0, len(stream), base=1000, max_record_size=1 << 10, max_records=2
+    )
+    assert shifted == [Record(1000 + r.lsn, r.data) for r in records[:2]]
+    assert end == 1000 + records[2].lsn
