@@ -665,3 +665,18 @@ def test_commits_racing_close_fail_only_when_their_record_was_not_written(
         assert not misreported, f"commits raised although their records are durable: {misreported}"
         trials += 1
     assert trials >= 5
+
+
+def test_flush_seconds_adds_up_the_time_spent_flushing(wal: Wal, calls: ControlledSyscalls) -> None:
+    """``stats().flush_seconds`` sums every flush: each held here for a known minimum."""
+    for call, held in ((1, 0.05), (2, 0.02)):
+        before = wal.stats().flush_seconds
+        append_end(wal, b"record %d" % call)
+        gate = calls.hold(call)
+        leader = Runner(f"leader-{call}", wal.sync).start()
+        calls.wait_for_msync(call)
+        time.sleep(held)
+        gate.set()
+        leader.result()
+        assert wal.stats().flush_seconds >= before + held
+    assert wal.stats().flushes == 2
