@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmwal import Record
+from mmwal import Record, _format
 from mmwal import _crc as crc_module
 from mmwal._format import (
     HEAD_FILE_SIZE,
@@ -561,3 +561,15 @@ def test_decode_batch_bounds_and_base() -> None:
     )
     assert shifted == [Record(1000 + r.lsn, r.data) for r in records[:2]]
     assert end == 1000 + records[2].lsn
+
+
+def test_the_python_encoder_frames_lengths_it_has_not_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Python encoder caches the CRC state after each length; a cold cache frames right."""
+    monkeypatch.setattr(_format, "_length_crc", {})
+    for payload in (b"", b"cold", bytes(range(200))):
+        expected = oracle_frame(payload)
+        assert _format._encode_frame_python(payload) == expected
+        assert _format._encode_frame_python(payload) == expected  # warm now
+        assert _format._encode_frames_python([payload, payload]) == expected * 2
