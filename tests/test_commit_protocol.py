@@ -680,3 +680,35 @@ def test_flush_seconds_adds_up_the_time_spent_flushing(wal: Wal, calls: Controll
         leader.result()
         assert wal.stats().flush_seconds >= before + held
     assert wal.stats().flushes == 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"abc", b"x" * 20, bytearray(b"from a bytearray"), memoryview(b"from a memoryview")],
+    ids=["empty", "short", "longer", "bytearray", "memoryview"],
+)
+def test_append_and_sync_returns_with_its_own_record_durable(
+    wal: Wal, calls: ControlledSyscalls, payload: bytes | bytearray | memoryview
+) -> None:
+    """Its target is the end of its own frame: shorter payloads than a header included."""
+    wal.append_and_sync(b"before")
+    assert wal.durable_lsn == wal.next_lsn
+    flushes = calls.msync_calls
+    lsn = wal.append_and_sync(payload)
+    assert wal.durable_lsn == wal.next_lsn == lsn + HEADER + len(bytes(payload))
+    assert calls.msync_calls == flushes + 1
+    assert list(wal)[-1].data == bytes(payload)
+
+
+def test_broken_errors_name_the_operation_that_failed(wal: Wal, calls: ControlledSyscalls) -> None:
+    wal.append(b"first")
+    failure = OSError(errno.EIO, "injected msync failure")
+    calls.fail(1, failure)
+    with pytest.raises(WalBrokenError) as first:
+        wal.sync()
+    assert first.value.operation == "a flush"
+    for call in (wal.sync, lambda: wal.append(b"later"), lambda: wal.append_and_sync(b"x")):
+        with pytest.raises(WalBrokenError) as later:
+            call()
+        assert later.value.operation == "a flush"
+        assert later.value.__cause__ is failure
