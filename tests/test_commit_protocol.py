@@ -41,6 +41,7 @@ from mmwal import (
     WalError,
     _syscalls,
 )
+from mmwal._store import Buffer
 
 T = TypeVar("T")
 
@@ -712,3 +713,77 @@ def test_broken_errors_name_the_operation_that_failed(wal: Wal, calls: Controlle
             call()
         assert later.value.operation == "a flush"
         assert later.value.__cause__ is failure
+
+
+class HeldCopyStore(FileStore):
+    """A file store whose copies of large frames wait on ``gate`` (copies in flight)."""
+
+    def __init__(self, path: Path, syscalls: Syscalls) -> None:
+        super().__init__(path, window_size=WINDOW, syscalls=syscalls)
+        self.gate = threading.Event()
+        self.copying = threading.Event()
+
+    def write(self, offset: int, data: Buffer) -> None:
+        if len(data) > 64 * 1024:
+            self.copying.set()
+            if not self.gate.wait(DEADLINE):
+                raise RuntimeError("a held copy was never released")
+        super().write(offset, data)
+
+
+BIG = b"B" * (70 * 1024)  # copied outside the reservation lock, so it can be in flight
+
+
+def test_a_sync_waits_for_a_copy_in_flight_below_its_target(
+    tmp_path: Path, calls: ControlledSyscalls
+) -> None:
+    """A record appended before ``sync`` but still being copied is flushed before it returns."""
+    store = HeldCopyStore(tmp_path / "log", calls)
+    wal = Wal.with_store(store)
+    try:
+        wal.append_and_sync(b"first")
+        big = Runner("big", lambda: wal.append(BIG)).start()
+        assert store.copying.wait(DEADLINE)
+        end = wal.next_lsn  # reserved: the copy is in flight
+        syncer = Runner("sync", wal.sync).start()
+        syncs_requested_is(wal, 2)
+        syncer.thread.join(0.2)  # a sync that skipped the copy returns here
+        assert syncer.thread.is_alive(), "sync returned while a record before it was copied"
+        store.gate.set()
+        big.result()
+        syncer.result()
+        assert wal.durable_lsn == end
+    finally:
+        store.gate.set()
+        wal.close()
+
+
+def test_a_commit_does_not_wait_for_a_copy_that_starts_at_its_end(
+    tmp_path: Path, calls: ControlledSyscalls
+) -> None:
+    """A copy reserved after a commit's record, in flight, does not hold that commit back."""
+    store = HeldCopyStore(tmp_path / "log", calls)
+    wal = Wal.with_store(store)
+    try:
+        wal.append(b"first")
+        gate = calls.hold(1)
+        leader = Runner("leader", wal.sync).start()
+        calls.wait_for_msync(1)
+        small = b"small"
+        committer = Runner("commit", lambda: wal.append_and_sync(small)).start()
+        syncs_requested_is(wal, 2)  # parked behind the leader, target the end of "small"
+        target = wal.next_lsn
+        big = Runner("big", lambda: wal.append(BIG)).start()  # reserved at ``target``
+        assert store.copying.wait(DEADLINE)
+        gate.set()
+        leader.result()
+        lsn = committer.result()  # returns although the copy at its end is still held
+        assert lsn + HEADER + len(small) == target
+        assert wal.durable_lsn == target
+        assert big.thread.is_alive()
+        store.gate.set()
+        big.result()
+    finally:
+        store.gate.set()
+        calls.release_all()
+        wal.close()
