@@ -669,7 +669,11 @@ def test_commits_racing_close_fail_only_when_their_record_was_not_written(
 
 
 def test_flush_seconds_adds_up_the_time_spent_flushing(wal: Wal, calls: ControlledSyscalls) -> None:
-    """``stats().flush_seconds`` sums every flush: each held here for a known minimum."""
+    """``stats().flush_seconds`` sums every flush: each held here for a known minimum.
+
+    And no more than the time that passed: the sum is of durations, not of clocks.
+    """
+    began = time.perf_counter()
     for call, held in ((1, 0.05), (2, 0.02)):
         before = wal.stats().flush_seconds
         append_end(wal, b"record %d" % call)
@@ -681,6 +685,7 @@ def test_flush_seconds_adds_up_the_time_spent_flushing(wal: Wal, calls: Controll
         leader.result()
         assert wal.stats().flush_seconds >= before + held
     assert wal.stats().flushes == 2
+    assert wal.stats().flush_seconds <= time.perf_counter() - began
 
 
 @pytest.mark.parametrize(
@@ -787,3 +792,52 @@ def test_a_commit_does_not_wait_for_a_copy_that_starts_at_its_end(
         store.gate.set()
         calls.release_all()
         wal.close()
+
+
+class InterruptedSyscalls(ControlledSyscalls):
+    """The first msync is interrupted by an exception that is not an ``OSError``."""
+
+    def msync(self, address: int, length: int) -> None:
+        if not self.msync_threads:
+            self.msync_threads.append(threading.get_ident())
+            raise KeyboardInterrupt
+        super().msync(address, length)
+
+
+def test_a_flush_interrupted_by_a_non_os_error_leaves_the_log_usable(tmp_path: Path) -> None:
+    """Not a failed flush (the log is not broken), and the next sync can lead a flush."""
+    calls = InterruptedSyscalls()
+    wal = Wal.with_store(FileStore(tmp_path / "log", window_size=WINDOW, syscalls=calls))
+    try:
+        end = append_end(wal, b"record")
+        with pytest.raises(KeyboardInterrupt):
+            wal.sync()
+        assert wal.durable_lsn == 0
+        Runner("retry", wal.sync).start().result()  # hangs if the flush was left marked running
+        assert wal.durable_lsn == end
+    finally:
+        wal.close()
+
+
+def test_a_close_racing_a_failing_close_shares_its_failure(
+    wal: Wal, calls: ControlledSyscalls
+) -> None:
+    wal.append(b"never durable")
+    failure = OSError(errno.EIO, "injected failure of close's flush")
+    gate = calls.hold(1)
+    calls.fail(1, failure)
+    first = Runner("first-close", wal.close).start()
+    calls.wait_for_msync(1)
+    second = Runner("second-close", wal.close).start()
+    second.thread.join(0.1)  # parked on the first close (a second close never flushes)
+    gate.set()
+    first.join()
+    second.join()
+    assert isinstance(first.error, WalBrokenError)
+    assert first.error.__cause__ is failure
+    assert isinstance(second.error, WalBrokenError)
+    assert second.error.operation == "the final flush of close"
+    assert isinstance(second.error.__cause__, WalBrokenError)
+    assert second.error.__cause__.__cause__ is failure
+    assert wal.closed
+    assert calls.msync_calls == 1
