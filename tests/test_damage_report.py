@@ -43,3 +43,23 @@ def test_damage_below_the_point_names_the_file_the_record_and_the_ways_forward(
     for way in ("readonly=True", "RecoveryPolicy.SKIP_BAD_RECORDS", "mmwal.repair()"):
         assert way in error.hint, way
     assert str(path) in str(error)
+
+
+def test_a_file_that_is_no_log_is_refused_with_what_was_found_and_the_way_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "not-a-log"
+    content = b"this is not a log at all" * 20  # length field " is ": 544 MB
+    path.write_bytes(content)
+    with pytest.raises(CorruptionError) as caught:
+        Wal.open(path)
+    error = caught.value
+    assert error.path == str(path)
+    assert error.reason.startswith("no valid record starts at the head (")
+    assert "(implausible length)" in error.reason
+    assert "nonzero bytes lie at offset 8:" in error.reason  # the first past the header
+    assert error.hint is not None
+    assert error.hint.startswith("nothing was changed")
+    assert "mmwal.repair(path, force=True)" in error.hint
+    assert "mmwal repair --force PATH" in error.hint
+    assert path.read_bytes() == content
