@@ -897,15 +897,15 @@ class Wal:
         delete are pushed first; if that fails, it raises and deletes nothing.
         """
         if self._archiver is not None:
+            # A caller's mistake is refused before anything leaves the machine.
+            with self._exclusive():
+                self._check_truncate_before(lsn)
             self._archiver.before_truncate(lsn)
         with self._exclusive():
-            self._check_writable()
-            head = self._store.head_lsn
+            head = self._check_truncate_before(lsn)
             if lsn <= head:
                 return head
             end = self._next_lsn
-            self._check_lsn(lsn, end)
-            self._check_record_start(lsn, end, end_allowed=True)
             self._fast_limit = 0
             try:
                 # The records the new head points at must be on disk before the
@@ -938,6 +938,19 @@ class Wal:
     def typed(self, codec: Codec[_T]) -> TypedWal[_T]:
         """Return a view of this log that appends and yields values through ``codec``."""
         return TypedWal(self, codec)
+
+    def _check_truncate_before(self, lsn: int) -> int:
+        """Refuse what ``truncate_before(lsn)`` may not do; return the head.
+
+        Call inside ``_exclusive``.
+        """
+        self._check_writable()
+        head = self._store.head_lsn
+        if lsn > head:
+            end = self._next_lsn
+            self._check_lsn(lsn, end)
+            self._check_record_start(lsn, end, end_allowed=True)
+        return head
 
     # -- state ----------------------------------------------------------------------
 

@@ -283,6 +283,22 @@ def test_truncate_before_pushes_what_it_deletes_first(tmp_path: Path) -> None:
     assert list(archive.iter()) == ending_by(records, 2 * SEGMENT_SIZE)
 
 
+def test_truncate_before_refuses_a_bad_lsn_before_pushing_anything(tmp_path: Path) -> None:
+    # Catches a guard that pushes segments for a truncation the LSN check refuses.
+    archive = memory_archive()[0]
+    with mmwal.open(tmp_path / "log", segment_size=SEGMENT_SIZE, archive=archive) as wal:
+        wal._archiver.stop()  # type: ignore[union-attr]  # only the guard pushes here
+        for _ in range(100):
+            wal.append(os.urandom(2000))
+        inside = next(r.lsn for r in wal if r.lsn > 2 * SEGMENT_SIZE) + 1
+        with pytest.raises(mmwal.InvalidLSNError):
+            wal.truncate_before(inside)
+        with pytest.raises(mmwal.InvalidLSNError):
+            wal.truncate_before(wal.next_lsn + 100)
+        assert archive.segments() == []
+        assert wal.head_lsn == 0
+
+
 def test_open_with_archive_refuses_what_it_cannot_archive(tmp_path: Path) -> None:
     archive = memory_archive()[0]
     write_log(tmp_path / "log")
