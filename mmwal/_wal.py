@@ -822,16 +822,9 @@ class Wal:
             self._check_writable()
             new_end = self._check_record_start(lsn, self._next_lsn)
             self._fast_limit = 0
-            store = self._store
-            try:
-                store.flush(self._durable_lsn, new_end)
-            except OSError as error:
-                self._break_locked(error, "the flush of truncate_after")
-                raise WalBrokenError("the flush of truncate_after") from error
-            # The point must not vouch for records this drops: it moves first.
-            self._points.truncating(lsn, new_end, durable=True)
-            # Readers learn of the cut before a byte changes (see _lifetime). A cut
-            # at the end removes nothing: readers need not hear of it.
+            # Readers learn of the cut first, before the flush of what is kept and
+            # before a byte changes (see _lifetime). A cut at the end removes
+            # nothing: readers need not hear of it.
             if new_end < self._next_lsn:
                 self._lifetime.truncated(0, new_end)
             if self._publisher is not None and new_end < self._next_lsn:
@@ -841,6 +834,14 @@ class Wal:
                     durable=self._durable_lsn,
                     head=self._store.head_lsn,
                 )
+            store = self._store
+            try:
+                store.flush(self._durable_lsn, new_end)
+            except OSError as error:
+                self._break_locked(error, "the flush of truncate_after")
+                raise WalBrokenError("the flush of truncate_after") from error
+            # The point must not vouch for records this drops: it moves first.
+            self._points.truncating(lsn, new_end, durable=True)
             try:
                 if new_end < self._next_lsn:
                     switch_end = min(new_end + HEADER_SIZE, store.capacity)
