@@ -82,6 +82,7 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
     config: WalConfig | None = None,
     readonly: bool = False,
     archive: Archive | None = None,
+    file_mode: int = 0o600,
 ) -> Wal:
     """Open or create a log: a directory or a ``segment_size`` means segmented.
 
@@ -89,6 +90,7 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
     missing. Otherwise ``path`` is a single-file log. See ``Wal.open`` and
     ``Wal.open_segmented`` for what opening does and what a crash costs;
     ``archive`` (segmented logs only) archives sealed segments as they come.
+    New files get ``file_mode`` (default ``0o600``: only the owner reads a log).
     """
     if (
         segment_size is not None
@@ -96,8 +98,10 @@ def open(  # noqa: A001 - the natural name, as io.open and gzip.open
         or _names_a_directory(path)
         or archive is not None
     ):
-        return Wal.open_segmented(path, segment_size, config, readonly=readonly, archive=archive)
-    return Wal.open(path, config, readonly=readonly)
+        return Wal.open_segmented(
+            path, segment_size, config, readonly=readonly, archive=archive, file_mode=file_mode
+        )
+    return Wal.open(path, config, readonly=readonly, file_mode=file_mode)
 
 
 def _names_a_directory(path: str | os.PathLike[str]) -> bool:

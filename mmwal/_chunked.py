@@ -34,10 +34,12 @@ import threading
 
 from ._errors import WalClosedError
 from ._files import (
+    DEFAULT_FILE_MODE,
     LARGEST_FOLIO,
     advise_reading,
     advise_writing,
     close_mapping,
+    create_unique_file,
     read_small_file,
     replace_file_durably,
 )
@@ -62,6 +64,8 @@ PRECREATE_MIN_CHUNK = 1 << 20
 class ChunkedStore(Store):
     """A store of equal chunks, each one mapping; subclasses make and release chunks."""
 
+    #: The mode of the files the store creates (less the umask).
+    file_mode: int = DEFAULT_FILE_MODE
     #: Whether the subclass implements ``_precreate_chunk``.
     _makes_chunks_ahead = False
     #: Whether the subclass implements ``_load_chunk``: then only the last chunk
@@ -367,10 +371,15 @@ class ChunkedStore(Store):
         self._writable_from = min(self._writable_from, max(end // size, self._first_chunk))
         holding_end = self._mapped(end // size) if end % size else None
         if holding_end is not None:
+            # The chunk holding ``end`` first: its zeros are durable before a later
+            # chunk is released or zeroed, so a crash never keeps bytes past ``end``
+            # in it while later ones are gone.
             index = end // size
             span = self._zero_nonzero(holding_end, end - index * size)
             if span is not None:
-                dirty.append((index, *span))
+                self._before_flush()
+                aligned = span[0] - span[0] % PAGE_SIZE
+                self._flush_chunk(index, aligned, span[1] - aligned)
         released = False
         for index in range(self._end_chunk - 1, max(first_whole, self._first_chunk) - 1, -1):
             if self._release_chunk(index):
@@ -420,12 +429,7 @@ class ChunkedStore(Store):
         base = self._quarantine_base(start)
         if base is None:
             return None
-        path = base
-        attempt = 0
-        while os.path.exists(path):
-            attempt += 1
-            path = f"{base}.{attempt}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        path, fd = create_unique_file(self.syscalls, base, self.file_mode)
         try:
             position = start
             while position < end:
@@ -450,7 +454,7 @@ class ChunkedStore(Store):
         path = self._side_path(name)
         if path is None or not self.writable:
             return False
-        replace_file_durably(path, data, self.syscalls)
+        replace_file_durably(path, data, self.syscalls, self.file_mode)
         return True
 
     def remove_side_file(self, name: str) -> None:

@@ -1,4 +1,18 @@
-"""File helpers the mmap stores share: locking, and mapping a file range."""
+"""File helpers the mmap stores share: locking, mapping, and creating files safely.
+
+Rules for every file mmwal creates (segments, the single file, the head file and
+its temporary, side files, quarantine files, repair's files):
+
+- It is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` through ``Syscalls.open``:
+  a file or symlink planted under that name makes the creation fail (or, for
+  names mmwal may vary, moves on to the next free name); nothing is followed and
+  nothing outside the log is written.
+- Its mode is ``file_mode`` (default ``0o600``, as PostgreSQL keeps its WAL, less
+  the process umask): a log holds application data.
+- A file that replaces another (the head file, a side file) is written under a
+  unique temporary name, made durable, renamed into place, and the directory is
+  fsynced.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +23,7 @@ import errno
 import fcntl
 import mmap
 import os
+import secrets
 import stat
 import sys
 
@@ -16,10 +31,15 @@ from ._errors import WalLockedError
 from ._syscalls import Syscalls, mapping_address
 
 __all__ = [
+    "DEFAULT_FILE_MODE",
     "LARGEST_FOLIO",
     "advise_reading",
     "advise_writing",
+    "check_file_mode",
     "close_mapping",
+    "create_file",
+    "create_unique_file",
+    "directory_mode",
     "drop_resident",
     "evict_clean",
     "lock_exclusively",
@@ -27,8 +47,15 @@ __all__ = [
     "open_directory",
     "prefault_anonymous",
     "read_small_file",
+    "replace_file",
     "replace_file_durably",
 ]
+
+DEFAULT_FILE_MODE = 0o600
+"""The mode of every file mmwal creates unless told otherwise: owner read and write."""
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 # MADV_POPULATE_WRITE (Linux 5.14); Python 3.11's mmap does not name it.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
@@ -146,29 +173,56 @@ def drop_resident(mapping: mmap.mmap, start: int = 0, length: int | None = None)
     _advise(mapping, getattr(mmap, "MADV_DONTNEED", None), start, length)
 
 
-# A file mmwal creates beside the log: only its owner may read it, and a name
-# planted as a symlink (or left by a crash) is never followed or reused.
-_SIDE_FILE_MODE = 0o600
-_CREATE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_EXCL
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
+def check_file_mode(mode: int) -> int:
+    """Return ``mode`` if it is a permission mode a log file may have, else raise ``ValueError``.
 
-
-def replace_file_durably(path: str, data: bytes, syscalls: Syscalls) -> None:
-    """Put ``data`` at ``path`` atomically and durably: a crash leaves the old file or the new.
-
-    Rules: the temporary is created fresh (``O_EXCL|O_NOFOLLOW``, mode 0o600),
-    written, fsynced, renamed over ``path``, and the directory fsynced, all through
-    ``syscalls``. A temporary a crash left behind is removed first.
+    The owner must be able to read and write; nothing but permission bits.
     """
-    temporary = path + ".tmp"
-    with contextlib.suppress(FileNotFoundError):
-        syscalls.remove(temporary)
-    fd = os.open(temporary, _CREATE_FLAGS, _SIDE_FILE_MODE)
+    if isinstance(mode, bool) or not isinstance(mode, int) or mode & ~0o777 or ~mode & 0o600:
+        raise ValueError(
+            f"file_mode must be permission bits including owner read and write "
+            f"(such as 0o600 or 0o640), got {mode!r}"
+        )
+    return mode
+
+
+def directory_mode(file_mode: int) -> int:
+    """Return the mode for a directory mmwal creates: ``file_mode`` plus search where read is."""
+    return file_mode | (file_mode & 0o444) >> 2
+
+
+def create_file(syscalls: Syscalls, path: str, mode: int, *, flags: int = os.O_RDWR) -> int:
+    """Create ``path``, which must not exist (not even as a symlink); return its descriptor.
+
+    Raises ``FileExistsError`` when anything is there already.
+    """
+    return syscalls.open(path, flags | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
+
+
+def create_unique_file(syscalls: Syscalls, base: str, mode: int) -> tuple[str, int]:
+    """Create the first free name of ``base``, ``base.1``, ``base.2``, ...; return it and its fd.
+
+    A file or symlink already under a name is left alone and the next name tried.
+    """
+    path = base
+    for attempt in range(1, 10_000):
+        try:
+            return path, create_file(syscalls, path, mode, flags=os.O_WRONLY)
+        except FileExistsError:
+            path = f"{base}.{attempt}"
+    raise FileExistsError(errno.EEXIST, "no free name for a new file", base)
+
+
+def replace_file(syscalls: Syscalls, directory: str, name: str, data: bytes, mode: int) -> None:
+    """Replace ``directory/name`` with ``data``, crash-safely.
+
+    Writes a new file under a unique temporary name (created as every mmwal file
+    is), fsyncs it, renames it over ``name`` and fsyncs the directory. Crash cost:
+    a crash leaves the old file or the new one, and perhaps an unused temporary
+    (a name neither mmwal nor wal-db reads).
+    """
+    temporary = os.path.join(directory, f"{name}.{secrets.token_hex(8)}.tmp")
+    fd = create_file(syscalls, temporary, mode, flags=os.O_WRONLY)
     try:
         try:
             view = memoryview(data)
@@ -177,12 +231,24 @@ def replace_file_durably(path: str, data: bytes, syscalls: Syscalls) -> None:
             syscalls.fsync(fd)
         finally:
             os.close(fd)
-        syscalls.replace(temporary, path)
+        syscalls.replace(temporary, os.path.join(directory, name))
     except BaseException:
         with contextlib.suppress(OSError):
             syscalls.remove(temporary)
         raise
-    syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
+    syscalls.fsync_directory(directory)
+
+
+def replace_file_durably(
+    path: str, data: bytes, syscalls: Syscalls, mode: int = DEFAULT_FILE_MODE
+) -> None:
+    """Put ``data`` at ``path`` atomically and durably: a crash leaves the old file or the new.
+
+    ``replace_file`` for a path: a fresh temporary under a unique name, fsynced,
+    renamed over ``path``, the directory fsynced, all through ``syscalls``.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    replace_file(syscalls, directory, name, data, mode)
 
 
 def read_small_file(path: str, limit: int) -> bytes | None:

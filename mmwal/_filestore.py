@@ -7,7 +7,15 @@ import os
 import threading
 
 from ._chunked import ChunkedStore
-from ._files import advise_writing, drop_resident, evict_clean, lock_exclusively, map_range
+from ._files import (
+    DEFAULT_FILE_MODE,
+    advise_writing,
+    check_file_mode,
+    create_file,
+    drop_resident,
+    evict_clean,
+    lock_exclusively,
+)
 from ._filesystems import SpaceReservation
 from ._syscalls import Syscalls, mapping_address
 
@@ -33,6 +41,9 @@ class FileStore(ChunkedStore):
     ``precreate`` (default: windows of 1 MiB or more) reserves and maps the next
     window ahead of need, on a background thread, so the file holds up to one
     window of zeros more than the log needs.
+    A new file is created with ``O_EXCL | O_NOFOLLOW`` and mode ``file_mode``
+    (``0o600`` unless told otherwise; the umask applies); an existing one keeps
+    its mode.
     """
 
     _makes_chunks_ahead = True
@@ -48,6 +59,7 @@ class FileStore(ChunkedStore):
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
         allow_copy_on_write: bool = False,
+        file_mode: int = DEFAULT_FILE_MODE,
     ) -> None:
         if window_size <= 0 or window_size % mmap.ALLOCATIONGRANULARITY:
             raise ValueError(
@@ -61,6 +73,7 @@ class FileStore(ChunkedStore):
             precreate=precreate,
             mapped_chunks=mapped_chunks,
         )
+        self.file_mode = check_file_mode(file_mode)
         self.path = os.fspath(path)
         self.location = self.path
         self._metadata_lock = threading.Lock()
@@ -73,9 +86,17 @@ class FileStore(ChunkedStore):
             if writable
             else None
         )
-        existed = os.path.exists(self.path)
-        flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
-        fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        existed = True
+        cloexec = getattr(os, "O_CLOEXEC", 0)
+        try:
+            # An existing log may be reached through a symlink the user made; a
+            # new one is never created through one.
+            fd = self.syscalls.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | cloexec)
+        except FileNotFoundError:
+            if not writable:
+                raise
+            fd = create_file(self.syscalls, self.path, self.file_mode)
+            existed = False
         try:
             if writable:
                 lock_exclusively(fd, self.path)
@@ -102,14 +123,14 @@ class FileStore(ChunkedStore):
         self._directory_dirty = writable and not existed
 
     def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
-        chunk = map_range(fd, length, index * self.chunk_size, writable=self.writable)
+        chunk = self.syscalls.map(fd, length, index * self.chunk_size, writable=self.writable)
         self._chunks[index] = chunk
         return chunk
 
     def _load_chunk(self, index: int) -> mmap.mmap:
         offset = index * self.chunk_size
         length = min(self.chunk_size, os.fstat(self._fd).st_size - offset)
-        chunk = map_range(self._fd, length, offset, writable=self.writable)
+        chunk = self.syscalls.map(self._fd, length, offset, writable=self.writable)
         if self.writable and index >= self._writable_from:
             advise_writing(chunk)
         return chunk
@@ -173,7 +194,7 @@ class FileStore(ChunkedStore):
         # off the flush that follows the roll.
         self.syscalls.allocate(self._fd, index * self.chunk_size, self.chunk_size)
         self.syscalls.fsync(self._fd)
-        chunk = map_range(self._fd, self.chunk_size, index * self.chunk_size, writable=True)
+        chunk = self.syscalls.map(self._fd, self.chunk_size, index * self.chunk_size, writable=True)
         advise_writing(chunk)
         return chunk
 

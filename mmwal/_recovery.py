@@ -142,7 +142,10 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
     - a lost first sector: the header at the head is all zero, and later pages of
       the same appends may have reached the disk;
     - a lost sector inside the first frame: a run of at least 512 zero bytes that
-      starts within the extent the first header claims, whatever lies after it.
+      starts within the extent the first header claims, whatever lies after it;
+    - a lost sector inside the first header: a sector boundary (or a segment
+      boundary) splits the header at the head and its bytes on one side are all
+      zero (a head a few bytes before a boundary, as ``truncate_before`` leaves).
 
     Anything else is not ours to wipe: the open is refused and nothing changes.
     Bit rot in the first record of a synced log, with intact records after it, is
@@ -151,6 +154,8 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
     """
     header = store.read(head, HEADER_SIZE)
     if len(header) < HEADER_SIZE or header == bytes(HEADER_SIZE):
+        return
+    if _header_split_by_a_lost_sector(store, head, header):
         return
     _, length = HEADER.unpack(header)
     claimed_end = head + HEADER_SIZE
@@ -171,6 +176,21 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
         "mmwal.repair(path, force=True) (or: mmwal repair --force PATH) to quarantine "
         "the unreadable bytes and start afresh",
     )
+
+
+def _header_split_by_a_lost_sector(store: Store, head: int, header: bytes) -> bool:
+    """Say whether a sector boundary splits ``header`` (at ``head``) with zeros on one side.
+
+    Sectors count from the start of the file that holds the byte (a store's piece
+    is one file or one window of it, starting on a sector boundary).
+    """
+    for split in range(1, len(header)):
+        _buffer, base, _limit = store.piece(head + split)
+        if (head + split - base) % _SECTOR == 0 and (
+            not any(header[:split]) or not any(header[split:])
+        ):
+            return True
+    return False
 
 
 def _lost_sector_before(store: Store, start: int, end: int) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ._config import WalConfig
 from ._errors import CorruptionError
+from ._files import DEFAULT_FILE_MODE, check_file_mode, read_small_file, replace_file
 from ._filestore import FileStore
 from ._format import (
     HEAD_FILE_NAME,
@@ -61,6 +62,7 @@ def repair(
     config: WalConfig | None = None,
     dry_run: bool = False,
     force: bool = False,
+    file_mode: int = DEFAULT_FILE_MODE,
 ) -> RepairReport:
     """Make the log at ``path`` open again, keeping what is readable and quarantining the rest.
 
@@ -77,9 +79,12 @@ def repair(
     ``dry_run=True`` changes nothing and reports what repair would do.
 
     Crash cost: none; each step is durable before the next, and a crash during
-    repair leaves a log that ``repair`` can be run on again.
+    repair leaves a log that ``repair`` can be run on again. Files it creates get
+    ``file_mode`` (``0o600`` unless told otherwise); a name already taken (a file
+    or a symlink) is never overwritten or followed: the next free name is used.
     """
     config = config if config is not None else WalConfig()
+    check_file_mode(file_mode)
     location = os.fspath(path)
     if not os.path.exists(location):
         raise FileNotFoundError(errno.ENOENT, f"no log at {location} to repair", location)
@@ -99,6 +104,7 @@ def repair(
             actions=actions,
             quarantined=quarantined,
             dry_run=dry_run,
+            file_mode=file_mode,
         )
         if dry_run and actions:
             actions.append("then would check the records again (not shown: it depends on those)")
@@ -109,6 +115,7 @@ def repair(
             syscalls=syscalls,
             writable=not dry_run,
             allow_copy_on_write=config.allow_copy_on_write,
+            file_mode=file_mode,
         )
     else:
         store = FileStore(
@@ -116,6 +123,7 @@ def repair(
             syscalls=syscalls,
             writable=not dry_run,
             allow_copy_on_write=config.allow_copy_on_write,
+            file_mode=file_mode,
         )
     try:
         # Counted before recovery zeroes them: the intact records past each damage.
@@ -210,6 +218,7 @@ def _repair_segment_files(
     actions: list[str],
     quarantined: list[str],
     dry_run: bool = False,
+    file_mode: int,
 ) -> None:
     """Rename segments after a gap; move a head that lies in a missing segment.
 
@@ -229,7 +238,7 @@ def _repair_segment_files(
     while contiguous < len(indices) and indices[contiguous] == indices[contiguous - 1] + 1:
         contiguous += 1
     for path in paths[contiguous:]:
-        target = path + QUARANTINE_SUFFIX
+        target = _free_name(path + QUARANTINE_SUFFIX)
         if not dry_run:
             syscalls.replace(path, target)
         quarantined.append(target)
@@ -237,11 +246,8 @@ def _repair_segment_files(
     if contiguous < len(indices) and not dry_run:
         syscalls.fsync_directory(directory)
     head_path = os.path.join(directory, HEAD_FILE_NAME)
-    try:
-        with open(head_path, "rb") as head_file:
-            head = decode_head_file(head_file.read(64))
-    except FileNotFoundError:
-        head = 0
+    data = read_small_file(head_path, 64)
+    head = 0 if data is None else decode_head_file(data)
     first = indices[0]
     if head // size >= first:
         return
@@ -251,9 +257,10 @@ def _repair_segment_files(
         # No record to start from: keep the segments aside, start empty after them.
         for index in present:
             source = os.path.join(directory, segment_name(index))
+            target = _free_name(source + QUARANTINE_SUFFIX)
             if not dry_run:
-                syscalls.replace(source, source + QUARANTINE_SUFFIX)
-            quarantined.append(source + QUARANTINE_SUFFIX)
+                syscalls.replace(source, target)
+            quarantined.append(target)
         new_head = (present[-1] + 1) * size
         actions.append(
             f"no intact record starts in {segment_name(first)}: {would} the segments "
@@ -265,17 +272,21 @@ def _repair_segment_files(
             f"naming LSN {new_head}, the first intact record in {segment_name(first)}"
         )
         return
-    temporary = head_path + ".tmp"
-    with open(temporary, "wb") as head_file:
-        head_file.write(encode_head_file(new_head))
-        head_file.flush()
-        syscalls.fsync(head_file.fileno())
-    syscalls.replace(temporary, head_path)
-    syscalls.fsync_directory(directory)
+    replace_file(syscalls, directory, HEAD_FILE_NAME, encode_head_file(new_head), file_mode)
     actions.append(
         f"the segment holding the head (LSN {head}) is missing: wrote a head file naming "
         f"LSN {new_head}, the first intact record in {segment_name(first)}"
     )
+
+
+def _free_name(base: str) -> str:
+    """Return the first of ``base``, ``base.1``, ... that nothing (not even a symlink) has."""
+    path = base
+    attempt = 0
+    while os.path.lexists(path):
+        attempt += 1
+        path = f"{base}.{attempt}"
+    return path
 
 
 def _first_frame(directory: str, indices: list[int], size: int, config: WalConfig) -> int | None:
@@ -288,8 +299,7 @@ def _first_frame(directory: str, indices: list[int], size: int, config: WalConfi
     first = indices[0]
     data = b""
     for index in indices[:2]:
-        with open(os.path.join(directory, segment_name(index)), "rb") as segment:
-            data += segment.read()
+        data += read_small_file(os.path.join(directory, segment_name(index)), size) or b""
     del config  # every frame in memory is checked whole, whatever today's limit
     for offset in range(min(size, len(data))):
         scan = scan_frames(

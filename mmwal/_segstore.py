@@ -12,13 +12,18 @@ import time
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
 from ._files import (
+    DEFAULT_FILE_MODE,
     advise_writing,
+    check_file_mode,
     close_mapping,
+    create_file,
+    directory_mode,
     drop_resident,
     evict_clean,
     lock_exclusively,
-    map_range,
     open_directory,
+    read_small_file,
+    replace_file,
 )
 from ._filesystems import SpaceReservation
 from ._format import (
@@ -100,6 +105,11 @@ class SegmentStore(ChunkedStore):
     created, reserved, mapped and durable ahead of need, on a background thread,
     so a roll waits for none of it. It costs one spare segment of disk; a crash
     leaves it as a zero file past the end, which the next writable open removes.
+    Every file it creates (segments, the head file and its temporary, quarantine
+    files) is created with ``O_EXCL | O_NOFOLLOW`` and mode ``file_mode``
+    (``0o600`` unless told otherwise; the umask applies; a directory it creates
+    gets search permission where ``file_mode`` has read). Segment files are
+    opened without following symlinks.
     """
 
     _makes_chunks_ahead = True
@@ -115,8 +125,10 @@ class SegmentStore(ChunkedStore):
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
         allow_copy_on_write: bool = False,
+        file_mode: int = DEFAULT_FILE_MODE,
     ) -> None:
         self.path = os.fspath(directory)
+        check_file_mode(file_mode)
         # Before anything is created: a refused open leaves no directory behind.
         self._reservation = (
             SpaceReservation(
@@ -129,7 +141,7 @@ class SegmentStore(ChunkedStore):
         )
         created = False
         if writable and not os.path.isdir(self.path):
-            os.makedirs(self.path, exist_ok=True)
+            os.makedirs(self.path, mode=directory_mode(file_mode), exist_ok=True)
             created = True
         directory_fd = open_directory(self.path)
         try:
@@ -138,6 +150,7 @@ class SegmentStore(ChunkedStore):
                 self._load(segment_size, syscalls, writable, precreate, mapped_chunks)
             else:
                 self._load_consistently(segment_size, syscalls, mapped_chunks)
+            self.file_mode = file_mode
             self._directory_fd = directory_fd
             self._directory_dirty = created
         except BaseException:
@@ -297,11 +310,10 @@ class SegmentStore(ChunkedStore):
         return os.path.join(self.path, name)
 
     def _read_head(self) -> int:
-        try:
-            with open(self._file(HEAD_FILE_NAME), "rb") as head_file:
-                return decode_head_file(head_file.read(64))
-        except FileNotFoundError:
-            return 0
+        # A symlink (or anything but a plain file) under the name reads as no head
+        # file: it is never followed.
+        data = read_small_file(self._file(HEAD_FILE_NAME), 64)
+        return 0 if data is None else decode_head_file(data)
 
     def _open_segments(self, indices: list[int]) -> None:
         size = self.chunk_size
@@ -344,7 +356,7 @@ class SegmentStore(ChunkedStore):
                 self._reservation.check_existing_path(self.segment_path(index))
         # Only the last segment is mapped now; the others when they are read.
         for index in live[-1:]:
-            fd = os.open(self.segment_path(index), os.O_RDWR if self.writable else os.O_RDONLY)
+            fd = self._open_segment(index, writable=self.writable)
             try:
                 length = os.fstat(fd).st_size
                 if self._reservation is not None:
@@ -379,7 +391,7 @@ class SegmentStore(ChunkedStore):
         self._short_tail = None
         index = short_tail
         # The last file wal-db left short: extend it to the segment size.
-        fd = os.open(self.segment_path(index), os.O_RDWR)
+        fd = self._open_segment(index, writable=True)
         try:
             length = os.fstat(fd).st_size
             self.syscalls.allocate(fd, length, self.chunk_size - length)
@@ -392,16 +404,20 @@ class SegmentStore(ChunkedStore):
             os.close(fd)
         self._end_chunk = index + 1
 
+    def _open_segment(self, index: int, *, writable: bool) -> int:
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        return self.syscalls.open(self.segment_path(index), flags)
+
     def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
-        chunk = map_range(fd, length, 0, writable=self.writable)
+        chunk = self.syscalls.map(fd, length, 0, writable=self.writable)
         self._chunks[index] = chunk
         return chunk
 
     def _load_chunk(self, index: int) -> mmap.mmap:
-        flags = (os.O_RDWR if self.writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(self.segment_path(index), flags)
+        fd = self._open_segment(index, writable=self.writable)
         try:
-            chunk = map_range(fd, os.fstat(fd).st_size, 0, writable=self.writable)
+            chunk = self.syscalls.map(fd, os.fstat(fd).st_size, 0, writable=self.writable)
         finally:
             os.close(fd)
         if self.writable and index >= self._writable_from:
@@ -417,17 +433,17 @@ class SegmentStore(ChunkedStore):
     def _create_segment(self, index: int) -> tuple[int, mmap.mmap]:
         """Create, reserve and map segment ``index``; return its descriptor and mapping."""
         path = self.segment_path(index)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = create_file(self.syscalls, path, self.file_mode)
         try:
             if self._reservation is not None:
                 self._reservation.prepare_new_file(fd, path)
             self.syscalls.allocate(fd, 0, self.chunk_size)
-            chunk = map_range(fd, self.chunk_size, 0, writable=True)
+            chunk = self.syscalls.map(fd, self.chunk_size, 0, writable=True)
             advise_writing(chunk)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.remove(path)
+                self.syscalls.remove(path)
             raise
         return fd, chunk
 
@@ -451,7 +467,7 @@ class SegmentStore(ChunkedStore):
         except BaseException:
             chunk.close()
             with contextlib.suppress(OSError):
-                os.remove(self.segment_path(index))
+                self.syscalls.remove(self.segment_path(index))
             raise
         return chunk
 
@@ -483,7 +499,7 @@ class SegmentStore(ChunkedStore):
             directory_dirty, self._directory_dirty = self._directory_dirty, False
         for index in sorted(pending):
             try:
-                fd = os.open(self.segment_path(index), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = self._open_segment(index, writable=False)
             except FileNotFoundError:
                 continue  # removed again since (a rolled-back growth, a truncation)
             try:
@@ -520,15 +536,9 @@ class SegmentStore(ChunkedStore):
             # Keep a segment file holding the head, so the directory still shows
             # the segment size once every older segment is gone.
             self.ensure_capacity(offset + 1)
-        temporary = self._file(HEAD_FILE_NAME + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, encode_head_file(offset))
-            self.syscalls.fsync(fd)
-        finally:
-            os.close(fd)
-        self.syscalls.replace(temporary, self._file(HEAD_FILE_NAME))
-        self.syscalls.fsync_directory(self.path)
+        replace_file(
+            self.syscalls, self.path, HEAD_FILE_NAME, encode_head_file(offset), self.file_mode
+        )
         self._head_file_present = True
         # The head file is durable: from here a crash leaves a log starting at
         # ``offset`` whatever happens to the segments below it.

@@ -1,8 +1,10 @@
-"""The seam for faults: every flush, fsync, allocation and removal goes through here.
+"""The seam for faults and crashes: every call that changes what a crash leaves goes here.
 
-Stores take a ``Syscalls`` object and call nothing else for these operations, so a
-test can pass a subclass that fails on purpose (ENOSPC on the third allocation,
-EIO on the next flush) instead of hoping the disk does.
+Stores take a ``Syscalls`` object and call nothing else to open a file for
+writing, map it, allocate, flush, fsync, remove or rename, so a test can pass a
+subclass that fails on purpose (ENOSPC on the third allocation, EIO on the next
+flush) instead of hoping the disk does, and the power-loss simulator
+(``mmwal.testing``) can keep its own record of what reached the disk.
 
 The platform's choices are made here too, from ``Syscalls.platform``, so a test
 can fake another platform and see which calls it would make: on macOS a flush of
@@ -66,6 +68,19 @@ class Syscalls:
     """
 
     platform: str = sys.platform
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        """Open ``path`` with ``os.open`` ``flags``; return the descriptor.
+
+        Every file a store writes to is opened here (created, or opened for
+        writing), so what it holds can be followed to the disk.
+        """
+        return os.open(path, flags, mode)
+
+    def map(self, fd: int, length: int, offset: int, *, writable: bool) -> mmap.mmap:
+        """Map ``length`` bytes of ``fd`` from ``offset`` (a multiple of the page size)."""
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        return mmap.mmap(fd, length, access=access, offset=offset)
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
         """Reserve disk blocks for ``[offset, offset+length)``, extending the file.

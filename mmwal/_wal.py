@@ -37,6 +37,7 @@ from ._errors import (
     WalClosedError,
     WalReadOnlyError,
 )
+from ._files import DEFAULT_FILE_MODE
 from ._filestore import FileStore
 from ._follow import PollState, follow, refresh
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
@@ -251,6 +252,7 @@ class Wal:
         config: WalConfig | None = None,
         *,
         readonly: bool = False,
+        file_mode: int = DEFAULT_FILE_MODE,
     ) -> Wal:
         """Open or create the single-file log at ``path`` (locks it for this writer).
 
@@ -258,6 +260,7 @@ class Wal:
         nothing on disk: recovery only finds the end, appends are refused. A
         writable open on a copy-on-write file system where preallocation cannot
         reserve space raises ``UnsafeFileSystemError`` (see ``WalConfig``).
+        ``file_mode`` is the mode of files the log creates (default ``0o600``).
         """
         location = os.fspath(path)
         with explain_permission(location, writable=not readonly):
@@ -265,6 +268,7 @@ class Wal:
                 location,
                 writable=not readonly,
                 allow_copy_on_write=config is not None and config.allow_copy_on_write,
+                file_mode=file_mode,
             )
         return cls(store, config)
 
@@ -277,6 +281,7 @@ class Wal:
         *,
         readonly: bool = False,
         archive: Archive | None = None,
+        file_mode: int = DEFAULT_FILE_MODE,
     ) -> Wal:
         """Open or create the segmented log in ``directory``.
 
@@ -285,9 +290,9 @@ class Wal:
         is one the file system can never hold; a new log whose first segment
         exceeds the free space is ``OSError(ENOSPC)`` here, not at the first append.
         ``readonly=True`` changes nothing on disk, and copy-on-write file systems
-        are refused, as for ``open``. With ``archive``
-        sealed segments are pushed to it in the background, and ``truncate_before``
-        pushes what it would delete first (see ``mmwal.Archive``).
+        are refused, as for ``open``; ``file_mode`` as for ``open``. With
+        ``archive`` sealed segments are pushed to it in the background, and
+        ``truncate_before`` pushes what it would delete first (see ``mmwal.Archive``).
         """
         location = os.fspath(directory)
         check_single_file_path(location)
@@ -299,6 +304,7 @@ class Wal:
                     segment_size,
                     writable=not readonly,
                     allow_copy_on_write=config is not None and config.allow_copy_on_write,
+                    file_mode=file_mode,
                 )
             try:
                 wal = cls(store, config)
@@ -841,11 +847,14 @@ class Wal:
         ``lsn`` must be the start of a record of the log: one inside a record, below
         the head, at ``next_lsn`` or past it raises ``InvalidLSNError`` (a
         ``ValueError``) naming the nearest valid LSNs, and a damaged record there
-        ``CorruptionError``; either way nothing changes. The dropped bytes are
-        zeroed and the zeroing is durable before this returns; if
-        making it durable fails, the log is broken (``WalBrokenError``).
-        Crash cost: none once it returns; a crash during it leaves the log either
-        as it was or truncated, never with a gap.
+        ``CorruptionError``; either way nothing changes. The records kept are
+        durable and the dropped bytes zeroed, durably, before this returns; if a
+        step fails, the log is broken (``WalBrokenError``).
+        Crash cost: none once it returns. A crash during it leaves exactly the old
+        log (as a crash just before the call would) or the new one: the records
+        kept are flushed first, then the header of the first dropped record is
+        zeroed and flushed (the switch: from then on the log ends at the cut), and
+        only then is the rest zeroed and are later segments removed.
         """
         with self._exclusive():
             self._check_writable()
@@ -854,10 +863,9 @@ class Wal:
             new_end = self._check_record_start(lsn, end, end_allowed=False)
             self._record_starts.forget_from(new_end)
             self._fast_limit = 0
-            # The point must not vouch for records this drops: it moves first.
-            self._points.truncating(lsn, new_end, durable=self._durable_lsn >= new_end)
-            # Readers learn of the cut before a byte changes (see _lifetime). A cut
-            # at the end removes nothing: readers need not hear of it.
+            # Readers learn of the cut first, before the flush of what is kept and
+            # before a byte changes (see _lifetime). A cut at the end removes
+            # nothing: readers need not hear of it.
             if new_end < self._next_lsn:
                 self._lifetime.truncated(0, new_end)
             if self._publisher is not None and new_end < self._next_lsn:
@@ -867,8 +875,20 @@ class Wal:
                     durable=self._durable_lsn,
                     head=self._store.head_lsn,
                 )
+            store = self._store
             try:
-                self._store.discard_after(new_end)
+                store.flush(self._durable_lsn, new_end)
+            except OSError as error:
+                self._break_locked(error, "the flush of truncate_after")
+                raise WalBrokenError("the flush of truncate_after") from error
+            # The point must not vouch for records this drops: it moves first.
+            self._points.truncating(lsn, new_end, durable=True)
+            try:
+                if new_end < self._next_lsn:
+                    switch_end = min(new_end + HEADER_SIZE, store.capacity)
+                    store.write(new_end, bytes(switch_end - new_end))
+                    store.flush(new_end, switch_end)
+                store.discard_after(new_end)
             except OSError as error:
                 # The zeroing may have reached the mapping and not the disk: what
                 # the log holds is in doubt, as after any failed flush.
@@ -876,7 +896,7 @@ class Wal:
                 raise WalBrokenError("the flush of truncate_after") from error
             self._bytes_dropped += self._next_lsn - new_end
             self._next_lsn = new_end
-            self._durable_lsn = min(self._durable_lsn, new_end)
+            self._durable_lsn = new_end
             self._publish(new_end)
         if self._followers_waiting:
             self._wake_followers()

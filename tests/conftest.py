@@ -13,6 +13,7 @@ import pytest
 SLOW = {
     ("test_kills.py", "test_quick_kills_keep_every_appended_record"),
     ("test_crash_simulation.py", "test_quick_crash_images_keep_the_prefix_property"),
+    ("test_crash_simulation.py", "test_unordered_metadata_crash_images_keep_the_prefix_property"),
     ("test_perf_smoke.py", "test_quick_bench_writes_complete_json"),
     ("test_fuzz.py", "test_segment_sets_recover_or_refuse"),
     ("test_fuzz.py", "test_single_files_recover_or_refuse"),

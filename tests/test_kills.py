@@ -18,6 +18,15 @@ recovery of the killed log itself) and checks:
 - the head is where the last returned ``truncate_before`` put it (or the one
   in flight, if any), and nothing past a returned ``truncate_after`` survives.
 
+What SIGKILL can prove, and what it cannot: a killed process leaves its page
+cache to the kernel, so these kills prove that recovery accepts whatever a
+writer leaves at any instant (a copy half done, a truncation half done, a segment
+half created) and that nothing it appended is lost or doubled by the reopen. They
+cannot prove durability: a ``sync`` that did nothing would pass them, because
+the kernel keeps the records anyway. Durability against power loss is proved on
+the real stores by the simulator (``tests/test_power_loss.py``,
+``tests/test_crash_simulation.py``), which fails when a flush is a no-op.
+
 Quick: ``QUICK_KILLS`` kills over three layouts (segmented, segmented with
 threads, single file), under a minute. ``MMWAL_SOAK=1`` adds ``SOAK_KILLS``
 (``MMWAL_SOAK_KILLS`` overrides it).

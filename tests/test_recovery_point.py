@@ -29,7 +29,13 @@ from mmwal._format import (
     encode_recovery_point,
     segment_name,
 )
-from mmwal.testing import LOG_FILE_NAME, CrashImage, PowerLossStore
+from mmwal.testing import (
+    LOG_FILE_NAME,
+    SEGMENT_DIRECTORY,
+    CrashImage,
+    Layout,
+    PowerLossSimulator,
+)
 
 HEADER = 8
 
@@ -326,67 +332,66 @@ def test_a_torn_tail_past_the_point_is_still_quarantined(tmp_path: Path, kind: s
 # -- the point never vouches for bytes a power loss could take -----------------------------
 
 
-class PointKeepingStore(PowerLossStore):
-    """A simulated store that keeps side files durably (as the file stores' rename does)."""
+class LosingSimulator(PowerLossSimulator):
+    """A disk whose ``msync`` writes nothing back: a negative control for the check below.
 
-    def __init__(self, **options: object) -> None:
-        super().__init__(**options)  # type: ignore[arg-type]
-        self.sides: dict[str, bytes] = {}
-        self.on_save: list[object] = []
+    ``fsync`` still writes (so the point's own file, and a new segment's first
+    bytes, reach the disk): the points are written after each "flush" and crash
+    images lack the bytes they name.
+    """
 
-    def load_side_file(self, name: str) -> bytes | None:
-        return self.sides.get(name)
-
-    def save_side_file(self, name: str, data: bytes) -> bool:
-        self._step("side file")  # a crash before the rename: the old point
-        self.sides[name] = data
-        self._step("side file")  # a crash after it: the new point
-        return True
-
-    def remove_side_file(self, name: str) -> None:
-        self.sides.pop(name, None)
-
-
-class LosingStore(PointKeepingStore):
-    """A store whose flush writes nothing: a negative control for the check below."""
-
-    def _flush_chunk(self, index: int, start: int, length: int) -> None:
-        self._step("flush")
+    def msync(self, address: int, length: int) -> None:
+        del address, length
 
 
 def _log_bytes(image: CrashImage, start: int, end: int) -> bytes:
-    if image.segment_size is None:
+    layout = image.layout
+    if layout.segment_size is None:
         return image.files.get(LOG_FILE_NAME, b"")[start:end].ljust(end - start, b"\0")
-    size = image.segment_size
+    size = layout.segment_size
     out = bytearray()
     for index in range(start // size, -(-end // size)):
-        data = image.files.get(segment_name(index), b"").ljust(size, b"\0")
-        out += data
+        name = f"{SEGMENT_DIRECTORY}/{segment_name(index)}"
+        out += image.files.get(name, b"").ljust(size, b"\0")
     first = start // size * size
     return bytes(out[start - first : end - first])
 
 
 def _violations(
-    store_type: type[PointKeepingStore], seed: int, checked: list[int], **options: object
+    simulator: type[PowerLossSimulator],
+    root: Path,
+    seed: int,
+    checked: list[int],
+    layout: Layout,
 ) -> list[str]:
-    """Run a workload; at every crash moment check the image holds what the point vouches for."""
+    """Run a workload on the real store; at seam calls check each image against its point."""
     rng = random.Random(seed)
-    store = store_type(**options)
+    sim = simulator(root / f"run-{seed}", layout)
+    store = sim.open_store()
+    side = f"{SEGMENT_DIRECTORY}/recovery" if layout.segmented else f"{LOG_FILE_NAME}.recovery"
     found: list[str] = []
+    busy = False
 
-    def crash(step: str) -> None:
-        data = store.sides.get("recovery")
-        point = decode_recovery_point(data) if data is not None else None
-        if point is None or store.closed:
+    def crash(call: str) -> None:
+        nonlocal busy
+        if busy or store.closed:
             return
-        cached = store.read(store.head_lsn, point.end - store.head_lsn)
-        for _ in range(2):
-            checked.append(point.end)
-            image = store.crash_image(rng)
-            if _log_bytes(image, store.head_lsn, point.end) != cached:
-                found.append(f"{step}: the point at {point.end} names bytes not on disk")
+        busy = True  # reading the store may map a chunk: a seam call of its own
+        try:
+            for _ in range(2):
+                image = sim.crash_image(rng)
+                data = image.files.get(side)
+                point = decode_recovery_point(data) if data else None
+                if point is None:
+                    continue
+                checked.append(point.end)
+                cached = store.read(store.head_lsn, point.end - store.head_lsn)
+                if _log_bytes(image, store.head_lsn, point.end) != cached:
+                    found.append(f"{call}: the point at {point.end} names bytes not on disk")
+        finally:
+            busy = False
 
-    store.crash_hook = crash
+    sim.crash_hook = crash
     wal = Wal.with_store(store, WalConfig(max_record_size=4096))
     lsns: list[int] = []
     for _ in range(120):
@@ -401,22 +406,31 @@ def _violations(
             del lsns[keep + 1 :]
         else:
             crash("between operations")
+    sim.crash_hook = None
+    wal.close()
     return found
 
 
-@pytest.mark.parametrize("options", [{"segment_size": 512}, {"window_size": 4096}])
+@pytest.mark.parametrize("layout", [Layout(segment_size=512), Layout(window_size=4096)], ids=str)
 def test_the_point_never_names_bytes_a_power_loss_can_take(
-    options: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On the real stores over the simulator: every crash image holds what its point names."""
     monkeypatch.setattr(recovery_point_module, "POINT_INTERVAL_BYTES", 700)
     checked: list[int] = []
     violations = [
-        v for seed in range(6) for v in _violations(PointKeepingStore, seed, checked, **options)
+        v
+        for seed in range(6)
+        for v in _violations(PowerLossSimulator, tmp_path, seed, checked, layout)
     ]
     assert violations == []
     assert len(checked) > 200
     assert len(set(checked)) > 20, "the point hardly moved"
-    # The check sees a lie: over a store whose flush writes nothing, points are
+    # The check sees a lie: over a disk whose msync writes nothing, points are
     # still written after each "flush", and crash images lack their bytes.
-    lies = [v for seed in range(3) for v in _violations(LosingStore, seed, [], **options)]
+    lies = [
+        v
+        for seed in range(3)
+        for v in _violations(LosingSimulator, tmp_path / "losing", seed, [], layout)
+    ]
     assert lies

@@ -4,12 +4,15 @@ The oracle is a list of ``(lsn, payload)`` from the head and the count of record
 returned ``sync`` (or a truncation, or a recovery) made durable; it shares no code
 with mmwal: LSNs are computed here from the format (an 8-byte header per record).
 
-After every crash (a power loss, through ``PowerLossStore.crash_image``; a crash of
-the process alone, through ``cache_image``; a crash in the middle of a sync or a
-truncation) the reopened log must be a prefix of the records, hold every durable
-one, and nothing else: no ghost, no reorder, the head where ``truncate_before``
-put it. The machine then goes on appending to the recovered log, so appends
-after recovery are checked by the same rules.
+The log runs on the real ``FileStore`` or ``SegmentStore`` over
+``PowerLossSimulator``. After every crash (a power loss, through
+``crash_image``; a crash of the process alone, through ``cache_image``; a power
+loss at a seam call in the middle of a sync or a truncation) the reopened log
+must be a prefix of the records, hold every durable one, and nothing else: no
+ghost, no reorder, the head where ``truncate_before`` put it. A crash inside a
+truncation leaves exactly the old log or exactly the new one. The machine then
+goes on appending to the recovered log, so appends after recovery are checked by
+the same rules.
 
 ``MMWAL_SOAK=1`` runs many more, longer programs.
 """
@@ -18,6 +21,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -30,14 +36,15 @@ from hypothesis.stateful import (
 )
 
 from mmwal import Wal, WalConfig
-from mmwal.testing import CrashImage, PowerLossStore
+from mmwal._chunked import ChunkedStore
+from mmwal.testing import CrashImage, Layout, PowerLossSimulator
 
 SOAK = os.environ.get("MMWAL_SOAK") == "1"
 HEADER = 8
 CONFIG = WalConfig(max_record_size=1 << 16)
 
-# (segment_size or None for a single file, window size): records span segments freely
-LAYOUTS = [(512, 0), (4096, 0), (None, 8192)]
+# records span segments freely
+LAYOUTS = [Layout(segment_size=512), Layout(segment_size=4096), Layout(window_size=8192)]
 
 sizes = st.one_of(
     st.just(0),
@@ -53,7 +60,9 @@ class CrashingLog(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.wal: Wal | None = None
-        self.store: PowerLossStore | None = None
+        self.sim: PowerLossSimulator | None = None
+        self.base = Path(tempfile.mkdtemp(prefix="mmwal-stateful-"))
+        self.opened = 0
         self.records: list[tuple[int, bytes]] = []  # from the head
         self.head = 0
         self.end = 0
@@ -74,30 +83,48 @@ class CrashingLog(RuleBasedStateMachine):
         return lsn
 
     def open_image(self, image: CrashImage) -> list[tuple[int, bytes]]:
-        """Open ``image``, adopt it as the running log, return its records."""
-        wal = image.open(CONFIG)
+        """Open ``image``, adopt it as the running log, return its records.
+
+        The log that crashed is closed (what it does now no longer matters) and
+        its files removed.
+        """
+        self.opened += 1
+        wal = image.open(self.base / f"log-{self.opened}", CONFIG)
         got = [(record.lsn, record.data) for record in wal]
-        assert isinstance(wal.store, PowerLossStore)
-        self.wal, self.store = wal, wal.store
+        store = wal.store
+        assert isinstance(store, ChunkedStore)
+        assert isinstance(store.syscalls, PowerLossSimulator)
+        if self.wal is not None and self.sim is not None:
+            self.wal.close()
+            shutil.rmtree(self.sim.root, ignore_errors=True)
+        self.wal, self.sim = wal, store.syscalls
         return got
 
     def check_recovered(
         self,
         got: list[tuple[int, bytes]],
         *,
-        heads: set[int],
+        head: int,
         records: list[tuple[int, bytes]],
         durable: int,
+        new: tuple[int, int] | None = None,
     ) -> None:
+        """Check the recovered log is the old one (``head``, ``durable``) or exactly ``new``.
+
+        ``new`` is ``(head, count)``: the log from that head holding ``records[:count]``.
+        """
         assert self.wal is not None
-        head = self.wal.head_lsn
-        assert head in heads, (head, heads)
-        live = [record for record in records if record[0] >= head]
+        recovered_head = self.wal.head_lsn
+        live = [record for record in records if record[0] >= recovered_head]
         dropped = len(records) - len(live)
-        assert got == live[: len(got)], "not a prefix of what was appended (ghost or reorder)"
-        assert len(got) >= durable - dropped, (
-            f"lost durable records: recovered {len(got)}, {durable - dropped} were durable"
-        )
+        if new is None or recovered_head != new[0] or got != live[: new[1] - dropped]:
+            assert recovered_head == head, (recovered_head, head, new)
+            assert got == live[: len(got)], "not a prefix of what was appended (ghost or reorder)"
+            assert len(got) >= durable - dropped, (
+                f"neither the old log nor the new one: recovered {len(got)}, "
+                f"{durable - dropped} were durable, the new log holds {new}"
+            )
+        head = recovered_head
         # Adopt what was recovered: recovery flushed it, so all of it is durable now.
         self.records = got
         self.head = head
@@ -113,14 +140,10 @@ class CrashingLog(RuleBasedStateMachine):
     # -- rules ----------------------------------------------------------------------
 
     @initialize(layout=st.sampled_from(LAYOUTS))
-    def start(self, layout: tuple[int | None, int]) -> None:
-        segment_size, window = layout
-        if segment_size is None:
-            self.store = PowerLossStore(window_size=window)
-        else:
-            self.store = PowerLossStore(segment_size=segment_size)
-        self.segmented = segment_size is not None
-        self.wal = Wal.with_store(self.store, CONFIG)
+    def start(self, layout: Layout) -> None:
+        self.sim = PowerLossSimulator(self.base / "log-0", layout)
+        self.segmented = layout.segmented
+        self.wal = Wal.with_store(self.sim.open_store(), CONFIG)
 
     @rule(size=sizes)
     def append(self, size: int) -> None:
@@ -150,7 +173,7 @@ class CrashingLog(RuleBasedStateMachine):
         self.log.truncate_after(self.records[keep][0])
         del self.records[keep + 1 :]
         self.end = self.records[-1][0] + HEADER + len(self.records[-1][1])
-        self.durable = min(self.durable, keep + 1)
+        self.durable = keep + 1  # truncate_after makes the records it keeps durable
 
     @precondition(lambda self: self.segmented)
     @rule(data=st.data())
@@ -161,36 +184,37 @@ class CrashingLog(RuleBasedStateMachine):
         assert new_head == max(target, self.head)
         dropped = sum(1 for lsn, _ in self.records if lsn < new_head)
         self.records = self.records[dropped:]
-        self.durable = max(0, self.durable - dropped)
+        # truncate_before flushes the whole log before it writes the head file
+        self.durable = len(self.records) if new_head > self.head else self.durable - dropped
         self.head = new_head
 
     @rule()
     def reopen(self) -> None:
         """Close (which syncs) and open again: everything comes back."""
-        assert self.store is not None
+        assert self.sim is not None
         self.log.close()
         records = list(self.records)
-        got = self.open_image(self.store.cache_image())
-        self.check_recovered(got, heads={self.head}, records=records, durable=len(records))
+        got = self.open_image(self.sim.cache_image())
+        self.check_recovered(got, head=self.head, records=records, durable=len(records))
         assert got == records
 
     @rule()
     def process_crash(self) -> None:
         """The process dies, the kernel keeps its page cache: nothing appended is lost."""
-        assert self.store is not None
+        assert self.sim is not None
         records = list(self.records)
-        got = self.open_image(self.store.cache_image())
-        self.check_recovered(got, heads={self.head}, records=records, durable=len(records))
+        got = self.open_image(self.sim.cache_image())
+        self.check_recovered(got, head=self.head, records=records, durable=len(records))
         assert got == records
 
     @rule(seed=st.integers(0, 2**32 - 1))
     def power_loss(self, seed: int) -> None:
         """The machine loses power now: any image the kernel could leave."""
-        assert self.store is not None
+        assert self.sim is not None
         records, durable, head = list(self.records), self.durable, self.head
-        image = self.store.crash_image(random.Random(seed))
+        image = self.sim.crash_image(random.Random(seed))
         got = self.open_image(image)
-        self.check_recovered(got, heads={head}, records=records, durable=durable)
+        self.check_recovered(got, head=head, records=records, durable=durable)
 
     @rule(
         operation=st.sampled_from(["sync", "truncate_after", "truncate_before"]),
@@ -198,32 +222,32 @@ class CrashingLog(RuleBasedStateMachine):
         data=st.data(),
     )
     def power_loss_during(self, operation: str, seed: int, data: st.DataObject) -> None:
-        """The machine loses power in the middle of a sync or a truncation."""
-        store = self.store
-        assert store is not None
+        """The machine loses power at a seam call in the middle of a sync or a truncation."""
+        sim = self.sim
+        assert sim is not None
         rng = random.Random(seed)
         records, durable, head = list(self.records), self.durable, self.head
-        heads = {head}
+        new: tuple[int, int] | None = None
         images: list[CrashImage] = []
-        store.crash_hook = lambda _step: images.append(store.crash_image(rng))
+        sim.crash_hook = lambda _call: images.append(sim.crash_image(rng))
         try:
             if operation == "sync":
                 self.log.sync()
             elif operation == "truncate_after" and records:
                 keep = data.draw(st.integers(0, len(records) - 1), label="keep through index")
-                durable = min(durable, keep + 1)
+                new = (head, keep + 1)
                 self.log.truncate_after(records[keep][0])
             elif operation == "truncate_before" and self.segmented:
                 targets = [lsn for lsn, _ in records] + [self.end]
                 target = data.draw(st.sampled_from(targets), label="new head")
-                heads.add(self.log.truncate_before(target))
+                new = (self.log.truncate_before(target), len(records))
         finally:
-            store.crash_hook = None
+            sim.crash_hook = None
         if not images:
-            images.append(store.crash_image(rng))
+            images.append(sim.crash_image(rng))
         image = images[data.draw(st.integers(0, len(images) - 1), label="crash point")]
         got = self.open_image(image)
-        self.check_recovered(got, heads=heads, records=records, durable=durable)
+        self.check_recovered(got, head=head, records=records, durable=durable, new=new)
 
     @invariant()
     def iteration_shows_the_model(self) -> None:
@@ -236,6 +260,7 @@ class CrashingLog(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.wal is not None:
             self.wal.close()
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 CrashingLog.TestCase.settings = settings(

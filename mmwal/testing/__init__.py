@@ -1,19 +1,26 @@
 """Tools to prove crash safety: a power-loss simulator and a reusable store test suite.
 
-``PowerLossStore`` (in ``_powerloss``) keeps the page cache and the disk apart and
-produces every image a machine crash could leave; ``StoreTests`` (in
-``_storetests``) is the behaviour suite any ``Store`` subclasses to prove it keeps
-the store protocol. Both are public: other engines reuse them.
+``PowerLossSimulator`` is a ``Syscalls`` that runs the real ``FileStore`` and
+``SegmentStore`` over real files (the page cache) while it keeps a simulated disk
+beside them (``_simdisk``: what was written back, which metadata is durable); it
+returns every image a machine crash could leave (``_simimage``: pages old, new,
+earlier or torn by sectors; metadata as an ordered prefix or any subset), each
+opened again with the real stores. ``StoreTests`` (in ``_storetests``) is the
+behaviour suite any ``Store`` subclasses to prove it keeps the store protocol.
 """
 
-from ._powerloss import LOG_FILE_NAME, CrashImage, MetadataOrder, PageFate, PowerLossStore
+from ._simdisk import MetadataOrder
+from ._simimage import LOG_FILE_NAME, SEGMENT_DIRECTORY, CrashImage, Layout, PageFate
+from ._simjournal import PowerLossSimulator
 from ._storetests import StoreTests
 
 __all__ = [
     "LOG_FILE_NAME",
+    "SEGMENT_DIRECTORY",
     "CrashImage",
+    "Layout",
     "MetadataOrder",
     "PageFate",
-    "PowerLossStore",
+    "PowerLossSimulator",
     "StoreTests",
 ]
