@@ -8,11 +8,13 @@ path or the hint of this error survived every other test.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+from spec import spec_frame
 
-from mmwal import CorruptionError, Wal
+from mmwal import CorruptionError, MemStore, RecoveryPolicy, Wal, WalConfig, repair
 
 
 @pytest.mark.parametrize("kind", ["file", "segments"])
@@ -63,3 +65,124 @@ def test_a_file_that_is_no_log_is_refused_with_what_was_found_and_the_way_out(
     assert "mmwal.repair(path, force=True)" in error.hint
     assert "mmwal repair --force PATH" in error.hint
     assert path.read_bytes() == content
+
+
+# -- what an open that discards a torn tail reports and logs -------------------------------
+
+
+def _tear_last_record(path: Path) -> tuple[list[int], int]:
+    """Write three records, close, flip a byte of the last one and drop the point."""
+    with Wal.open(path) as wal:
+        lsns = wal.append_many([b"first", b"second", b"third"])
+        end = wal.next_lsn
+    Path(f"{path}.recovery").unlink()  # a crash before the point covered the last record
+    data = bytearray(path.read_bytes())
+    data[lsns[2] + 8] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return lsns, end
+
+
+def test_a_torn_tail_is_reported_with_its_stop_and_logged_with_where_it_was_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "log"
+    lsns, end = _tear_last_record(path)
+    with caplog.at_level(logging.WARNING, logger="mmwal"), Wal.open(path) as wal:
+        report = wal.recovery
+    assert report.end == lsns[2]
+    assert report.stop is not None
+    assert report.stop.value == "checksum mismatch"
+    assert report.discarded_bytes == end - lsns[2]
+    assert report.quarantine_path is not None
+    assert Path(report.quarantine_path).exists()
+    messages = [r.getMessage() for r in caplog.records if r.name == "mmwal"]
+    expected = (
+        f"recovered {path} to LSN {lsns[2]}; discarded {end - lsns[2]} bytes past it "
+        f"(checksum mismatch), kept in {report.quarantine_path}"
+    )
+    assert messages == [expected]
+
+
+def test_a_clean_open_reports_no_quarantine_and_the_zero_header_it_stopped_at(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "log"
+    with Wal.open(path) as wal:
+        wal.append(b"only")
+    with caplog.at_level(logging.WARNING, logger="mmwal"), Wal.open(path) as wal:
+        report = wal.recovery
+    assert report.quarantine_path is None
+    assert report.discarded_bytes == 0
+    assert report.stop is not None
+    assert report.stop.value == "an all-zero header (the end of the log)"
+    assert not caplog.records
+
+
+def test_a_store_with_no_place_for_a_quarantine_says_so_in_the_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torn = bytearray(spec_frame(b"torn record"))
+    torn[-1] ^= 0xFF
+    image = spec_frame(b"kept") + bytes(torn)
+    with caplog.at_level(logging.WARNING, logger="mmwal"):
+        wal = Wal.with_store(MemStore.from_bytes(image))
+    with wal:
+        assert wal.recovery.quarantine_path is None
+        assert wal.recovery.end == len(spec_frame(b"kept"))
+    [message] = [r.getMessage() for r in caplog.records if r.name == "mmwal"]
+    assert message.endswith(
+        f"discarded {len(torn)} bytes past it (checksum mismatch), "
+        "kept in no quarantine (the store has no place for it)"
+    )
+
+
+# -- damage at the record the point names ------------------------------------------------
+
+
+def _flip_last_record(path: Path, payloads: list[bytes]) -> list[int]:
+    """Write ``payloads``, close (a point at the end), flip a byte of the last record."""
+    with Wal.open(path) as wal:
+        lsns = wal.append_many(payloads)
+    assert Path(f"{path}.recovery").exists()
+    data = bytearray(path.read_bytes())
+    data[lsns[-1] + 8] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return lsns
+
+
+def test_damage_to_the_record_the_point_names_is_refused_naming_why(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    lsns = _flip_last_record(path, [b"one", b"two", b"three"])
+    before = path.read_bytes()
+    with pytest.raises(CorruptionError) as caught:
+        Wal.open(path)
+    assert caught.value.offset == lsns[-1]
+    assert "(checksum mismatch), below the recovery point" in caught.value.reason
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_only_record_is_skipped_once(tmp_path: Path) -> None:
+    # The head is also the record the point names: it is one damaged record, not two.
+    path = tmp_path / "log"
+    [lsn] = _flip_last_record(path, [b"alone"])
+    config = WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)
+    with Wal.open(path, config, readonly=True) as wal:
+        assert [error.offset for error in wal.recovery.skipped] == [lsn]
+
+
+# -- repair does not trust the point --------------------------------------------------------
+
+
+def test_repair_cuts_at_damage_below_the_point_that_the_point_would_step_over(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log"
+    with Wal.open(path) as wal:
+        lsns = wal.append_many([b"record %02d" % i for i in range(20)])
+    assert Path(f"{path}.recovery").exists()
+    data = bytearray(path.read_bytes())
+    data[lsns[10] + 8] ^= 0xFF  # neither the head nor the record the point names
+    path.write_bytes(bytes(data))
+    repair(path)
+    with Wal.open(path) as wal:
+        assert [r.lsn for r in wal] == lsns[:10]

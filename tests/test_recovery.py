@@ -565,3 +565,36 @@ def test_recovery_zeroing_is_durable_before_open_returns(kind: str) -> None:
         # Read through another descriptor right after open: nothing past A.
         assert not any(target.raw()[a_end:])
         target.close(wal)
+
+
+# -- the window of the search for a lost sector in the first frame, byte-exact ----------------
+
+
+@pytest.mark.parametrize(
+    ("zeros_from", "refused"),
+    [
+        (1023, False),  # a lost sector starting at the last byte the first header claims
+        (1024, True),  # one byte later: past the claim, so the bytes after are foreign
+    ],
+)
+def test_a_lost_sector_counts_only_when_it_starts_within_the_first_claim(
+    tmp_path: Path, zeros_from: int, refused: bool
+) -> None:
+    # The first header claims exactly max_record_size bytes (still a plausible
+    # length) and its CRC fails; nonzero bytes follow the zero run.
+    payload_size = 1024
+    image = bytearray(struct.pack("<II", 0xDEADBEEF, payload_size))
+    image += b"\x55" * payload_size + b"\x55" * 600
+    image[8 + zeros_from : 8 + zeros_from + 512] = bytes(512)
+    path = tmp_path / "log"
+    path.write_bytes(bytes(image))
+    config = WalConfig(max_record_size=payload_size)
+    assert oracle(bytes(image), payload_size).refused == refused
+    if refused:
+        with pytest.raises(CorruptionError):
+            Wal.open(path, config)
+        assert path.read_bytes() == image
+    else:
+        with Wal.open(path, config) as wal:
+            assert wal.recovery.end == 0
+            assert wal.recovery.quarantine_path is not None
