@@ -109,7 +109,9 @@ def _scan_from_point(store: Store, config: WalConfig, point: RecoveryPoint) -> R
             damaged.append(_damage_below(store, head, point, first.stop))
     found = scan_end(store, config, point.last_lsn)
     if found.end < point.end:
-        stop = found.stop if found.stop is not None else Stop.SHORT_PAYLOAD
+        # No stop: a SKIP_BAD_RECORDS scan stepped over the whole record (its
+        # checksum failed) to the store's end and found no intact frame after it.
+        stop = found.stop if found.stop is not None else Stop.BAD_CRC
         damaged.append(_damage_below(store, point.last_lsn, point, stop))
         found = dataclasses.replace(scan_end(store, config, point.end), skipped=found.skipped)
     if damaged and store.writable and not skip:

@@ -9,12 +9,14 @@ path or the hint of this error survived every other test.
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import pytest
 from spec import spec_frame
 
 from mmwal import CorruptionError, MemStore, RecoveryPolicy, Wal, WalConfig, repair
+from mmwal._format import RECOVERY_FILE_NAME, RecoveryPoint, encode_recovery_point
 
 
 @pytest.mark.parametrize("kind", ["file", "segments"])
@@ -44,6 +46,12 @@ def test_damage_below_the_point_names_the_file_the_record_and_the_ways_forward(
     assert error.hint.startswith("nothing was changed")
     for way in ("readonly=True", "RecoveryPolicy.SKIP_BAD_RECORDS", "mmwal.repair()"):
         assert way in error.hint, way
+    # The joins too: the hint is one sentence the user reads, not a list of words.
+    assert "readonly=True, or RecoveryPolicy.SKIP_BAD_RECORDS, to read" in error.hint
+    assert error.hint.endswith(
+        "around it; mmwal.repair() cuts the log at the damage, "
+        "keeping what follows in a quarantine file"
+    )
     assert str(path) in str(error)
 
 
@@ -64,6 +72,8 @@ def test_a_file_that_is_no_log_is_refused_with_what_was_found_and_the_way_out(
     assert error.hint.startswith("nothing was changed")
     assert "mmwal.repair(path, force=True)" in error.hint
     assert "mmwal repair --force PATH" in error.hint
+    assert "or run mmwal.repair(path, force=True)" in error.hint
+    assert error.hint.endswith("to quarantine the unreadable bytes and start afresh")
     assert path.read_bytes() == content
 
 
@@ -186,3 +196,51 @@ def test_repair_cuts_at_damage_below_the_point_that_the_point_would_step_over(
     repair(path)
     with Wal.open(path) as wal:
         assert [r.lsn for r in wal] == lsns[:10]
+
+
+# -- a damaged last record that ends exactly at the store's end ----------------------------
+
+SKIP = WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)
+
+
+def _kept_then_damaged() -> tuple[bytes, bytes]:
+    """A good frame, then a frame with a plausible length whose checksum fails."""
+    damaged = bytearray(spec_frame(b"damaged"))
+    damaged[-1] ^= 0xFF
+    return spec_frame(b"kept"), bytes(damaged)
+
+
+def test_a_skipped_record_at_the_store_end_is_a_torn_tail_logged_as_the_end_of_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The scan steps over the damaged record to the store's end (no stop) and finds
+    # no intact frame after it, so the record is a tail, not a skipped record.
+    kept, damaged = _kept_then_damaged()
+    image = kept + damaged
+    with caplog.at_level(logging.WARNING, logger="mmwal"):
+        wal = Wal.with_store(MemStore.from_bytes(image, len(image)), SKIP)
+    with wal:
+        assert wal.recovery.stop is None
+        assert wal.recovery.end == len(kept)
+        assert wal.recovery.skipped == []
+    [message] = [r.getMessage() for r in caplog.records if r.name == "mmwal"]
+    assert f"discarded {len(damaged)} bytes past it (end of store), kept in" in message
+
+
+def test_a_skipped_record_the_point_names_at_the_store_end_is_reported_as_a_checksum_failure() -> (
+    None
+):
+    # The scan from the point steps over the record (no stop) and meets the store's
+    # end: the record was whole, so the reason is its checksum, not a short payload.
+    kept, damaged = _kept_then_damaged()
+    image = kept + damaged
+    store = MemStore.from_bytes(image, len(image))
+    crc, length = struct.unpack_from("<II", damaged)
+    point = RecoveryPoint(len(image), len(kept), crc, length, unit_size=0)
+    store.save_side_file(RECOVERY_FILE_NAME, encode_recovery_point(point))
+    with Wal.with_store(store, SKIP) as wal:
+        assert wal.recovery.recovery_point == len(image)
+        assert wal.recovery.end == len(image)
+        [error] = wal.recovery.skipped
+    assert error.offset == len(kept)
+    assert "(checksum mismatch), below the recovery point" in error.reason
