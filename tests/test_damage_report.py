@@ -244,3 +244,16 @@ def test_a_skipped_record_the_point_names_at_the_store_end_is_reported_as_a_chec
         [error] = wal.recovery.skipped
     assert error.offset == len(kept)
     assert "(checksum mismatch), below the recovery point" in error.reason
+
+
+def test_damage_to_an_oversized_record_the_point_names_is_refused_as_its_length(
+    tmp_path: Path,
+) -> None:
+    # Larger than today's max_record_size, its checksum is checked in place and
+    # fails: the reason is the scan's own (an implausible length), not a guess.
+    path = tmp_path / "log"
+    lsns = _flip_last_record(path, [b"small", b"x" * 100])
+    with pytest.raises(CorruptionError) as caught:
+        Wal.open(path, WalConfig(max_record_size=50))
+    assert caught.value.offset == lsns[-1]
+    assert "(implausible length), below the recovery point" in caught.value.reason
