@@ -168,7 +168,9 @@ def _refuse_foreign_bytes(store: Store, head: int, stop: Stop | None, max_record
     extent = store.nonzero_extent(claimed_end)
     if extent is None:
         return
-    reason = stop.value if stop is not None else "no frame"
+    # No stop with a header at the head: a SKIP_BAD_RECORDS scan stepped over
+    # every frame (each failed its checksum) to the store's end and kept none.
+    reason = (stop if stop is not None else Stop.BAD_CRC).value
     raise CorruptionError(
         head,
         f"no valid record starts at the head ({reason}), yet nonzero bytes lie at "

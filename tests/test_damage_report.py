@@ -257,3 +257,20 @@ def test_damage_to_an_oversized_record_the_point_names_is_refused_as_its_length(
         Wal.open(path, WalConfig(max_record_size=50))
     assert caught.value.offset == lsns[-1]
     assert "(implausible length), below the recovery point" in caught.value.reason
+
+
+def test_a_store_of_only_skipped_records_is_refused_naming_their_checksum() -> None:
+    # Under SKIP_BAD_RECORDS the scan steps over both frames to the store's end
+    # (no stop) and keeps none: the refusal names the checksum failure at the head.
+    first = bytearray(spec_frame(b"first"))
+    first[-1] ^= 0xFF
+    _, second = _kept_then_damaged()
+    image = bytes(first) + second
+    store = MemStore.from_bytes(image, len(image))
+    with pytest.raises(CorruptionError) as caught:
+        Wal.with_store(store, SKIP)
+    assert caught.value.offset == 0
+    assert caught.value.reason.startswith(
+        "no valid record starts at the head (checksum mismatch), yet nonzero bytes lie at "
+        f"offset {len(first)}:"
+    )
