@@ -25,8 +25,8 @@ import bisect
 import threading
 
 from ._errors import CorruptionError, InvalidLSNError
-from ._format import Scan, Stop, scan_frames
-from ._reading import frame_at
+from ._format import Scan, Stop
+from ._reading import _scan_step, frame_at
 from ._store import Store
 
 __all__ = ["WALK_LIMIT", "RecordStarts"]
@@ -39,8 +39,6 @@ WALK_LIMIT = 256 * 1024 * 1024
 _LANDMARK_SPACING = 16 * 1024 * 1024
 # How many record starts are remembered; past it every other one is forgotten.
 _MAX_LANDMARKS = 4096
-
-_SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
 
 
 class RecordStarts:
@@ -182,21 +180,14 @@ class RecordStarts:
             if position >= landmark:
                 self._remember(position, generation)
                 landmark = position + _LANDMARK_SPACING
-            buffer, base, piece_limit = store.piece(position)
-            stop_at = min(piece_limit, limit)
-            scan = scan_frames(
-                buffer,
-                position - base,
-                stop_at - base,
-                base=base,
-                max_record_size=max_record_size,
-                collect=False,
-            )
+            # The reading layer's step: a frame crossing a piece, or one longer
+            # than max_record_size whose CRC checks, is a record here as there.
+            scan = _scan_step(store, position, limit, max_record_size)
             position = scan.end
             if scan.stop is None:
                 continue
-            if scan.stop not in _SHORT:
-                return position, scan
+            # Stopped at ``limit`` or at damage: the frame checked against the
+            # log's end tells a frame crossing ``target`` from a damaged one.
             frame = frame_at(store, position, end, max_record_size)
             if frame.stop is not None or frame.end > target:
                 return position, frame

@@ -212,3 +212,22 @@ def test_a_truncation_forgets_the_record_starts_past_the_cut(
     new = [wal.append(b"z" * 13) for _ in range(40)]
     error = refused(wal.iter_from, new[30] + 3)
     assert (error.before, error.after) == (new[30], new[31])
+
+
+def test_an_lsn_past_a_record_longer_than_the_limit_is_a_mistake_not_damage(
+    tmp_path: Path,
+) -> None:
+    # Catches the nearest-LSN walk treating an intact record longer than today's
+    # max_record_size as damage, which every other reader keeps as a record.
+    path = tmp_path / "log.wal"
+    with Wal.open(path) as wal:
+        wal.append(b"a")
+        long_lsn = wal.append(b"x" * 100)
+        last = wal.append(b"c")
+    with Wal.open(path, WalConfig(max_record_size=50)) as wal:
+        end = wal.next_lsn  # where iter may start too
+        for inside, before, after in ((long_lsn + 1, long_lsn, last), (last + 1, last, end)):
+            with pytest.raises(InvalidLSNError) as raised:
+                wal.iter(inside)
+            assert (raised.value.before, raised.value.after) == (before, after)
+        assert [record.lsn for record in wal.iter(last)] == [last]
