@@ -158,8 +158,10 @@ def _batch_over(
     finally:
         run.release()
     scan = Scan([], position, reason, length)
-    if reason.name.startswith("SHORT") and stop_at < end:
-        # The frame crosses into the next mapping: check it whole, as a copy.
+    if (reason.name.startswith("SHORT") and stop_at < end) or reason.name == "BAD_LENGTH":
+        # The frame crosses into the next mapping, or is longer than max_record_size
+        # (a record all the same when its CRC checks: a smaller limit at open must not
+        # turn a healthy log into damage): check it whole, as a copy.
         scan = frame_at(store, position, end, max_record_size)
         if scan.stop is None:
             frame = store.read(position, scan.end - position)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import mmwal
 from mmwal import Record, Wal, WalTruncatedError
 from mmwal._batches import _VIEW_CHUNK
 
@@ -114,3 +115,23 @@ def test_an_abandoned_walk_leaves_nothing_pinned(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="released"):
         bytes(record.data)
     wal.close()
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+def test_a_smaller_max_record_size_reads_long_records_in_every_walk(
+    tmp_path: Path, segmented: bool
+) -> None:
+    # Catches: batches() and iter(copy=False) reporting a healthy log as damaged
+    # ("implausible length") when it was opened with a max_record_size below the
+    # length of records it holds, where iter() reads them (a CRC-checked frame is
+    # a record whatever its length).
+    payloads = [b"x" * 100, b"y" * 5, b"z" * 3000, b"w"]
+    path = tmp_path / ("log" if segmented else "a.wal")
+    size = 4096 if segmented else None
+    with mmwal.open(path, segment_size=size) as wal:
+        wal.append_many(payloads)
+    config = mmwal.WalConfig(max_record_size=10)
+    with mmwal.open(path, segment_size=size, config=config, readonly=True) as wal:
+        assert [bytes(record.data) for record in wal.iter()] == payloads
+        assert [bytes(record.data) for record in wal.iter(copy=False)] == payloads
+        assert [bytes(record.data) for batch in wal.batches() for record in batch] == payloads
