@@ -440,3 +440,79 @@ def test_info_on_a_live_log_skips_a_segment_removed_meanwhile(
         f"{1:020d}.wal",
         f"{2:020d}.wal",
     ]
+
+
+def _damaged_log(path: Path) -> int:
+    """Write 20 records, flip a payload byte of the 6th; return the 6th's LSN."""
+    _log(path, [b"r%02d" % n for n in range(20)])
+    lsn = 5 * (8 + 3)
+    with path.open("r+b") as file:
+        file.seek(lsn + 8 + 1)
+        byte = file.read(1)
+        file.seek(lsn + 8 + 1)
+        file.write(bytes([byte[0] ^ 1]))
+    return lsn
+
+
+def test_info_on_a_damaged_log_prints_what_it_found_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Catches: info failing with status 1 and no description (as if the log could
+    # not be read) where the open succeeded and the count met damage.
+    path = tmp_path / "a.wal"
+    lsn = _damaged_log(path)
+    assert main(["info", str(path)]) == 3
+    captured = capsys.readouterr()
+    assert "records:         5 before the damage" in captured.out
+    assert f"damage:          at LSN {lsn}: checksum mismatch" in captured.out
+    assert f"mmwal verify {path}" in captured.err
+    assert main(["info", "--json", str(path)]) == 3
+    described = json.loads(capsys.readouterr().out)
+    assert described["records"] == 5
+    assert described["damage"]["lsn"] == lsn
+    assert "checksum" in described["damage"]["reason"]
+
+
+def test_dump_and_tail_stop_at_damage_with_status_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.wal"
+    lsn = _damaged_log(path)
+    for command in (["dump"], ["tail", "-n", "3"]):
+        assert main([*command, str(path)]) == 3
+        captured = capsys.readouterr()
+        assert f"at log offset {lsn}" in captured.err
+        assert "mmwal verify" in captured.err
+    assert main(["dump", str(path)]) == 3
+    assert len(capsys.readouterr().out.splitlines()) == 5  # every record before the damage
+
+
+def test_a_refused_open_is_status_1_not_damage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Catches: any CorruptionError reported as damage inside the log (3), where the
+    # open itself refused the path (here a segment set whose head names a missing file).
+    path = tmp_path / "log"
+    _segmented(path, [bytes(1000)] * 10)
+    (path / "00000000000000000001.wal").unlink()
+    status = main(["info", str(path)])
+    capsys.readouterr()
+    assert status == 1
+
+
+def test_info_counts_the_segment_made_ahead_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Catches: a live writer's spare (made ahead of need, wholly past the end)
+    # counted as a segment of the log.
+    path = tmp_path / "log"
+    with mmwal.open(path, segment_size=4096) as wal:
+        wal.append_many([bytes(1000)] * 10)
+        wal.sync()
+        (path / "00000000000000000003.wal").write_bytes(bytes(4096))  # as the pipeline makes it
+        assert main(["info", "--json", str(path)]) == 0
+        described = json.loads(capsys.readouterr().out)
+        assert (described["segments"], described["segments_made_ahead"]) == (3, 1)
+        assert [file["made_ahead"] for file in described["files"]] == [False] * 3 + [True]
+        assert main(["info", str(path)]) == 0
+        assert "segments:        3 (+1 made ahead of need, empty)" in capsys.readouterr().out

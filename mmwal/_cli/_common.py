@@ -12,7 +12,15 @@ from typing import Any
 
 import mmwal
 
-__all__ = ["ExitStatus", "Register", "add_command", "build_parser", "open_readonly", "run"]
+__all__ = [
+    "DAMAGE_HINT",
+    "ExitStatus",
+    "Register",
+    "add_command",
+    "build_parser",
+    "open_readonly",
+    "run",
+]
 
 DESCRIPTION = "Look into an mmwal (or wal-db 1.x) log, follow it, check it, repair it."
 
@@ -23,7 +31,7 @@ class ExitStatus(enum.IntEnum):
     OK = 0
     ERROR = 1  # the log cannot be read as asked: missing, refused, an I/O error
     TORN_TAIL = 2  # verify: intact up to the end; bytes past it, as a crash leaves
-    DAMAGED = 3  # verify: a damaged record inside the log
+    DAMAGED = 3  # a damaged record inside the log (verify, or a read that met it)
     USAGE = 64  # the command line itself is wrong (BSD's EX_USAGE)
 
 
@@ -33,12 +41,19 @@ exit statuses:
   1   the log could not be read as asked (missing path, not a log, refused, I/O error)
   2   verify: the records are intact up to the end, and nonzero bytes lie past it
       (a torn tail, as a crash leaves; a writable open quarantines and zeroes them)
-  3   verify: a record inside the log is damaged (its LSN is printed)
+  3   a record inside the log is damaged (its LSN is printed): verify, or info,
+      dump and tail when their reading meets it (they print what precedes it)
   64  the command line is wrong
 
 Every subcommand but repair only reads. Options may come before or after the
 subcommand: mmwal info --max-record-size 100 PATH.
 """
+
+#: What to do about damage a read met: look before anything writes.
+DAMAGE_HINT = (
+    "hint: the log is damaged; run 'mmwal verify {path}' to see every damaged record, "
+    "and keep a copy of the log before any repair"
+)
 
 Register = Callable[[Any], None]
 
@@ -133,12 +148,15 @@ def open_readonly(
     path = arguments.path
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "no log here", path)
-    return mmwal.open(
+    wal = mmwal.open(
         path,
         segment_size=arguments.segment_size,
         config=config if config is not None else config_of(arguments),
         readonly=True,
     )
+    # A CorruptionError from now on is damage a read met, not a refused open.
+    arguments.opened = True
+    return wal
 
 
 def run(argv: Sequence[str] | None, groups: Iterable[Register]) -> int:
@@ -146,6 +164,14 @@ def run(argv: Sequence[str] | None, groups: Iterable[Register]) -> int:
     arguments = build_parser(groups).parse_args(argv)
     try:
         status: int = arguments.run(arguments)
+    except mmwal.CorruptionError as error:
+        if not getattr(arguments, "opened", False):
+            print(f"error: {error}", file=sys.stderr)
+            return ExitStatus.ERROR
+        # The open succeeded, so this is damage inside the log that a read met.
+        print(f"error: {error}", file=sys.stderr)
+        print(DAMAGE_HINT.format(path=arguments.path), file=sys.stderr)
+        return ExitStatus.DAMAGED
     except KeyboardInterrupt:
         return ExitStatus.OK if getattr(arguments, "follow", False) else 130
     except BrokenPipeError:

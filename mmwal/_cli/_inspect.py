@@ -14,7 +14,7 @@ from typing import Any
 
 import mmwal
 
-from ._common import ExitStatus, add_command, open_readonly
+from ._common import DAMAGE_HINT, ExitStatus, add_command, open_readonly
 
 __all__ = ["register"]
 
@@ -81,20 +81,43 @@ def _files(path: str) -> list[dict[str, Any]]:
     return [{"name": os.path.basename(path), "bytes": os.path.getsize(path)}]
 
 
-def _describe(wal: mmwal.Wal, path: str) -> dict[str, Any]:
+def _count_records(wal: mmwal.Wal) -> tuple[int, mmwal.CorruptionError | None]:
+    """Count the records up to the end, or up to damage met on the way (then also return it)."""
+    count = 0
+    try:
+        for _ in wal.iter(copy=False):
+            count += 1
+    except mmwal.CorruptionError as error:
+        return count, error
+    return count, None
+
+
+def _describe(wal: mmwal.Wal, path: str) -> tuple[dict[str, Any], mmwal.CorruptionError | None]:
     report = wal.recovery
     files = _files(path)
     store = wal.store
-    segmented = isinstance(store, mmwal.SegmentStore)
+    segment_size = store.segment_size if isinstance(store, mmwal.SegmentStore) else None
+    if segment_size is not None:
+        # A live writer makes the next segment ahead of need: a zero file wholly past
+        # the end (a LSN is its offset in the segment sequence), holding no record.
+        last_in_use = wal.next_lsn // segment_size
+        for file in files:
+            file["made_ahead"] = int(file["name"].split(".")[0]) > last_in_use
+    records, damage = _count_records(wal)
     described: dict[str, Any] = {
         "path": path,
-        "layout": "segmented" if segmented else "single-file",
+        "layout": "single-file" if segment_size is None else "segmented",
         "head_lsn": wal.head_lsn,
         "next_lsn": wal.next_lsn,
         "durable_lsn": wal.durable_lsn,
-        "records": sum(1 for _ in wal),
-        "segment_size": store.segment_size if isinstance(store, mmwal.SegmentStore) else None,
-        "segments": len(files) if segmented else None,
+        "records": records,
+        "segment_size": segment_size,
+        "segments": None
+        if segment_size is None
+        else sum(1 for file in files if not file["made_ahead"]),
+        "segments_made_ahead": None
+        if segment_size is None
+        else sum(1 for file in files if file["made_ahead"]),
         "files": files,
         "file_bytes": sum(file["bytes"] for file in files),
         "recovery": {
@@ -106,15 +129,18 @@ def _describe(wal: mmwal.Wal, path: str) -> dict[str, Any]:
     # with the log: the end it vouches for as durable.
     if report.recovery_point is not None:
         described["recovery_point"] = report.recovery_point
-    return described
+    if damage is not None:
+        described["damage"] = {"lsn": damage.offset, "reason": damage.reason}
+    return described, damage
 
 
 def _info(arguments: argparse.Namespace) -> int:
     with open_readonly(arguments) as wal:
-        described = _describe(wal, arguments.path)
+        described, damage = _describe(wal, arguments.path)
+    status = ExitStatus.OK if damage is None else ExitStatus.DAMAGED
     if arguments.json:
         print(json.dumps(described, default=str))
-        return ExitStatus.OK
+        return status
     rows = [
         ("path", described["path"]),
         ("layout", described["layout"]),
@@ -123,9 +149,13 @@ def _info(arguments: argparse.Namespace) -> int:
         ("durable LSN", described["durable_lsn"]),
         ("records", described["records"]),
     ]
+    if damage is not None:
+        rows[-1] = ("records", f"{described['records']} before the damage")
     if described["segment_size"] is not None:
         rows.append(("segment size", f"{described['segment_size']} bytes"))
-        rows.append(("segments", described["segments"]))
+        ahead = described["segments_made_ahead"]
+        made_ahead = f" (+{ahead} made ahead of need, empty)" if ahead else ""
+        rows.append(("segments", f"{described['segments']}{made_ahead}"))
     rows.append(("file bytes", f"{described['file_bytes']} (preallocated past the end)"))
     if "recovery_point" in described:
         rows.append(("recovery point", described["recovery_point"]))
@@ -134,9 +164,13 @@ def _info(arguments: argparse.Namespace) -> int:
     rows.append(
         ("bytes past end", f"{recovery['bytes_past_end']} (a writable open would quarantine them)")
     )
+    if damage is not None:
+        rows.append(("damage", f"at LSN {damage.offset}: {damage.reason}"))
     for name, value in rows:
         print(f"{name + ':':<16} {value}")
-    return ExitStatus.OK
+    if damage is not None:
+        print(DAMAGE_HINT.format(path=arguments.path), file=sys.stderr)
+    return status
 
 
 def _print_records(records: Iterable[mmwal.Record], arguments: argparse.Namespace) -> None:
