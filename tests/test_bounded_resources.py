@@ -90,6 +90,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/maps")
 @pytest.mark.parametrize(
     "segments",

@@ -442,6 +442,7 @@ def report(tally: Tally, seconds: float) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_quick_crash_images_keep_the_prefix_property() -> None:
     began = time.perf_counter()
     tally = run_campaign(QUICK_IMAGES, first_seed=0)
@@ -496,6 +497,7 @@ def test_the_campaign_catches_broken_stores(
     assert any(expected in kind for kind in tally.violations), report(tally, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="known limitation: under metadata='any' (a file system that may keep a later "

@@ -478,6 +478,7 @@ _TRUNCATING_WRITER = """
 """
 
 
+@pytest.mark.slow
 def test_read_only_opens_racing_a_truncating_writer_never_fail(tmp_path: Path) -> None:
     directory = tmp_path / "log"
     with Wal.open_segmented(directory, 512) as wal:

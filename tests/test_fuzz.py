@@ -231,12 +231,14 @@ def test_memstore_images_recover_or_refuse(image: bytes, chunk: int) -> None:
     memstore_target(image, chunk)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(image=images, window=st.sampled_from([4096, 8192]))
 def test_single_files_recover_or_refuse(image: bytes, window: int) -> None:
     file_target(image, window)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(segment_set=segment_sets())
 def test_segment_sets_recover_or_refuse(segment_set: tuple[dict[str, bytes], int | None]) -> None:
@@ -307,6 +309,7 @@ def load_harness() -> ModuleType:
 HARNESS = load_harness()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=2000), images.map(lambda b: b"\x00\x01" + b)))
 def test_the_atheris_entry_point_holds(data: bytes) -> None:

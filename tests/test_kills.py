@@ -319,6 +319,7 @@ def kill_campaign(base: Path, kills: int, seed: int) -> Campaign:
     return campaign
 
 
+@pytest.mark.slow
 def test_quick_kills_keep_every_appended_record(tmp_path: Path) -> None:
     campaign = kill_campaign(tmp_path, QUICK_KILLS, seed=7)
     print(f"{campaign.kills} kills, {campaign.reports} reports checked, {campaign.seconds:.1f} s")

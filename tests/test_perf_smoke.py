@@ -16,6 +16,7 @@ from perf.plan import COMMIT_STATE_WORKLOADS, WORKLOADS
 from perf.report import DISPLAY
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["--quick", "--reps", "1", "--scale", "0.02", "--dir", str(tmp_path), "--json", str(out)]

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -273,3 +274,4 @@ CrashingLog.TestCase.settings = settings(
 
 
 TestCrashingLog = CrashingLog.TestCase
+TestCrashingLog.pytestmark = [pytest.mark.slow]
