@@ -191,5 +191,4 @@ class FollowersAgainstAModel(RuleBasedStateMachine):
 FollowersAgainstAModel.TestCase.settings = settings(
     max_examples=150, stateful_step_count=50, deadline=None
 )
-test_followers_against_a_model = FollowersAgainstAModel.TestCase
-test_followers_against_a_model.pytestmark = [pytest.mark.slow]
+test_followers_against_a_model = pytest.mark.slow(FollowersAgainstAModel.TestCase)

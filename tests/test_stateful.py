@@ -273,5 +273,4 @@ CrashingLog.TestCase.settings = settings(
 )
 
 
-TestCrashingLog = CrashingLog.TestCase
-TestCrashingLog.pytestmark = [pytest.mark.slow]
+TestCrashingLog = pytest.mark.slow(CrashingLog.TestCase)
