@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import array
 import bisect
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import overload
 
 from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError, WalClosedError
-from ._format import HEADER_SIZE, Record, Scan, diagnose, record_views, walk_frames
-from ._lifetime import UNBOUNDED, Watch
+from ._format import HEADER_SIZE, Record, Scan, diagnose, walk_frames
+from ._lifetime import Watch
 from ._reading import frame_at
+from ._recordviews import RecordViews, Run
 from ._store import Store
 
 __all__ = ["RecordBatch", "read_batches", "read_views"]
 
 # Bytes of frames one step of a ``copy=False`` walk checks before yielding.
 _VIEW_STEP_BYTES = 1024 * 1024
-
-# Records (and views) a ``copy=False`` walk makes at once. Each chunk's objects
-# are freed before the next chunk is made; fewer than the cyclic GC's first
-# threshold (700 allocations) keeps the walk from triggering collections.
-_VIEW_CHUNK = 256
 
 
 class RecordBatch:
@@ -116,19 +112,12 @@ class RecordBatch:
 class _Views:
     """The views one reader holds; the log's ``Lifetime`` releases them."""
 
-    __slots__ = ("__weakref__", "batch", "records")
+    __slots__ = ("__weakref__", "batch")
 
     def __init__(self) -> None:
         self.batch: RecordBatch | None = None
-        # The records of the batch a ``copy=False`` walk is yielding from: each
-        # one's view is released as the walk passes it, all of them here.
-        self.records: list[Record] | None = None
 
     def release_views(self) -> None:
-        if self.records is not None:
-            for record in self.records:
-                record.data.release()  # type: ignore[attr-defined]
-            self.records = None
         if self.batch is not None:
             self.batch.release()
             self.batch = None
@@ -195,7 +184,7 @@ def read_batches(
     skipped: list[CorruptionError],
     watch: Watch,
     max_bytes: int,
-) -> Iterator[RecordBatch]:
+) -> Generator[RecordBatch, None, None]:
     """Yield batches of the records of ``[start, end)``, each released on advance."""
     views = _Views()
     watch.lifetime.register(views)
@@ -250,63 +239,61 @@ def read_views(
     """Yield the records of ``[start, end)`` with ``data`` a view into the mapping.
 
     Each view is released when the next record is asked for (or the walk ends).
-    The records are made ``_VIEW_CHUNK`` at a time (``record_views``, in C); each
-    is checked against the watch just before it is yielded. A truncation or close
-    releases every view (so those of the records made but not yet yielded too):
-    the walk then checks the next record and, when it survived, reads again from
-    there. One generator, no helpers: this loop is the per-record cost.
+    The per-record loop is ``RecordViews`` (in C where built); the runs it walks
+    are the batches of ``read_batches``, read and checked by ``_ViewFeed``. A
+    truncation or close releases the view and makes the loop ask the feed for
+    the next record by its LSN: the watch then checks that it survived.
     """
-    views = _Views()
-    lifetime = watch.lifetime
-    lifetime.register(views)
-    position = start
-    try:
-        while position < end:
-            batches = read_batches(
-                store,
-                start=position,
-                end=end,
-                config=config,
-                skipped=skipped,
-                watch=watch,
-                max_bytes=_VIEW_STEP_BYTES,
-            )
-            position = UNBOUNDED
-            for batch, first in _chunks(batches):
-                records = record_views(
-                    batch.view, batch.lsns, batch.offsets, batch.lengths, first, first + _VIEW_CHUNK
-                )
-                views.records = records
-                epoch = watch.epoch
-                high = watch.high
-                remote = lifetime.remote
-                seen = lifetime.seen
-                for record in records:
-                    if (
-                        lifetime.epoch != epoch
-                        or record[0] >= high
-                        or (remote is not None and remote[0] != seen)
-                    ):
-                        watch.check(record[0])
-                        if views.records is not records:
-                            break  # released under the walk: read again from this record
-                        epoch = watch.epoch
-                        high = watch.high
-                        seen = lifetime.seen
-                    yield record
-                    record[1].release()  # type: ignore[attr-defined]
-                else:
-                    views.records = None
-                    del records  # freed before the next chunk is made
-                    continue
-                position = record[0]
-                break
-    finally:
-        views.release_views()
+    feed = _ViewFeed(store, start=start, end=end, config=config, skipped=skipped, watch=watch)
+    records = RecordViews(feed, Record)
+    watch.lifetime.register(records)
+    return records
 
 
-def _chunks(batches: Iterator[RecordBatch]) -> Iterator[tuple[RecordBatch, int]]:
-    """Yield each batch with the index of each chunk of ``_VIEW_CHUNK`` records in it."""
-    for batch in batches:
-        for first in range(0, len(batch), _VIEW_CHUNK):
-            yield batch, first
+class _ViewFeed:
+    """Hand ``RecordViews`` the batches of ``[start, end)``, checked by the watch."""
+
+    __slots__ = ("_batches", "_config", "_end", "_skipped", "_store", "_watch")
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        start: int,
+        end: int,
+        config: WalConfig,
+        skipped: list[CorruptionError],
+        watch: Watch,
+    ) -> None:
+        self._store = store
+        self._end = end
+        self._config = config
+        self._skipped = skipped
+        self._watch = watch
+        self._batches = self._walk_from(start)
+
+    def _walk_from(self, position: int) -> Generator[RecordBatch, None, None]:
+        return read_batches(
+            self._store,
+            start=position,
+            end=self._end,
+            config=self._config,
+            skipped=self._skipped,
+            watch=self._watch,
+            max_bytes=_VIEW_STEP_BYTES,
+        )
+
+    def __call__(self, lsn: int | None) -> Run | None:
+        """Return the next batch as a run; from ``lsn`` (checked first) when given."""
+        if lsn is not None:
+            # A truncation or close released the views (or a writer in another
+            # process moved its counter) under the walk: the record at ``lsn``
+            # must have survived, and is read again from the mapping.
+            self._watch.check(lsn)
+            self._batches.close()
+            self._batches = self._walk_from(lsn)
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        lifetime = self._watch.lifetime
+        return batch.view, batch.lsns, batch.offsets, batch.lengths, lifetime.remote, lifetime.seen

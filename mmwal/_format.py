@@ -86,7 +86,6 @@ __all__ = [
     "frame_crc",
     "frame_size",
     "parse_segment_name",
-    "record_views",
     "scan_frames",
     "segment_name",
     "walk_frames",
@@ -319,49 +318,6 @@ def walk_frames(  # noqa: PLR0917 - one call per batch, all of it state
     if _speedups is None:
         return _walk_frames_python(buf, start, limit, base, max_record_size, max_records, max_bytes)
     return _speedups.frames(buf, start, limit, base, max_record_size, max_records, max_bytes)
-
-
-def record_views(  # noqa: PLR0917 - the C call's arguments
-    view: memoryview,
-    lsns: memoryview,
-    offsets: memoryview,
-    lengths: memoryview,
-    start: int,
-    stop: int,
-) -> list[Record]:
-    """Return a ``Record`` per entry ``start:stop`` of ``walk_frames``'s arrays, data from ``view``.
-
-    ``view`` is the 1-D byte view the arrays index (``RecordBatch.view``); each
-    ``data`` is a new slice of it, pinning the mapping until it is released.
-    ``stop`` is clipped to the arrays' length.
-    """
-    if _speedups is None:
-        return _record_views_python(view, lsns, offsets, lengths, start, stop)
-    return _speedups.record_views(view, lsns, offsets, lengths, start, stop, Record)
-
-
-def _record_views_python(  # noqa: PLR0917 - the reference takes the C call's arguments
-    view: memoryview,
-    lsns: memoryview,
-    offsets: memoryview,
-    lengths: memoryview,
-    start: int,
-    stop: int,
-) -> list[Record]:
-    """Do what ``record_views`` does, in Python: the reference the C call must match."""
-    if not len(lsns) == len(offsets) == len(lengths):
-        raise ValueError("lsns, offsets and lengths differ in length")
-    if start < 0 or stop < start:
-        raise IndexError("record_views() needs 0 <= start <= stop")
-    stop = min(stop, len(lsns))
-    start = min(start, stop)
-    records = []
-    chosen = (lsns[start:stop].tolist(), offsets[start:stop].tolist(), lengths[start:stop].tolist())
-    for lsn, offset, length in zip(*chosen, strict=True):
-        if offset < 0 or length < 0 or offset + length > len(view):
-            raise IndexError("a record lies outside the view")
-        records.append(Record(lsn, view[offset : offset + length]))  # type: ignore[arg-type]
-    return records
 
 
 def _walk_frames_python(  # noqa: PLR0917 - the reference takes the C call's arguments

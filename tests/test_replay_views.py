@@ -1,9 +1,9 @@
-"""``iter(copy=False)`` made fast: records made a chunk at a time in C, rules kept.
+"""``iter(copy=False)`` made fast: a per-record loop (``RecordViews``, in C) over runs.
 
-The walk makes the records of up to ``_VIEW_CHUNK`` frames at once
-(``_format.record_views``), so these tests use logs whose segments hold several
-chunks: the rules (a view released on advance, on truncation and on close) must
-hold for records made but not yet yielded, and across chunk boundaries.
+The loop walks runs of checked frames that the log hands it a step at a time,
+so these tests use steps of a few hundred bytes (the ``short_steps`` fixture)
+and logs whose segments hold many: the rules (a view released on advance, on
+truncation and on close) must hold within a run and across run boundaries.
 """
 
 from __future__ import annotations
@@ -15,11 +15,18 @@ from pathlib import Path
 import pytest
 
 import mmwal
-from mmwal import Record, Wal, WalTruncatedError
-from mmwal._batches import _VIEW_CHUNK
+from mmwal import Record, Wal, WalTruncatedError, _batches
 
 SEGMENT = 1 << 20
+# A stretch of records: several runs of the short steps below.
+_VIEW_CHUNK = 256
 COUNT = 3 * _VIEW_CHUNK + 17
+
+
+@pytest.fixture(autouse=True)
+def short_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Walk runs of about 20 records, so a walk crosses many run boundaries."""
+    monkeypatch.setattr(_batches, "_VIEW_STEP_BYTES", 512)
 
 
 def payloads(count: int) -> list[bytes]:
