@@ -53,6 +53,7 @@ class RecordViewsPython:
     )
 
     def __init__(self, feed: Feed, record_type: type[tuple[Any, ...]]) -> None:
+        self._held: memoryview | None = None
         if not callable(feed):
             raise TypeError("feed must be callable")
         if not (isinstance(record_type, type) and issubclass(record_type, tuple)):
@@ -61,7 +62,6 @@ class RecordViewsPython:
         self._record_type = record_type
         self._run: tuple[memoryview, memoryview, memoryview, memoryview, Any, int] | None = None
         self._next = 0
-        self._held: memoryview | None = None
         self._releases = 0
         self._resume_at: int | None = None
 
@@ -79,7 +79,11 @@ class RecordViewsPython:
             if self._feed is None:
                 raise StopIteration
             run = self._run
-            if run is None or self._next >= len(run[1]) or (run[4] is not None and run[4][0] != run[5]):
+            if (
+                run is None
+                or self._next >= len(run[1])
+                or (run[4] is not None and run[4][0] != run[5])
+            ):
                 try:
                     got = self._refill()
                 except BaseException:
@@ -121,16 +125,22 @@ class RecordViewsPython:
         view, lsns, offsets, lengths, remote, seen = got
         if not isinstance(view, memoryview):
             raise TypeError("a feed returns (view, lsns, offsets, lengths, remote, seen) or None")
-        arrays = [memoryview(array).cast("B").cast("q") for array in (lsns, offsets, lengths)]
-        if not len(arrays[0]) == len(arrays[1]) == len(arrays[2]):
+        if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous or view.format != "B":
+            raise TypeError("a run's view must be a 1-D memoryview of bytes")
+        arrays = [memoryview(array).cast("B") for array in (lsns, offsets, lengths)]
+        if len(arrays[0]) % 8 or not len(arrays[0]) == len(arrays[1]) == len(arrays[2]):
             raise ValueError("lsns, offsets and lengths differ in length")
-        counter = None if remote is None else memoryview(remote).cast("B")[:8].cast("Q")
-        len(view)  # a released view raises ValueError here, as in C
+        lsns, offsets, lengths = (array.cast("q") for array in arrays)
+        counter = None if remote is None else memoryview(remote).cast("B")[:8]
+        if counter is not None:
+            if len(counter) < 8:
+                raise ValueError("remote holds no uint64")
+            counter = counter.cast("Q")
         if self._releases != releases:
             # Released while the feed ran: ask again from the run's first record.
-            self._resume_at = arrays[0][0] if len(arrays[0]) else None
+            self._resume_at = lsns[0] if len(lsns) else None
             return True
-        self._run = (view, arrays[0], arrays[1], arrays[2], counter, seen)
+        self._run = (view, lsns, offsets, lengths, counter, seen)
         self._next = 0
         return True
 

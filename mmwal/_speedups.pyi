@@ -26,10 +26,13 @@ def frames(
     max_bytes: int,
     /,
 ) -> tuple[bytes, bytes, bytes, int]: ...
+
 class RecordViews:
     def __init__(
         self,
-        feed: Callable[[int | None], tuple[memoryview, Buffer, Buffer, Buffer, Buffer | None, int] | None],
+        feed: Callable[
+            [int | None], tuple[memoryview, Buffer, Buffer, Buffer, Buffer | None, int] | None
+        ],
         record_type: type[tuple[Any, ...]],
     ) -> None: ...
     def __iter__(self) -> RecordViews: ...

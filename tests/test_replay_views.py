@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import gc
 import mmap
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 import mmwal
-from mmwal import Record, Wal, WalTruncatedError, _batches
+from mmwal import (
+    CorruptionError,
+    Record,
+    RecoveryPolicy,
+    Wal,
+    WalConfig,
+    WalTruncatedError,
+    _batches,
+    _recordviews,
+)
 
 SEGMENT = 1 << 20
 # A stretch of records: several runs of the short steps below.
@@ -23,10 +33,16 @@ _VIEW_CHUNK = 256
 COUNT = 3 * _VIEW_CHUNK + 17
 
 
-@pytest.fixture(autouse=True)
-def short_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Walk runs of about 20 records, so a walk crosses many run boundaries."""
+# The per-record loop in C (where built) and its Python twin: every test runs both.
+LOOPS = {"c": _recordviews.RecordViews, "python": _recordviews.RecordViewsPython}
+
+
+@pytest.fixture(autouse=True, params=sorted(LOOPS))
+def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Walk with one of the twins, in runs of about 20 records (many run boundaries)."""
+    monkeypatch.setattr(_batches, "RecordViews", LOOPS[request.param])
     monkeypatch.setattr(_batches, "_VIEW_STEP_BYTES", 512)
+    return str(request.param)
 
 
 def payloads(count: int) -> list[bytes]:
@@ -142,3 +158,64 @@ def test_a_smaller_max_record_size_reads_long_records_in_every_walk(
         assert [bytes(record.data) for record in wal.iter()] == payloads
         assert [bytes(record.data) for record in wal.iter(copy=False)] == payloads
         assert [bytes(record.data) for batch in wal.batches() for record in batch] == payloads
+
+
+def _walk(walk: Iterable[Record]) -> tuple[list[tuple[int, bytes]], Exception | None]:
+    """Read ``walk`` to its end or its error: (lsn, payload) pairs, and the error."""
+    got: list[tuple[int, bytes]] = []
+    try:
+        got.extend((record.lsn, bytes(record.data)) for record in walk)
+    except (CorruptionError, WalTruncatedError) as error:
+        return got, error
+    return got, None
+
+
+@pytest.mark.parametrize("policy", list(RecoveryPolicy))
+@pytest.mark.parametrize("damaged", [[5], [0, 1], [40, 90, 91], [-1]])
+def test_a_damaged_segmented_log_reads_as_the_copying_walk_reads_it(
+    tmp_path: Path, policy: RecoveryPolicy, damaged: list[int]
+) -> None:
+    # Records of 0 to 700 bytes in 4 KiB segments: many frames cross from one
+    # mapping into the next (each a copied run of one).
+    data = [bytes([i % 251]) * (i * 37 % 701) for i in range(120)]
+    config = WalConfig(recovery_policy=policy)
+    with Wal.open_segmented(tmp_path / "log", 4096, config) as wal:
+        lsns = wal.append_many(data)
+        wal.sync()
+        for index in damaged:
+            # A payload byte, or (for an empty payload) the length: a bad CRC either way.
+            at = lsns[index] + 8 + len(data[index]) // 2 if data[index] else lsns[index] + 4
+            wal.store.write(at, bytes([wal.store.read(at, 1)[0] ^ 0x10]))
+        copied = wal.iter()
+        viewed = wal.iter(copy=False)
+        expected, expected_error = _walk(copied)
+        got, error = _walk(viewed)
+    assert got == expected
+    assert len(expected) < len(data)
+    assert type(error) is type(expected_error)
+    assert [getattr(e, "offset", None) for e in (error, expected_error)] == [
+        getattr(expected_error, "offset", None)
+    ] * 2
+    assert [e.offset for e in viewed.skipped] == [e.offset for e in copied.skipped]
+
+
+@pytest.mark.parametrize("cut", [10, 45, 55])
+def test_a_writer_in_another_handle_truncating_stops_a_read_only_walk(
+    tmp_path: Path, cut: int
+) -> None:
+    data = payloads(60)
+    with Wal.open_segmented(tmp_path / "log", 4096) as wal:
+        lsns = wal.append_many(data)
+        wal.sync()
+        with Wal.open_segmented(tmp_path / "log", readonly=True) as reader:
+            walk = iter(reader.iter(copy=False))
+            seen = [bytes(next(walk).data) for _ in range(40)]
+            # The writer's counter moves; the reader's lifetime hears nothing until
+            # the walk looks at the counter, before its next record.
+            wal.truncate_after(lsns[cut])
+            got, error = _walk(walk)
+    assert isinstance(error, WalTruncatedError)
+    survivors = [(lsn, payload) for lsn, payload in zip(lsns, data, strict=True)][40 : cut + 1]
+    assert got == survivors
+    assert error.lsn == lsns[max(40, cut + 1)]
+    assert seen == data[:40]

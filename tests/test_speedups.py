@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import cast
 
 import crc32c as crc32c_package
 import pytest
@@ -230,7 +229,7 @@ def test_the_offsets_walk_grows_past_its_first_allocation() -> None:
     assert stop == len(image)
 
 
-# -- the three-stream CRC and record_views (fast copy=False reads) ------------------------
+# -- the three-stream CRC ---------------------------------------------------------------
 
 # Lengths around the interleaved blocks (3 x 256 and 3 x 8192 bytes) and their
 # multiples: a wrong shift table or an off-by-one block split shows up here.
@@ -261,70 +260,3 @@ def test_the_c_crc_matches_on_long_random_inputs(length: int, value: int, skew: 
     # Continuing from a split point gives the CRC of the whole.
     half = length // 3
     assert speedups.crc32c(data[half:], speedups.crc32c(data[:half])) == speedups.crc32c(data)
-
-
-def _both_record_views(
-    view: memoryview, arrays: tuple[bytes, bytes, bytes], start: int, stop: int
-) -> tuple[object, object]:
-    lsns, offsets, lengths = (memoryview(a).cast("q") for a in arrays)
-    results: list[object] = []
-    for walk in (
-        lambda: speedups.record_views(view, lsns, offsets, lengths, start, stop, Record),
-        lambda: _format._record_views_python(view, lsns, offsets, lengths, start, stop),
-    ):
-        try:
-            records = walk()
-        except (IndexError, ValueError) as error:
-            results.append(type(error))
-        else:
-            datas = [cast("memoryview", r.data) for r in records]
-            assert all(data.readonly and data.obj is view.obj for data in datas)
-            results.append([(type(r), r.lsn, bytes(r.data)) for r in records])
-    return results[0], results[1]
-
-
-@given(logs(), st.integers(0, 1 << 40), st.integers(0, 15), st.integers(0, 15))
-@settings(max_examples=300, deadline=None)
-def test_record_views_match_their_python_twin(
-    image: bytes, base: int, start: int, span: int
-) -> None:
-    lsns, offsets, lengths, _ = speedups.frames(image, 0, len(image), base, 1 << 20, -1, -1)
-    view = memoryview(image).toreadonly()
-    c_records, python_records = _both_record_views(
-        view, (lsns, offsets, lengths), start, start + span
-    )
-    assert c_records == python_records
-    expected = _format._decode_batch_python(image, 0, len(image), base, 1 << 20, -1)[0]
-    assert c_records == [(Record, r.lsn, r.data) for r in expected[start : start + span]]
-
-
-def test_record_views_refuse_what_lies_outside_the_view() -> None:
-    image = encode_frames([b"abc", b"defgh"])
-    lsns, offsets, lengths, _ = speedups.frames(image, 0, len(image), 0, 100, -1, -1)
-    view = memoryview(image)
-    short = view[:10]  # the second payload lies past its end
-    assert _both_record_views(short, (lsns, offsets, lengths), 0, 2) == (IndexError, IndexError)
-    assert _both_record_views(view, (lsns, offsets, lengths), 1, 0) == (IndexError, IndexError)
-    assert _both_record_views(view, (lsns, offsets[:8], lengths), 0, 2) == (ValueError, ValueError)
-    released = memoryview(image)
-    released.release()
-    with pytest.raises(ValueError, match="released"):
-        speedups.record_views(released, lsns, offsets, lengths, 0, 2, Record)
-    with pytest.raises(TypeError):
-        speedups.record_views(view.cast("I"), lsns, offsets, lengths, 0, 2, Record)
-    with pytest.raises(TypeError):
-        speedups.record_views(cast("memoryview", image), lsns, offsets, lengths, 0, 2, Record)
-
-
-def test_a_record_view_outlives_its_parent_and_pins_the_exporter() -> None:
-    image = bytearray(encode_frames([b"abc", b"defgh"]))
-    lsns, offsets, lengths, _ = speedups.frames(image, 0, len(image), 0, 100, -1, -1)
-    parent = memoryview(image).toreadonly()
-    records = speedups.record_views(parent, lsns, offsets, lengths, 0, 2, Record)
-    parent.release()
-    assert [bytes(r.data) for r in records] == [b"abc", b"defgh"]
-    with pytest.raises(BufferError):
-        image.append(0)  # still exported through the record views
-    for record in records:
-        cast("memoryview", record.data).release()
-    image.append(0)
