@@ -104,7 +104,33 @@ def walk(speedups: ModuleType, view: memoryview, record_type: type) -> int:
     speedups.crc32c(view)
     if size:
         speedups.crc32c(view[size - 1 :])
-    return walks + 2
+    return walks + 2 + walk_views(speedups, view, record_type)
+
+
+def walk_views(speedups: ModuleType, view: memoryview, record_type: type) -> int:
+    """Walk ``view`` as ``copy=False`` reads do (frames, then RecordViews); return the walks."""
+    run = view.cast("B")
+    walks = 0
+    for max_size in (28, 1 << 40):
+        for step in (16, -1):
+            position = 0
+            runs = []
+            while True:
+                lsns, offsets, lengths, stop = speedups.frames(
+                    run, position, len(run), 0, max_size, -1, step
+                )
+                if stop == position:
+                    break
+                runs.append((run, lsns, offsets, lengths, None, 0))
+                position = stop
+            feed = iter(runs)
+            records = speedups.RecordViews(lambda lsn, feed=feed: next(feed, None), record_type)
+            for record in records:
+                bytes(record[1])  # every byte of every payload view is read
+                if record[0] % 3 == 0:
+                    records.release_views()  # asked again: the feed hands out the next run
+            walks += 1
+    return walks
 
 
 def load(path: str | None) -> ModuleType:
