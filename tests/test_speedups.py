@@ -231,12 +231,15 @@ def test_the_offsets_walk_grows_past_its_first_allocation() -> None:
 
 # -- the three-stream CRC ---------------------------------------------------------------
 
-# Lengths around the interleaved blocks (3 x 256 and 3 x 8192 bytes) and their
+# Lengths around the interleaved blocks (3 x 64, 3 x 256, 3 x 1024 and 3 x 8192 bytes) and their
 # multiples: a wrong shift table or an off-by-one block split shows up here.
 _CRC_EDGES = sorted(
     {
         n + d
-        for n in (0, 8, 768, 1536, 2304, 4100, 24576, 49152, 24576 + 768, 100_000)
+        for n in (
+            *(0, 8, 192, 192 + 768, 768, 1536, 2304, 3072, 3072 + 768 + 192, 4100, 6144),
+            *(24576, 49152, 24576 + 3072, 24576 + 768, 100_000),
+        )
         for d in (-9, -8, -1, 0, 1, 7, 8, 9)
         if n + d >= 0
     }
