@@ -137,7 +137,7 @@ def refresh(wal: Wal, state: PollState) -> int:
     """
     store = wal.store
     lifetime = wal._lifetime
-    end = _scan_all(wal, wal._next_lsn)
+    end = _scan_all(wal, wal._reservations.next_lsn)
     # The counter before the slots: a truncation announced after this read is
     # seen by the next look, and none announced before it is missed.
     counter = state.reader.counter
@@ -169,9 +169,9 @@ def refresh(wal: Wal, state: PollState) -> int:
             end = _scan_all(wal, head)
     lifetime.remote = state.reader.counter
     lifetime.seen = seen
-    wal._next_lsn = end
+    wal._reservations.next_lsn = end
     durable = min(ends.durable, end) if ends is not None else wal._end_at_open
-    wal._durable_lsn = max(min(durable, end), store.head_lsn)
+    wal._group_commit.durable_lsn = max(min(durable, end), store.head_lsn)
     return end
 
 

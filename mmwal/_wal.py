@@ -1,17 +1,27 @@
-"""``Wal``: reservation of LSNs, framing into a store, group commit, recovery, truncation.
+"""``Wal``: the public log, a facade over its parts.
 
 The log knows records and LSNs; how bytes are mapped is the store's business.
+Its parts, each with the rules it keeps written at its top:
+
+- ``_reservations.Reservations``: the end of the log, the space appends reserve,
+  copies in flight and the written watermark; the append fast path reads it.
+- ``_commit.GroupCommit``: the durable end, the leader/follower flush protocol,
+  fail-stop (the broken state) and the one-flusher token truncation and close
+  take (``exclusive``).
+- ``_truncation``: the crash-safe steps of ``truncate_after``/``truncate_before``.
+- ``_iteration``: the iterator and batch cut that reading returns.
 
 Rules this module keeps:
 
-- LSNs are reserved under ``_reserve`` (one short critical section); a frame is
-  built before it and, when large, copied after it.
-- ``_written_lsn()`` (the contiguous-written watermark) never passes a byte that
-  is not copied yet; iteration, ``sync`` and ``durable_lsn`` never look past it.
-- ``_durable_lsn`` only moves after a flush that covered it returned without error.
-- A failed flush breaks the log for good (fail-stop): every later append and sync
-  raises ``WalBrokenError``. No flush is retried.
-- Truncation and close run with no flush in progress and no copy in flight.
+- The append fast path here is the one place outside ``Reservations`` that moves
+  the end: under the reservation lock, only while the frame fits below
+  ``fast_limit``; everything else goes through ``Reservations.place``.
+- ``_reserve`` is the reservation lock itself (``Reservations.lock``); reading
+  takes it to read the watermark (``_written_lsn``) and never looks past it.
+- Close runs once: ``closing`` is set under the reservation lock (with
+  ``fast_limit`` zeroed), the final sync runs, then ``closed`` is set inside
+  ``GroupCommit.exclusive``; a second close waits on ``_close_done`` and shares
+  the outcome.
 """
 
 from __future__ import annotations
@@ -21,36 +31,30 @@ import itertools
 import mmap
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from ._batches import RecordBatch, read_batches, read_views
+from ._commit import GroupCommit
 from ._config import WalConfig
-from ._errors import (
-    CorruptionError,
-    RecordTooLargeError,
-    WalBrokenError,
-    WalClosedError,
-    WalReadOnlyError,
-)
+from ._errors import CorruptionError, RecordTooLargeError, WalBrokenError, WalClosedError
 from ._files import DEFAULT_FILE_MODE
 from ._filestore import FileStore
 from ._follow import PollState, follow, refresh
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
-from ._lifetime import UNBOUNDED, Lifetime, Watch
-from ._memstore import MemStore
+from ._lifetime import Lifetime, Watch
 from ._opening import check_segment_size, check_single_file_path, explain_permission
 from ._positions import RecordStarts
 from ._published import EndsPublisher, ends_path
 from ._reading import read_records
 from ._recovery import recover
 from ._recovery_point import PointKeeper
+from ._reservations import INLINE_COPY_LIMIT, Reservations
 from ._segstore import SegmentStore
 from ._store import Buffer, Store
+from ._truncation import truncate_after, truncate_before
 from ._typed import TypedWal
 
 if TYPE_CHECKING:
@@ -63,26 +67,9 @@ __all__ = ["Wal", "WalIterator", "WalStats"]
 
 _T = TypeVar("_T")
 
-# Frames up to this size are copied while the reservation lock is held: for them
-# a second lock round trip to publish completion costs more than the copy.
-_INLINE_COPY_LIMIT = 64 * 1024
-
 # How often a read-only open of a segmented log starts again when a live writer's
 # truncation removed a segment under it.
 _READ_ONLY_OPEN_ATTEMPTS = 100
-
-# How often a thread that finds the reservation lock taken yields before it
-# blocks on it (see ``Wal._acquire_contended``).
-_SPINS_BEFORE_BLOCKING = 64
-
-
-@contextmanager
-def _held(lock: threading.Lock) -> Iterator[None]:
-    """Release an already acquired ``lock`` when the block ends."""
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,31 +153,9 @@ class Wal:
         self._store = store
         self._config = config if config is not None else WalConfig()
         self._max_record_size = self._config.max_record_size
-        # A bare lock, not a Condition: the append path takes it directly, in C.
-        self._reserve = threading.Lock()
-        self._copies_done = threading.Condition(self._reserve)
-        self._commit = threading.Condition(threading.Lock())
-        self._closed = False
-        self._closing = False
-        self._flushing = False
-        # Fail-stop state: the error that broke the log and what it interrupted.
-        # Set only by ``_break_locked``, under both locks, so no append slips past.
-        self._broken: BaseException | None = None
-        self._broken_by = ""
-        self._in_flight: dict[int, int] = {}
-        # The LSN of a copy that failed: the watermark never passes it.
-        self._hole: int | None = None
         self._close_done = threading.Event()
         self._lifetime = Lifetime()
         self._close_error: BaseException | None = None
-        self._appends = 0
-        self._bytes_dropped = 0
-        self._syncs_requested = 0
-        # Threads inside sync right now (under ``_commit``): the leader gives way
-        # to the others before it flushes only when there are others.
-        self._sync_callers = 0
-        self._flushes = 0
-        self._flush_seconds = 0.0
         self._record_starts = RecordStarts()
         try:
             self.recovery = recover(store, self._config)
@@ -198,7 +163,6 @@ class Wal:
             store.close()
             raise
         end = self.recovery.end
-        self._next_lsn = self._durable_lsn = end
         # Recovery made the range it scanned durable; a point found agrees.
         point = self.recovery.recovery_point
         scanned_from = self.recovery.head if point is None else point
@@ -207,13 +171,10 @@ class Wal:
             self._points.adopt(point)
         self._end_at_open = end
         self._units_at_open = store.units_created
-        # The append fast path copies a frame straight into the store's piece that
-        # holds the end, while the frame fits below ``_fast_limit``: the end of that
-        # piece while the log accepts appends, 0 when it must take the slow path
-        # (closing, broken, no piece yet, just truncated).
-        self._piece: Buffer = b""
-        self._piece_base = 0
-        self._fast_limit = 0
+        self._reservations = Reservations(store, end)
+        # The reservation lock under the name reading uses for it (the same object).
+        self._reserve = self._reservations.lock
+        self._group_commit = GroupCommit(store, self._reservations, self._points, end)
         #: The background archiver when opened with ``archive=`` (see ``_archiver``).
         self._archiver: Archiver | None = None
         self._start_following(end)
@@ -221,11 +182,6 @@ class Wal:
     def _start_following(self, end: int) -> None:
         """Publish the ends for followers (a writer), or find the writer's (a reader)."""
         store = self._store
-        # Followers on this handle wait on ``_arrivals``; appends, flushes,
-        # truncations and close notify it only while one is waiting.
-        self._arrivals = threading.Condition(threading.Lock())
-        self._followers_waiting = 0
-        self._publisher: EndsPublisher | None = None
         self._poll: PollState | None = None
         path = ends_path(store)
         if not store.writable:
@@ -238,10 +194,10 @@ class Wal:
             # found them: the writer's published durable end is the truth.
             ends = self._poll.reader.read()
             if ends is not None:
-                self._durable_lsn = max(min(ends.durable, end), store.head_lsn)
+                self._group_commit.durable_lsn = max(min(ends.durable, end), store.head_lsn)
         elif path is not None:
-            self._publisher = EndsPublisher.create(path)
-            self._publish(end)
+            self._group_commit.publisher = EndsPublisher.create(path)
+            self._group_commit.publish(end)
 
     # -- constructors -------------------------------------------------------------
 
@@ -333,8 +289,6 @@ class Wal:
             raise TypeError(f"store must be a mmwal Store, not {type(store).__name__}")
         return cls(store, config)
 
-    # -- recovery -----------------------------------------------------------------
-
     # -- appending ----------------------------------------------------------------
 
     def append(self, data: Buffer) -> int:
@@ -348,42 +302,25 @@ class Wal:
         if length > self._max_record_size:
             raise RecordTooLargeError(length, self._max_record_size)
         frame = encode_frame(payload)
-        if length < _INLINE_COPY_LIMIT:
-            reserve = self._reserve
+        if length < INLINE_COPY_LIMIT:
+            reservations = self._reservations
+            reserve = reservations.lock
             if not reserve.acquire(False):
-                self._acquire_contended()
+                reservations.acquire_contended()
             try:
-                lsn = self._next_lsn
+                lsn = reservations.next_lsn
                 end = lsn + length + HEADER_SIZE
-                if end <= self._fast_limit:
-                    base = self._piece_base
-                    self._piece[lsn - base : end - base] = frame  # type: ignore[index]
-                    self._next_lsn = end
-                    self._appends += 1
-                    if self._followers_waiting:
-                        self._wake_followers()
+                if end <= reservations.fast_limit:
+                    base = reservations.piece_base
+                    reservations.piece[lsn - base : end - base] = frame  # type: ignore[index]
+                    reservations.next_lsn = end
+                    reservations.appends += 1
+                    if reservations.followers_waiting:
+                        reservations.wake_followers()
                     return lsn
             finally:
                 reserve.release()
-        return self._place(frame, 1)
-
-    def _acquire_contended(self) -> None:
-        """Take ``_reserve`` when another thread holds it, without starting a convoy.
-
-        A thread that blocks on the lock gives up the GIL; when the holder lets the
-        lock go, the blocked thread owns it but must wait for the GIL, which the
-        holder, running on, needs for its next append, and blocks in turn: from
-        then on every append costs two context switches (measured: appends from 4
-        threads fell to a fifth of one thread's rate). Yielding instead, a few
-        times, hands the GIL to a holder that is waiting for it; only a holder
-        that keeps the lock long (growing the log) makes the waiters block.
-        """
-        reserve = self._reserve
-        for _ in range(_SPINS_BEFORE_BLOCKING):
-            os.sched_yield()
-            if reserve.acquire(False):
-                return
-        reserve.acquire()
+        return self._reservations.place(frame, 1, self._group_commit)
 
     def append_many(self, records: Iterable[Buffer]) -> list[int]:
         """Append records in order, all or none; return their LSNs.
@@ -406,7 +343,7 @@ class Wal:
         if not payloads:
             self._check_writable()
             return []
-        first = self._place(encode_frames(payloads), len(payloads))
+        first = self._reservations.place(encode_frames(payloads), len(payloads), self._group_commit)
         return [first + offset for offset in offsets]
 
     def append_and_sync(self, data: Buffer) -> int:
@@ -418,83 +355,8 @@ class Wal:
         """
         payload = data if type(data) is bytes else _as_bytes(data)
         lsn = self.append(payload)
-        self._sync_to(lsn + HEADER_SIZE + len(payload))
+        self._group_commit.sync_to(lsn + HEADER_SIZE + len(payload))
         return lsn
-
-    def _place(self, frame: bytes, count: int) -> int:
-        """Reserve room for ``frame``, copy it in, publish it; return its LSN."""
-        size = len(frame)
-        reserve = self._reserve
-        if not reserve.acquire(False):
-            self._acquire_contended()
-        with _held(reserve):
-            self._check_writable()
-            lsn = self._next_lsn
-            end = lsn + size
-            store = self._store
-            if end > store.capacity:
-                # On OSError nothing was reserved: the log is unchanged and usable.
-                store.ensure_capacity(end)
-            if size <= _INLINE_COPY_LIMIT:
-                try:
-                    store.write(lsn, frame)
-                except BaseException as error:
-                    # Nothing was reserved yet, so no hole; but the mapping may hold
-                    # part of the frame past the end, which only recovery clears.
-                    self._break_locked(error, "a copy into the log")
-                    raise
-            else:
-                self._in_flight[lsn] = end
-            self._appends += count
-            self._next_lsn = end
-            if end < store.capacity:
-                self._piece, self._piece_base, self._fast_limit = store.piece(end)
-            else:
-                self._fast_limit = 0
-            if size <= _INLINE_COPY_LIMIT:
-                if self._followers_waiting:
-                    self._wake_followers()
-                return lsn
-        try:
-            store.write(lsn, frame)
-        except BaseException as error:
-            with reserve:
-                self._hole = lsn if self._hole is None else min(self._hole, lsn)
-                del self._in_flight[lsn]
-                self._break_locked(error, "a copy into the log")
-                self._copies_done.notify_all()
-            raise
-        with reserve:
-            del self._in_flight[lsn]
-            self._copies_done.notify_all()
-            if self._followers_waiting:
-                self._wake_followers()
-        return lsn
-
-    def _written_lsn(self) -> int:
-        """Return the contiguous-written watermark; call with ``_reserve`` held.
-
-        Every byte below it is copied: the lowest copy still in flight, or a copy
-        that failed, bounds it.
-        """
-        low = self._next_lsn if self._hole is None else self._hole
-        return min(low, *self._in_flight) if self._in_flight else low
-
-    def _break_locked(self, error: BaseException, operation: str) -> None:
-        """Break the log for good; call with ``_reserve`` held.
-
-        Keeps the rule the append fast path relies on: ``_fast_limit`` is 0 from the
-        moment ``_broken`` is set, in the same critical section.
-        """
-        self._fast_limit = 0
-        with self._commit:
-            if self._broken is None:
-                self._broken = error
-                self._broken_by = operation
-            self._commit.notify_all()
-
-    def _raise_broken(self) -> None:
-        raise WalBrokenError(self._broken_by) from self._broken
 
     # -- durability ---------------------------------------------------------------
 
@@ -507,113 +369,17 @@ class Wal:
         ``WalBrokenError`` if a flush fails; the log then refuses further writes.
         On a log already broken or closed it raises at once, with nothing to flush.
         """
+        group = self._group_commit
         # Fail-stop: once broken, every later sync raises, even one with nothing
         # left to flush; a closed log refuses as well.
-        if self._broken is not None:
-            self._raise_broken()
+        if group.broken is not None:
+            group.raise_broken()
         self._check_open()
-        self._sync_to(self._next_lsn)
+        group.sync_to(self._reservations.next_lsn)
 
-    def _sync_to(self, target: int) -> None:
-        if self._poll is not None:
-            return  # read-only: what refresh found is the writer's to flush
-        commit = self._commit
-        with commit:
-            self._syncs_requested += 1
-            self._sync_callers += 1
-        try:
-            self._await_durable(target)
-        finally:
-            with commit:
-                self._sync_callers -= 1
-
-    def _await_durable(self, target: int) -> None:
-        """Return once ``target`` is durable: as a follower, or as the leader."""
-        commit = self._commit
-        with commit:
-            while True:
-                # Durable first: a commit whose record is durable never raises, even
-                # when a close flushed it or a later flush failed meanwhile. Then
-                # broken before closed: a waiter whose flush failed hears of the
-                # failure even when a close finished meanwhile.
-                if self._durable_lsn >= target:
-                    return
-                if self._broken is not None:
-                    self._raise_broken()
-                if self._closed:
-                    raise WalClosedError()
-                if not self._flushing:
-                    self._flushing = True
-                    break
-                commit.wait()
-        self._lead_flush(target)
-
-    def _lead_flush(self, target: int) -> None:
-        """Flush as the one leader: up to the watermark, at least up to ``target``."""
-        try:
-            if self._sync_callers > 1:
-                # Other threads are committing too: let those a previous flush
-                # just released append before this flush takes its range, so one
-                # flush covers their commits as well. (Alone, a thread never
-                # waits: sleep(0) costs a timer slack, tens of microseconds.)
-                time.sleep(0)
-            with self._reserve:
-                while self._in_flight and min(self._in_flight) < target and not self._broken:
-                    self._copies_done.wait()
-                if self._broken is not None:
-                    self._raise_broken()
-                flush_to = self._written_lsn()
-            start = self._durable_lsn
-            began = time.perf_counter()
-            self._store.flush(start, flush_to)
-            elapsed = time.perf_counter() - began
-            # Still the one flusher, so no truncation or close runs meanwhile.
-            self._store.release(flush_to)
-        except OSError as error:
-            with self._reserve:
-                self._break_locked(error, "a flush")
-            with self._commit:
-                self._flushing = False
-                self._commit.notify_all()
-            raise WalBrokenError("a flush") from error
-        except BaseException:
-            with self._commit:
-                self._flushing = False
-                self._commit.notify_all()
-            raise
-        with self._commit:
-            self._durable_lsn = max(self._durable_lsn, flush_to)
-            self._flushes += 1
-            self._flush_seconds += elapsed
-            self._publish(flush_to)
-            # The waiters this flush covered return now; the leader stays the one
-            # flusher (no truncation or close) while it may write a recovery point.
-            self._commit.notify_all()
-        try:
-            self._points.flushed(start, flush_to)
-        finally:
-            with self._commit:
-                self._flushing = False
-                self._commit.notify_all()
-        if self._followers_waiting:
-            self._wake_followers()
-
-    @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the log still: no flush running, no copy in flight, no new reservation."""
-        with self._commit:
-            while self._flushing:
-                self._commit.wait()
-            self._flushing = True
-        try:
-            with self._reserve:
-                while self._in_flight:
-                    self._copies_done.wait()
-                yield
-        finally:
-            with self._commit:
-                self._flushing = False
-                self._commit.notify_all()
+    def _written_lsn(self) -> int:
+        """Return the contiguous-written watermark; call with ``_reserve`` held."""
+        return self._reservations.written_lsn()
 
     # -- reading ------------------------------------------------------------------
 
@@ -661,7 +427,7 @@ class Wal:
         self._check_open()
         with self._reserve:
             end = self._written_lsn()
-            next_lsn = self._next_lsn
+            next_lsn = self._reservations.next_lsn
         self._check_lsn(lsn, next_lsn)
         if lsn >= end:
             return self._walk(end, end)
@@ -742,7 +508,7 @@ class Wal:
         """
         self._check_open()
         if self._poll is None:
-            return self._next_lsn
+            return self._reservations.next_lsn
         with self._reserve:
             return refresh(self, self._poll)
 
@@ -775,22 +541,15 @@ class Wal:
 
     # -- following ------------------------------------------------------------------
 
-    def _publish(self, written: int) -> None:
-        """Publish the ends for followers in other processes (no-op without a state file)."""
-        if self._publisher is not None:
-            self._publisher.publish(
-                written=written, durable=self._durable_lsn, head=self._store.head_lsn
-            )
-
     def _follow_end(self, *, durable: bool) -> int:
         """Return how far a follower may read now: the written or the durable end."""
         self._check_open()
         if self._poll is not None:
             with self._reserve:
                 end = refresh(self, self._poll)
-            return min(end, self._durable_lsn) if durable else end
+            return min(end, self._group_commit.durable_lsn) if durable else end
         if durable:
-            return self._durable_lsn
+            return self._group_commit.durable_lsn
         with self._reserve:
             return self._written_lsn()
 
@@ -798,21 +557,18 @@ class Wal:
         self, position: int, epoch: int, *, durable: bool, timeout: float | None
     ) -> None:
         """Wait until the log passes ``position``, is truncated or closed, or ``timeout``."""
-        arrivals = self._arrivals
+        reservations = self._reservations
+        arrivals = reservations.arrivals
         with arrivals:
-            self._followers_waiting += 1
+            reservations.followers_waiting += 1
             try:
                 # Read after announcing the wait: an append this read misses sees
                 # the waiter and notifies under the same lock.
-                end = self._durable_lsn if durable else self._written_lsn()
-                if end <= position and not self._closing and self._lifetime.epoch == epoch:
+                end = self._group_commit.durable_lsn if durable else self._written_lsn()
+                if end <= position and not reservations.closing and self._lifetime.epoch == epoch:
                     arrivals.wait(timeout)
             finally:
-                self._followers_waiting -= 1
-
-    def _wake_followers(self) -> None:
-        with self._arrivals:
-            self._arrivals.notify_all()
+                reservations.followers_waiting -= 1
 
     def _check_lsn(self, lsn: int, end: int, *, end_allowed: bool = True) -> None:
         """Refuse an LSN that is no int, below the head or past ``end``.
@@ -856,50 +612,7 @@ class Wal:
         zeroed and flushed (the switch: from then on the log ends at the cut), and
         only then is the rest zeroed and are later segments removed.
         """
-        with self._exclusive():
-            self._check_writable()
-            end = self._next_lsn
-            self._check_lsn(lsn, end, end_allowed=False)
-            new_end = self._check_record_start(lsn, end, end_allowed=False)
-            self._record_starts.forget_from(new_end)
-            self._fast_limit = 0
-            # Readers learn of the cut first, before the flush of what is kept and
-            # before a byte changes (see _lifetime). A cut at the end removes
-            # nothing: readers need not hear of it.
-            if new_end < self._next_lsn:
-                self._lifetime.truncated(0, new_end)
-            if self._publisher is not None and new_end < self._next_lsn:
-                self._publisher.cut(
-                    new_end,
-                    written=self._next_lsn,
-                    durable=self._durable_lsn,
-                    head=self._store.head_lsn,
-                )
-            store = self._store
-            try:
-                store.flush(self._durable_lsn, new_end)
-            except OSError as error:
-                self._break_locked(error, "the flush of truncate_after")
-                raise WalBrokenError("the flush of truncate_after") from error
-            # The point must not vouch for records this drops: it moves first.
-            self._points.truncating(lsn, new_end, durable=True)
-            try:
-                if new_end < self._next_lsn:
-                    switch_end = min(new_end + HEADER_SIZE, store.capacity)
-                    store.write(new_end, bytes(switch_end - new_end))
-                    store.flush(new_end, switch_end)
-                store.discard_after(new_end)
-            except OSError as error:
-                # The zeroing may have reached the mapping and not the disk: what
-                # the log holds is in doubt, as after any failed flush.
-                self._break_locked(error, "the flush of truncate_after")
-                raise WalBrokenError("the flush of truncate_after") from error
-            self._bytes_dropped += self._next_lsn - new_end
-            self._next_lsn = new_end
-            self._durable_lsn = new_end
-            self._publish(new_end)
-        if self._followers_waiting:
-            self._wake_followers()
+        truncate_after(self, lsn)
 
     def truncate_before(self, lsn: int) -> int:
         """Drop whole segments before the one holding ``lsn``; return the new head.
@@ -916,68 +629,18 @@ class Wal:
         returns the head unchanged. With an archive attached, the segments it would
         delete are pushed first; if that fails, it raises and deletes nothing.
         """
-        if self._archiver is not None:
-            # A caller's mistake is refused before anything leaves the machine.
-            with self._exclusive():
-                self._check_truncate_before(lsn)
-            self._archiver.before_truncate(lsn)
-        with self._exclusive():
-            head = self._check_truncate_before(lsn)
-            if lsn <= head:
-                return head
-            end = self._next_lsn
-            self._fast_limit = 0
-            try:
-                # The records the new head points at must be on disk before the
-                # head file names them, or a crash leaves a head on a torn record.
-                start = self._durable_lsn
-                self._store.flush(start, end)
-                with self._commit:
-                    self._durable_lsn = max(self._durable_lsn, end)
-                self._points.flushed(start, end)
-                if not isinstance(self._store, FileStore | MemStore):
-                    # Readers learn of the cut before any mapping is closed.
-                    self._lifetime.truncated(lsn, UNBOUNDED)
-                    if self._publisher is not None:
-                        self._publisher.publish(written=end, durable=end, head=lsn)
-                        self._publisher.announce()
-                head = self._store.drop_before(lsn)
-                if self._publisher is not None:
-                    self._publisher.announce()  # the head file is in place now
-                # The point may name a record the drop removed: name the end.
-                self._points.save_durable_end(end)
-            except OSError as error:
-                # The head file or the removals may be half durable: fail-stop.
-                self._break_locked(error, "the durable steps of truncate_before")
-                raise WalBrokenError("the durable steps of truncate_before") from error
-            self._publish(end)
-        if self._followers_waiting:
-            self._wake_followers()
-        return head
+        return truncate_before(self, lsn)
 
     def typed(self, codec: Codec[_T]) -> TypedWal[_T]:
         """Return a view of this log that appends and yields values through ``codec``."""
         return TypedWal(self, codec)
-
-    def _check_truncate_before(self, lsn: int) -> int:
-        """Refuse what ``truncate_before(lsn)`` may not do; return the head.
-
-        Call inside ``_exclusive``.
-        """
-        self._check_writable()
-        head = self._store.head_lsn
-        if lsn > head:
-            end = self._next_lsn
-            self._check_lsn(lsn, end)
-            self._check_record_start(lsn, end, end_allowed=True)
-        return head
 
     # -- state ----------------------------------------------------------------------
 
     @property
     def next_lsn(self) -> int:
         """The LSN the next appended record will get: the end of the log."""
-        return self._next_lsn
+        return self._reservations.next_lsn
 
     @property
     def head_lsn(self) -> int:
@@ -987,17 +650,17 @@ class Wal:
     @property
     def durable_lsn(self) -> int:
         """The end of what the last completed flush covered (everything, after a reopen)."""
-        return self._durable_lsn
+        return self._group_commit.durable_lsn
 
     @property
     def is_empty(self) -> bool:
         """Whether the log holds no record."""
-        return self._next_lsn == self._store.head_lsn
+        return self._reservations.next_lsn == self._store.head_lsn
 
     @property
     def closed(self) -> bool:
         """Whether ``close`` has run."""
-        return self._closed
+        return self._group_commit.closed
 
     @property
     def config(self) -> WalConfig:
@@ -1011,31 +674,27 @@ class Wal:
 
     def stats(self) -> WalStats:
         """Return the counters since open: appends, syncs, flushes, segments created."""
-        with self._reserve, self._commit:
+        reservations, group = self._reservations, self._group_commit
+        with reservations.lock, group.lock:
             return WalStats(
-                appends=self._appends,
+                appends=reservations.appends,
                 # Payload bytes are the frame bytes ever reserved less their headers.
-                bytes_appended=self._next_lsn
+                bytes_appended=reservations.next_lsn
                 - self._end_at_open
-                + self._bytes_dropped
-                - HEADER_SIZE * self._appends,
-                syncs_requested=self._syncs_requested,
-                flushes=self._flushes,
-                flush_seconds=self._flush_seconds,
+                + reservations.bytes_dropped
+                - HEADER_SIZE * reservations.appends,
+                syncs_requested=group.syncs_requested,
+                flushes=group.flushes,
+                flush_seconds=group.flush_seconds,
                 segments_created=self._store.units_created - self._units_at_open,
             )
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._group_commit.closed:
             raise WalClosedError()
 
     def _check_writable(self) -> None:
-        if self._closed or self._closing:
-            raise WalClosedError()
-        if self._broken is not None:
-            self._raise_broken()
-        if not self._store.writable:
-            raise WalReadOnlyError(self._store.location)
+        self._group_commit.check_writable()
 
     # -- closing --------------------------------------------------------------------
 
@@ -1051,10 +710,11 @@ class Wal:
         """
         if self._archiver is not None:
             self._archiver.stop()
-        with self._reserve:
-            in_progress = self._closing
-            self._closing = True
-            self._fast_limit = 0
+        reservations, group = self._reservations, self._group_commit
+        with reservations.lock:
+            in_progress = reservations.closing
+            reservations.closing = True
+            reservations.fast_limit = 0
         if in_progress:
             if self._close_done.is_set():
                 return
@@ -1063,30 +723,30 @@ class Wal:
                 raise WalBrokenError("the final flush of close") from self._close_error
             return
         try:
-            if self._broken is None:
-                self._sync_to(self._next_lsn)
+            if group.broken is None:
+                group.sync_to(reservations.next_lsn)
         except BaseException as error:
             self._close_error = error
             raise
         finally:
             try:
-                with self._exclusive():
-                    if self._broken is None and self._store.writable:
-                        self._points.save_durable_end(self._durable_lsn)
-                    self._closed = True
+                with group.exclusive():
+                    if group.broken is None and self._store.writable:
+                        self._points.save_durable_end(group.durable_lsn)
+                    group.closed = True
                     self._lifetime.close()
-                    if self._publisher is not None:
-                        self._publish(self._durable_lsn)
-                        self._publisher.close()
+                    if group.publisher is not None:
+                        group.publish(group.durable_lsn)
+                        group.publisher.close()
                     if self._poll is not None:
                         self._poll.reader.close()
                     self._store.close()
                     # The piece may be a chunk the store let go (not closed by it):
                     # its mapping holds a descriptor, and with it the writer's lock.
-                    self._piece = b""
+                    reservations.piece = b""
             finally:
                 self._close_done.set()
-                self._wake_followers()
+                reservations.wake_followers()
 
     def __enter__(self) -> Self:
         return self
@@ -1100,8 +760,9 @@ class Wal:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "broken" if self._broken else "open"
+        group = self._group_commit
+        state = "closed" if group.closed else "broken" if group.broken else "open"
         return (
             f"<Wal {self._store.location} {state} head={self.head_lsn} "
-            f"next={self._next_lsn} durable={self._durable_lsn}>"
+            f"next={self.next_lsn} durable={group.durable_lsn}>"
         )
