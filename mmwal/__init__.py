@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._filestore import FileStore
 from ._format import Record
+from ._iteration import WalIterator
 from ._memstore import MemStore
 from ._reading import RecoveryReport
 from ._repair import RepairReport, repair
@@ -33,7 +34,7 @@ from ._store import Store
 from ._syscalls import Syscalls
 from ._typed import TypedRecord, TypedWal
 from ._verify import Damage, VerifyReport, verify
-from ._wal import Wal, WalIterator, WalStats
+from ._wal import Wal, WalStats
 
 __all__ = [
     "Archive",

@@ -1,4 +1,4 @@
-"""Following a log live: ``Wal.follow`` and ``Wal.refresh``.
+"""Following a log live: ``Wal.follow`` and ``Wal.refresh``, and their set-up at open.
 
 On the writer's own handle a follower waits on a condition that appends,
 flushes, truncations and close signal: no polling. On a ``readonly=True`` handle
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 from ._errors import WalClosedError, WalTruncatedError
 from ._format import HEADER_SIZE, Record, scan_frames
 from ._lifetime import UNBOUNDED, Watch
-from ._published import EndsReader, ends_path
+from ._published import EndsPublisher, EndsReader, ends_path
 from ._reading import frame_at
 
 if TYPE_CHECKING:
     from ._wal import Wal
 
-__all__ = ["PollState", "follow", "refresh"]
+__all__ = ["PollState", "follow", "refresh", "start_following"]
 
 # The backoff of a polling follower: its first sleep after finding nothing, and
 # its longest, which bounds both its idle cost and its latency after a lull.
@@ -53,6 +53,31 @@ class PollState:
         self.reader = EndsReader(ends_path(wal.store))
         ends = self.reader.read()
         self.epoch = ends.epoch if ends is not None else 0
+
+
+def start_following(wal: Wal, end: int) -> PollState | None:
+    """Publish the ends for followers (a writer), or find the writer's (a reader).
+
+    Return a read-only handle's ``PollState``, ``None`` for a writer's.
+    """
+    store = wal.store
+    path = ends_path(store)
+    if not store.writable:
+        poll = PollState(wal)
+        counter = poll.reader.counter
+        wal._lifetime.remote = counter
+        wal._lifetime.seen = counter[0] if counter is not None else 0
+        wal._lifetime.poll = wal.refresh
+        # A live writer's unsynced records are in the page cache, so recovery
+        # found them: the writer's published durable end is the truth.
+        ends = poll.reader.read()
+        if ends is not None:
+            wal._group_commit.durable_lsn = max(min(ends.durable, end), store.head_lsn)
+        return poll
+    if path is not None:
+        wal._group_commit.publisher = EndsPublisher.create(path)
+        wal._group_commit.publish(end)
+    return None
 
 
 def _scan_from(wal: Wal, position: int) -> tuple[int, bool]:
@@ -208,7 +233,7 @@ def _follow(
         if wal.closed:
             return
         try:
-            end = wal._follow_end(durable=durable)
+            end = _follow_end(wal, durable=durable)
         except WalClosedError:
             return
         if watch.changed or not watch.low <= position < watch.high:
@@ -238,4 +263,35 @@ def _follow(
             time.sleep(pause if remaining is None else min(pause, remaining))
             pause = min(pause * 2, _LONGEST_SLEEP)
         else:
-            wal._wait_for_news(position, watch.epoch, durable=durable, timeout=remaining)
+            _wait_for_news(wal, position, watch.epoch, durable=durable, timeout=remaining)
+
+
+def _follow_end(wal: Wal, *, durable: bool) -> int:
+    """Return how far a follower may read now: the written or the durable end."""
+    wal._check_open()
+    if wal._poll is not None:
+        with wal._reserve:
+            end = refresh(wal, wal._poll)
+        return min(end, wal._group_commit.durable_lsn) if durable else end
+    if durable:
+        return wal._group_commit.durable_lsn
+    with wal._reserve:
+        return wal._written_lsn()
+
+
+def _wait_for_news(
+    wal: Wal, position: int, epoch: int, *, durable: bool, timeout: float | None
+) -> None:
+    """Wait until the log passes ``position``, is truncated or closed, or ``timeout``."""
+    reservations = wal._reservations
+    arrivals = reservations.arrivals
+    with arrivals:
+        reservations.followers_waiting += 1
+        try:
+            # Read after announcing the wait: an append this read misses sees
+            # the waiter and notifies under the same lock.
+            end = wal._group_commit.durable_lsn if durable else wal._written_lsn()
+            if end <= position and not reservations.closing and wal._lifetime.epoch == epoch:
+                arrivals.wait(timeout)
+        finally:
+            reservations.followers_waiting -= 1

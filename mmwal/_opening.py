@@ -1,20 +1,34 @@
-"""Checks before a log is opened: what is at the path, and whether the sizes can work.
+"""Opening a log: checks before it, and the retries of a read-only segmented open.
 
-Each check turns a failure that would otherwise come late or bare (``ENOSPC`` at
-the first append, ``OverflowError`` from ``mmap``, a ``FileExistsError`` with no
-word about what exists) into an error at open that says what is wrong and what
-to do. None of them changes anything on disk.
+The checks say what is at the path and whether the sizes can work. Each turns a
+failure that would otherwise come late or bare (``ENOSPC`` at the first append,
+``OverflowError`` from ``mmap``, a ``FileExistsError`` with no word about what
+exists) into an error at open that says what is wrong and what to do. None of
+them changes anything on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-__all__ = ["check_segment_size", "check_single_file_path", "explain_permission"]
+from ._config import WalConfig
+from ._segstore import SegmentStore
+
+if TYPE_CHECKING:
+    from ._archive import Archive
+    from ._wal import Wal
+
+__all__ = ["check_segment_size", "check_single_file_path", "explain_permission", "open_segmented"]
+
+# How often a read-only open of a segmented log starts again when a live writer's
+# truncation removed a segment under it.
+_READ_ONLY_OPEN_ATTEMPTS = 100
 
 
 def _size(count: int) -> str:
@@ -124,3 +138,47 @@ def explain_permission(path: str, *, writable: bool) -> Iterator[None]:
             f"permission on the log and its directory)",
             error.filename,
         ) from error
+
+
+def open_segmented(
+    wal_type: type[Wal],
+    directory: str | os.PathLike[str],
+    segment_size: int | None,
+    config: WalConfig | None,
+    *,
+    readonly: bool,
+    archive: Archive | None,
+    file_mode: int,
+) -> Wal:
+    """Open or create the segmented log in ``directory``; see ``Wal.open_segmented``."""
+    location = os.fspath(directory)
+    check_single_file_path(location)
+    check_segment_size(location, segment_size, writable=not readonly)
+    for attempt in itertools.count(1):
+        with explain_permission(location, writable=not readonly):
+            store = SegmentStore(
+                location,
+                segment_size,
+                writable=not readonly,
+                allow_copy_on_write=config is not None and config.allow_copy_on_write,
+                file_mode=file_mode,
+            )
+        try:
+            wal = wal_type(store, config)
+        except FileNotFoundError:
+            # A live writer's truncate_before removed a segment this read-only
+            # open was about to read (segments are mapped when first read):
+            # take the view again, as SegmentStore does for its listing.
+            if not readonly or attempt == _READ_ONLY_OPEN_ATTEMPTS:
+                raise
+            continue
+        break
+    if archive is not None:
+        from ._archiver import Archiver  # noqa: PLC0415 - imports this module
+
+        try:
+            wal._archiver = Archiver(wal, archive)
+        except BaseException:
+            wal.close()
+            raise
+    return wal

@@ -1,32 +1,23 @@
 """``Wal``: the public log, a facade over its parts.
 
 The log knows records and LSNs; how bytes are mapped is the store's business.
-Its parts, each with the rules it keeps written at its top:
-
-- ``_reservations.Reservations``: the end of the log, the space appends reserve,
-  copies in flight and the written watermark; the append fast path reads it.
-- ``_commit.GroupCommit``: the durable end, the leader/follower flush protocol,
-  fail-stop (the broken state) and the one-flusher token truncation and close
-  take (``exclusive``).
-- ``_truncation``: the crash-safe steps of ``truncate_after``/``truncate_before``.
-- ``_iteration``: the iterator and batch cut that reading returns.
+Each part states the rules it keeps at its top: ``_reservations`` (the end, the
+space appends reserve, copies in flight, the written watermark), ``_commit``
+(the durable end, group commit, fail-stop), ``_truncation``, ``_closing``,
+``_opening``, and for reading ``_iteration`` and ``_follow``.
 
 Rules this module keeps:
 
-- The append fast path here is the one place outside ``Reservations`` that moves
-  the end: under the reservation lock, only while the frame fits below
-  ``fast_limit``; everything else goes through ``Reservations.place``.
-- ``_reserve`` is the reservation lock itself (``Reservations.lock``); reading
-  takes it to read the watermark (``_written_lsn``) and never looks past it.
-- Close runs once: ``closing`` is set under the reservation lock (with
-  ``fast_limit`` zeroed), the final sync runs, then ``closed`` is set inside
-  ``GroupCommit.exclusive``; a second close waits on ``_close_done`` and shares
-  the outcome.
+- On a writer's handle the append fast path is the one place outside
+  ``Reservations`` that moves the end: under the reservation lock, and only while
+  the frame ends at or below ``fast_limit``; every other append takes
+  ``Reservations.place``.
+- ``_reserve`` is the reservation lock itself; reading takes it to read the
+  written watermark (``_written_lsn``) and never looks past it.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import mmap
 import os
@@ -37,22 +28,22 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from ._batches import RecordBatch, read_batches, read_views
+from ._closing import close
 from ._commit import GroupCommit
 from ._config import WalConfig
-from ._errors import CorruptionError, RecordTooLargeError, WalBrokenError, WalClosedError
+from ._errors import CorruptionError, RecordTooLargeError, WalClosedError
 from ._files import DEFAULT_FILE_MODE
 from ._filestore import FileStore
-from ._follow import PollState, follow, refresh
+from ._follow import follow, refresh, start_following
 from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
+from ._iteration import WalIterator, batches_before
 from ._lifetime import Lifetime, Watch
-from ._opening import check_segment_size, check_single_file_path, explain_permission
+from ._opening import explain_permission, open_segmented
 from ._positions import RecordStarts
-from ._published import EndsPublisher, ends_path
 from ._reading import read_records
 from ._recovery import recover
 from ._recovery_point import PointKeeper
 from ._reservations import INLINE_COPY_LIMIT, Reservations
-from ._segstore import SegmentStore
 from ._store import Buffer, Store
 from ._truncation import truncate_after, truncate_before
 from ._typed import TypedWal
@@ -62,14 +53,10 @@ if TYPE_CHECKING:
     from ._archiver import Archiver
     from .codecs import Codec
 
-__all__ = ["Wal", "WalIterator", "WalStats"]
+__all__ = ["Wal", "WalStats"]
 
 
 _T = TypeVar("_T")
-
-# How often a read-only open of a segmented log starts again when a live writer's
-# truncation removed a segment under it.
-_READ_ONLY_OPEN_ATTEMPTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,41 +69,6 @@ class WalStats:
     flushes: int
     flush_seconds: float
     segments_created: int
-
-
-class WalIterator:
-    """An iterator over records that also reports the damage it stepped over.
-
-    ``skipped`` lists a ``CorruptionError`` for each damaged record passed over
-    under ``RecoveryPolicy.SKIP_BAD_RECORDS``. For speed, ``iter()`` of it returns
-    the underlying generator, so ``for`` loops run without a Python-level step.
-    """
-
-    __slots__ = ("_records", "_wal", "skipped")
-
-    def __init__(self, wal: Wal, records: Iterator[Record], skipped: list[CorruptionError]):
-        self._wal = wal
-        self._records = records
-        self.skipped = skipped
-
-    def __iter__(self) -> Iterator[Record]:
-        return self._records
-
-    def __next__(self) -> Record:
-        self._wal._check_open()
-        return next(self._records)
-
-
-def _batches_before(batches: Iterator[RecordBatch], stop: int) -> Iterator[RecordBatch]:
-    """Yield the batches of records before ``stop``, the last one cut short."""
-    for batch in batches:
-        if batch.end <= stop:
-            yield batch
-            continue
-        kept = bisect.bisect_left(batch.lsns, stop)
-        if kept:
-            yield batch._head(kept)
-        return
 
 
 def _as_bytes(data: object) -> bytes:
@@ -153,8 +105,9 @@ class Wal:
         self._store = store
         self._config = config if config is not None else WalConfig()
         self._max_record_size = self._config.max_record_size
-        self._close_done = threading.Event()
         self._lifetime = Lifetime()
+        # The first close's outcome, for a close that comes later (see ``_closing``).
+        self._close_done = threading.Event()
         self._close_error: BaseException | None = None
         self._record_starts = RecordStarts()
         try:
@@ -177,27 +130,7 @@ class Wal:
         self._group_commit = GroupCommit(store, self._reservations, self._points, end)
         #: The background archiver when opened with ``archive=`` (see ``_archiver``).
         self._archiver: Archiver | None = None
-        self._start_following(end)
-
-    def _start_following(self, end: int) -> None:
-        """Publish the ends for followers (a writer), or find the writer's (a reader)."""
-        store = self._store
-        self._poll: PollState | None = None
-        path = ends_path(store)
-        if not store.writable:
-            self._poll = PollState(self)
-            counter = self._poll.reader.counter
-            self._lifetime.remote = counter
-            self._lifetime.seen = counter[0] if counter is not None else 0
-            self._lifetime.poll = self.refresh
-            # A live writer's unsynced records are in the page cache, so recovery
-            # found them: the writer's published durable end is the truth.
-            ends = self._poll.reader.read()
-            if ends is not None:
-                self._group_commit.durable_lsn = max(min(ends.durable, end), store.head_lsn)
-        elif path is not None:
-            self._group_commit.publisher = EndsPublisher.create(path)
-            self._group_commit.publish(end)
+        self._poll = start_following(self, end)
 
     # -- constructors -------------------------------------------------------------
 
@@ -250,37 +183,15 @@ class Wal:
         ``archive`` sealed segments are pushed to it in the background, and
         ``truncate_before`` pushes what it would delete first (see ``mmwal.Archive``).
         """
-        location = os.fspath(directory)
-        check_single_file_path(location)
-        check_segment_size(location, segment_size, writable=not readonly)
-        for attempt in itertools.count(1):
-            with explain_permission(location, writable=not readonly):
-                store = SegmentStore(
-                    location,
-                    segment_size,
-                    writable=not readonly,
-                    allow_copy_on_write=config is not None and config.allow_copy_on_write,
-                    file_mode=file_mode,
-                )
-            try:
-                wal = cls(store, config)
-            except FileNotFoundError:
-                # A live writer's truncate_before removed a segment this read-only
-                # open was about to read (segments are mapped when first read):
-                # take the view again, as SegmentStore does for its listing.
-                if not readonly or attempt == _READ_ONLY_OPEN_ATTEMPTS:
-                    raise
-                continue
-            break
-        if archive is not None:
-            from ._archiver import Archiver  # noqa: PLC0415 - imports this module
-
-            try:
-                wal._archiver = Archiver(wal, archive)
-            except BaseException:
-                wal.close()
-                raise
-        return wal
+        return open_segmented(
+            cls,
+            directory,
+            segment_size,
+            config,
+            readonly=readonly,
+            archive=archive,
+            file_mode=file_mode,
+        )
 
     @classmethod
     def with_store(cls, store: Store, config: WalConfig | None = None) -> Wal:
@@ -462,7 +373,7 @@ class Wal:
             watch=Watch(self._lifetime),
             max_bytes=max_bytes,
         )
-        return batches if stop is None else _batches_before(batches, stop)
+        return batches if stop is None else batches_before(batches, stop)
 
     def follow(
         self,
@@ -538,37 +449,6 @@ class Wal:
         return read(
             self._store, start=start, end=end, config=self._config, skipped=skipped, watch=watch
         )
-
-    # -- following ------------------------------------------------------------------
-
-    def _follow_end(self, *, durable: bool) -> int:
-        """Return how far a follower may read now: the written or the durable end."""
-        self._check_open()
-        if self._poll is not None:
-            with self._reserve:
-                end = refresh(self, self._poll)
-            return min(end, self._group_commit.durable_lsn) if durable else end
-        if durable:
-            return self._group_commit.durable_lsn
-        with self._reserve:
-            return self._written_lsn()
-
-    def _wait_for_news(
-        self, position: int, epoch: int, *, durable: bool, timeout: float | None
-    ) -> None:
-        """Wait until the log passes ``position``, is truncated or closed, or ``timeout``."""
-        reservations = self._reservations
-        arrivals = reservations.arrivals
-        with arrivals:
-            reservations.followers_waiting += 1
-            try:
-                # Read after announcing the wait: an append this read misses sees
-                # the waiter and notifies under the same lock.
-                end = self._group_commit.durable_lsn if durable else self._written_lsn()
-                if end <= position and not reservations.closing and self._lifetime.epoch == epoch:
-                    arrivals.wait(timeout)
-            finally:
-                reservations.followers_waiting -= 1
 
     def _check_lsn(self, lsn: int, end: int, *, end_allowed: bool = True) -> None:
         """Refuse an LSN that is no int, below the head or past ``end``.
@@ -708,45 +588,7 @@ class Wal:
         the failure reported it. A close that finds another close running waits
         for it and shares its outcome.
         """
-        if self._archiver is not None:
-            self._archiver.stop()
-        reservations, group = self._reservations, self._group_commit
-        with reservations.lock:
-            in_progress = reservations.closing
-            reservations.closing = True
-            reservations.fast_limit = 0
-        if in_progress:
-            if self._close_done.is_set():
-                return
-            self._close_done.wait()
-            if self._close_error is not None:
-                raise WalBrokenError("the final flush of close") from self._close_error
-            return
-        try:
-            if group.broken is None:
-                group.sync_to(reservations.next_lsn)
-        except BaseException as error:
-            self._close_error = error
-            raise
-        finally:
-            try:
-                with group.exclusive():
-                    if group.broken is None and self._store.writable:
-                        self._points.save_durable_end(group.durable_lsn)
-                    group.closed = True
-                    self._lifetime.close()
-                    if group.publisher is not None:
-                        group.publish(group.durable_lsn)
-                        group.publisher.close()
-                    if self._poll is not None:
-                        self._poll.reader.close()
-                    self._store.close()
-                    # The piece may be a chunk the store let go (not closed by it):
-                    # its mapping holds a descriptor, and with it the writer's lock.
-                    reservations.piece = b""
-            finally:
-                self._close_done.set()
-                reservations.wake_followers()
+        close(self)
 
     def __enter__(self) -> Self:
         return self
