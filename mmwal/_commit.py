@@ -7,26 +7,31 @@ good.
 
 Rules this module keeps:
 
-- ``lock`` (the commit lock, a ``threading.Condition``) guards ``flushing``,
-  ``durable_lsn``, ``broken``, ``broken_by``, ``closed`` and the counters. Every
-  change a waiter may be waiting for is followed by ``notify_all`` on it.
-- ``flushing`` is the one-flusher token: a leader, a truncation and close
-  (``exclusive``) each hold it, so no two of them run at once. Whoever sets it
-  clears it and notifies, on every path out.
-- ``durable_lsn`` only moves after a flush that covered it returned without
-  error (or a truncation set the end back). Waiters check, in this order: their
-  target durable (then they return, whatever happened since), broken (they
-  raise ``WalBrokenError``), closed (``WalClosedError``).
+- ``lock`` (the commit lock, a ``threading.Condition``) guards ``flushing``, the
+  counters and every wait here. Whoever changes what a waiter waits for
+  (``durable_lsn``, ``broken``, ``flushing``, ``closed``) notifies ``lock``
+  afterwards: at once, or for a change made inside ``exclusive``, when
+  ``exclusive`` hands the token back.
+- ``flushing`` is the one-flusher token: a leader, a truncation and close (both
+  through ``exclusive``) each hold it, so no two of them run at once. Whoever
+  sets it clears it and notifies, on every path out.
+- ``durable_lsn`` only grows under ``lock``, after a flush that covered it
+  returned without error. Otherwise only the token's holder sets it (a truncation
+  inside ``exclusive``), or, on a read-only handle, ``refresh`` under the
+  reservation lock (the writer's published durable end).
+- Waiters check, in this order: their target durable (then they return, whatever
+  happened since), broken (``WalBrokenError``), closed (``WalClosedError``).
 - A failed flush breaks the log for good (fail-stop): every later append and sync
   raises ``WalBrokenError``. No flush is retried. ``broken`` is set only by
-  ``break_locked``, with the reservation lock held and ``fast_limit`` zeroed
-  first, so no append slips past on the fast path.
+  ``break_locked``, with the reservation lock held, ``fast_limit`` zeroed first
+  and then under ``lock``, so no append slips past on the fast path.
+- ``closed`` is set once, by close, inside ``exclusive``.
 - Lock order: the reservation lock (``Reservations.lock``) before ``lock``. The
-  leader takes the reservation lock without ``lock`` to wait for copies in
-  flight below its target (``Reservations.copies_done``) and to read the written
-  watermark, then flushes holding neither lock.
-- Truncation and close run inside ``exclusive``: no flush in progress, no copy in
-  flight, no new reservation.
+  leader takes the reservation lock without ``lock`` to wait for the copies in
+  flight below its target (``Reservations.copies_done``, notified as each copy
+  ends) and to read the written watermark, flushes holding neither lock, and
+  after the flush wakes the followers waiting on the handle
+  (``Reservations.wake_followers``), again holding neither.
 """
 
 from __future__ import annotations

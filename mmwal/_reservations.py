@@ -11,24 +11,27 @@ Rules this module keeps:
 - ``lock`` (the reservation lock, a bare ``threading.Lock`` the append fast path
   takes directly) guards ``next_lsn``, ``fast_limit``, ``piece``, ``piece_base``,
   ``in_flight``, ``hole``, ``closing``, ``appends`` and ``bytes_dropped``.
-  ``copies_done`` is a condition over the same lock: it is notified whenever a
-  copy leaves ``in_flight``.
 - LSNs are reserved in one short critical section; a frame is built before it
-  and, when larger than ``INLINE_COPY_LIMIT``, copied after it (then it is in
-  ``in_flight`` until the copy ends).
+  and, when larger than ``INLINE_COPY_LIMIT``, copied after it: then it is in
+  ``in_flight`` until its copy ends, and ``copies_done`` (a condition over
+  ``lock``) is notified when it leaves. Those who wait on ``copies_done``: a
+  flush leader (for the copies below its target) and ``GroupCommit.exclusive``
+  (for all of them).
 - ``written_lsn()`` (the contiguous-written watermark) never passes a byte that
   is not copied yet: not the lowest copy in flight, not a copy that failed
   (``hole``). Whoever reads the log (iteration, sync, followers) stops there.
 - ``fast_limit`` is 0 whenever appends must take the slow path (closing, broken,
-  no piece yet, just truncated); only ``place`` raises it again, after it checked
-  that the log takes writes. Whoever breaks the log or starts closing it zeroes
-  it in the same critical section that sets the flag.
-- Lock order: ``lock``, then the commit lock (``GroupCommit.lock``), then
-  ``arrivals``. A failed copy breaks the log with ``lock`` held.
+  no piece yet, just truncated); only ``place`` raises it again, after the log's
+  ``check_writable`` passed in the same critical section. Breaking the log and
+  starting to close it zero it in the critical section that sets their flag.
+- A failed copy breaks the log with ``lock`` held (``GroupCommit.break_locked``).
+- Lock order: ``lock`` before the commit lock (``GroupCommit.lock``), and ``lock``
+  before ``arrivals``; nothing is taken while ``arrivals`` is held.
 - Followers announce themselves in ``followers_waiting`` under ``arrivals`` and
-  then read the end; appenders move the end, then read ``followers_waiting`` and
-  notify ``arrivals`` only when someone waits. Either the follower sees the new
-  end or the appender sees the follower.
+  then read the end; whoever moves an end (appends here, flushes, truncations)
+  moves it first, then reads ``followers_waiting`` and notifies ``arrivals`` only
+  when someone waits (close notifies always). Either the follower sees the new
+  end or the one moving it sees the follower.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class Reservations:
         self.in_flight: dict[int, int] = {}
         # The LSN of a copy that failed: the watermark never passes it.
         self.hole: int | None = None
-        # Set once by ``Wal.close``: no reservation is made from then on.
+        # Set once, by the first close: no reservation is made from then on.
         self.closing = False
         self.appends = 0
         self.bytes_dropped = 0

@@ -3,15 +3,18 @@
 Rules this module keeps:
 
 - Each truncation runs inside ``GroupCommit.exclusive``: it holds the one-flusher
-  token and the reservation lock, with no copy in flight, for all of its steps.
-  It takes the commit lock only briefly, inside, to move ``durable_lsn`` (lock
-  order: the reservation lock before the commit lock).
-- It zeroes ``fast_limit`` first: the next append takes the slow path, which maps
-  the store's piece at the new end.
+  token and the reservation lock, with no copy in flight, for all of its steps,
+  so it may move ``next_lsn`` and ``durable_lsn`` (``truncate_before`` still
+  raises the latter under the commit lock, taken inside: the reservation lock
+  comes before the commit lock).
+- A caller's mistake is refused before anything changes. Then ``fast_limit`` is
+  zeroed: the next append takes the slow path, which maps the piece at the end.
 - Readers learn of a cut (``Lifetime.truncated``, the published ends) before a
   byte changes or a mapping is closed.
-- A step that fails after the first durable change breaks the log (fail-stop):
-  what the log holds is then in doubt, as after any failed flush.
+- Past the checks, an ``OSError`` in any step breaks the log (fail-stop): what
+  the log holds is then in doubt, as after any failed flush. The archive push
+  of ``truncate_before`` runs before it all, outside ``exclusive``; if it fails,
+  nothing has changed.
 - Followers waiting on the handle are woken once the truncation is done, after
   the reservation lock is let go.
 """
