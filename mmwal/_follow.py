@@ -75,7 +75,7 @@ def start_following(wal: Wal, end: int) -> PollState | None:
             wal._group_commit.durable_lsn = max(min(ends.durable, end), store.head_lsn)
         return poll
     if path is not None:
-        wal._group_commit.publisher = EndsPublisher.create(path)
+        wal._group_commit.publisher = EndsPublisher.for_store(store)
         wal._group_commit.publish(end)
     return None
 

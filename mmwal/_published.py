@@ -33,9 +33,12 @@ Rules kept here:
 - Distrusted when it disagrees with the log: followers still check every frame
   by its CRC and never read past what the frames say; the file only says how far
   is durable and what was cut.
-- Created with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0o600; a name taken by
-  anything but a state file of the right size (a symlink, a foreign file) is
-  removed and created afresh. It is never shrunk (a follower may have it mapped).
+- Created, allocated, mapped and removed through the store's ``Syscalls`` seam
+  (so faults can be injected into it), with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+  and the log's ``file_mode``, as every file mmwal creates; a name taken by
+  anything but a state file of the right size, ours, with no permission beyond
+  ``file_mode`` (a symlink, a foreign file) is removed and created afresh. It is
+  never shrunk (a follower may have it mapped).
 - A failure to create or write it never fails the writer: following then falls
   back to checking frames.
 """
@@ -53,8 +56,9 @@ from typing import NamedTuple
 
 from ._chunked import ChunkedStore
 from ._crc import crc32c
-from ._files import close_mapping
+from ._files import close_mapping, create_file
 from ._store import Store
+from ._syscalls import Syscalls
 
 __all__ = ["CUTS_KEPT", "ENDS_FILE_NAME", "Ends", "EndsPublisher", "EndsReader", "ends_path"]
 
@@ -125,42 +129,45 @@ def _latest(mapping: mmap.mmap) -> Ends | None:
     return best
 
 
-def _is_state_file(fd: int) -> bool:
+def _is_state_file(fd: int, file_mode: int) -> bool:
     info = os.fstat(fd)
     return (
         stat.S_ISREG(info.st_mode)
         and info.st_size == _FILE_SIZE
         and info.st_uid == os.geteuid()
-        and not info.st_mode & 0o077
+        and not stat.S_IMODE(info.st_mode) & ~file_mode
     )
 
 
-def _open_for_writing(path: str) -> int:
+def _open_for_writing(path: str, syscalls: Syscalls, file_mode: int) -> int:
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(3):
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = create_file(syscalls, path, file_mode)
         except FileExistsError:
             pass
         else:
             try:
-                os.posix_fallocate(fd, 0, _FILE_SIZE)
+                syscalls.allocate(fd, 0, _FILE_SIZE)
             except BaseException:
                 os.close(fd)
+                # An empty file would be taken back at the next open anyway.
+                with contextlib.suppress(OSError):
+                    syscalls.remove(path)
                 raise
             return fd
         try:
-            fd = os.open(path, flags)
+            fd = syscalls.open(path, flags)
         except OSError:
             fd = -1  # a symlink (ELOOP), a directory, a file gone meanwhile
         if fd >= 0:
-            if _is_state_file(fd):
+            if _is_state_file(fd, file_mode):
                 return fd
             os.close(fd)
         # Not a state file we wrote: take the name back (removing a symlink never
         # touches its target) and create our own.
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+            syscalls.remove(path)
     raise FileExistsError(f"{path} keeps being replaced")
 
 
@@ -178,12 +185,24 @@ class EndsPublisher:
         self._said = None if last is None else tuple(last[1:])
 
     @classmethod
-    def create(cls, path: str) -> EndsPublisher | None:
-        """Open or create the state file at ``path``; None (and a debug log) if impossible."""
+    def for_store(cls, store: Store) -> EndsPublisher | None:
+        """Open or create the state file of the log in ``store``; None if it has none."""
+        path = ends_path(store)
+        if path is None or not isinstance(store, ChunkedStore):
+            return None
+        return cls.create(path, store.syscalls, store.file_mode)
+
+    @classmethod
+    def create(cls, path: str, syscalls: Syscalls, file_mode: int) -> EndsPublisher | None:
+        """Open or create the state file at ``path``; None (and a debug log) if impossible.
+
+        Every call that creates, allocates, maps or removes it goes through
+        ``syscalls``; a new file gets ``file_mode``.
+        """
         try:
-            fd = _open_for_writing(path)
+            fd = _open_for_writing(path, syscalls, file_mode)
             try:
-                mapping = mmap.mmap(fd, _FILE_SIZE, access=mmap.ACCESS_WRITE)
+                mapping = syscalls.map(fd, _FILE_SIZE, 0, writable=True)
             finally:
                 os.close(fd)
         except OSError as error:

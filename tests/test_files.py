@@ -48,10 +48,10 @@ def mode(path: Path) -> int:
 
 
 def log_files(path: Path) -> list[Path]:
-    """Return the log's files; not the followers' state file, always 0o600 by design."""
+    """Return the log's files, the followers' state file included."""
     if not path.is_dir():
-        return [path]
-    return sorted(p for p in path.iterdir() if p.is_file() and p.name != ENDS_FILE_NAME)
+        return [path, path.with_name(f"{path.name}.{ENDS_FILE_NAME}")]
+    return sorted(p for p in path.iterdir() if p.is_file())
 
 
 def assert_untouched(victim: Path) -> None:
@@ -83,6 +83,7 @@ def test_segments_and_the_head_file_are_private_by_default(tmp_path: Path) -> No
         wal.truncate_before(lsns[-1])
     files = log_files(path)
     assert (path / HEAD_FILE_NAME) in files
+    assert (path / ENDS_FILE_NAME) in files
     assert {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
     assert mode(path) == 0o700
 
@@ -115,7 +116,7 @@ def test_file_mode_reaches_a_single_file(tmp_path: Path, how: str) -> None:
         wal = Wal.with_store(FileStore(path, window_size=1 << 16, file_mode=0o640))
     wal.append(b"x")
     wal.close()
-    assert mode(path) == 0o640
+    assert {mode(p) for p in log_files(path)} == {0o640}
 
 
 @pytest.mark.parametrize("how", ["mmwal.open", "Wal.open_segmented", "SegmentStore"])
@@ -132,6 +133,24 @@ def test_file_mode_reaches_segments_and_the_head_file(tmp_path: Path, how: str) 
     wal.close()
     assert {mode(p) for p in log_files(path)} == {0o640}
     assert mode(path) == 0o750
+
+
+def test_a_state_file_of_the_logs_own_file_mode_is_kept_across_opens(tmp_path: Path) -> None:
+    # A state file is taken back (removed and created afresh) only when it is not
+    # one mmwal made: one made under file_mode 0o640 is reused, so a follower's
+    # mapping of it stays the writer's.
+    path = tmp_path / "log"
+    with mmwal.open(path, segment_size=4096, file_mode=0o640) as wal:
+        wal.append(b"x")
+    held = os.open(path / ENDS_FILE_NAME, os.O_RDONLY)
+    try:
+        with mmwal.open(path, segment_size=4096, file_mode=0o640) as wal:
+            wal.append(b"y")
+        assert os.fstat(held).st_nlink == 1  # not removed (held open, its inode stays its own)
+        assert os.fstat(held).st_ino == (path / ENDS_FILE_NAME).stat().st_ino
+    finally:
+        os.close(held)
+    assert mode(path / ENDS_FILE_NAME) == 0o640
 
 
 @pytest.mark.parametrize("bad", [0o200, 0o400, 0o1600, -1, True, "0o600"])

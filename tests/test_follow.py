@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
+import mmap
 import os
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import mmwal
-from mmwal import Record, Wal, WalTruncatedError
+from mmwal import Record, SegmentStore, Syscalls, Wal, WalTruncatedError
 
 SEGMENT = 256
 
@@ -521,6 +523,60 @@ def test_the_state_file_is_never_a_planted_symlink_target(tmp_path: Path) -> Non
         wal.sync()
     assert victim.read_bytes() == b"precious"
     assert not (directory / "mmwal-ends").is_symlink()
+
+
+class StateFileSyscalls(Syscalls):
+    """Real syscalls, recording the state file's; its allocation fails when told (a full disk)."""
+
+    def __init__(self, *, no_space: bool) -> None:
+        self.no_space = no_space
+        self.names: dict[int, str] = {}
+        self.calls: list[tuple[str, int]] = []  # (call, open flags or 0) on the state file
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        self.names[fd] = os.path.basename(path)
+        if self.names[fd] == "mmwal-ends":
+            self.calls.append(("open", flags))
+        return fd
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        if self.names.get(fd) == "mmwal-ends":
+            self.calls.append(("allocate", 0))
+            if self.no_space:
+                raise OSError(errno.ENOSPC, "no space (injected)")
+        super().allocate(fd, offset, length)
+
+    def map(self, fd: int, length: int, offset: int, *, writable: bool) -> mmap.mmap:
+        if self.names.get(fd) == "mmwal-ends":
+            self.calls.append(("map", 0))
+        return super().map(fd, length, offset, writable=writable)
+
+
+def test_the_state_file_is_created_and_mapped_through_the_syscalls_seam(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    syscalls = StateFileSyscalls(no_space=False)
+    with Wal.with_store(SegmentStore(directory, SEGMENT, syscalls=syscalls)) as wal:
+        wal.append(b"a")
+    assert [call for call, _ in syscalls.calls] == ["open", "allocate", "map"]
+    flags = syscalls.calls[0][1]
+    wanted = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    assert flags & wanted == wanted
+
+
+def test_a_fault_in_the_state_file_never_fails_the_writer(tmp_path: Path) -> None:
+    # A full disk at the state file's allocation reaches it through the seam: the
+    # writer goes on without publishing (no empty file is left behind), and a
+    # follower finds every record by its frames alone.
+    directory = tmp_path / "log"
+    syscalls = StateFileSyscalls(no_space=True)
+    with Wal.with_store(SegmentStore(directory, SEGMENT, syscalls=syscalls)) as wal:
+        wal.append_many([b"a"] * 10)
+        wal.sync()
+        assert ("allocate", 0) in syscalls.calls
+        assert not (directory / "mmwal-ends").exists()
+        with Wal.open_segmented(directory, readonly=True) as reader:
+            assert len(list(reader.follow(timeout=0))) == 10
 
 
 def test_a_torn_or_foreign_state_file_is_distrusted(tmp_path: Path) -> None:
