@@ -10,8 +10,9 @@ its temporary, side files, quarantine files, repair's files):
 - Its mode is ``file_mode`` (default ``0o600``, as PostgreSQL keeps its WAL, less
   the process umask): a log holds application data.
 - A file that replaces another (the head file, a side file) is written under a
-  unique temporary name, made durable, renamed into place, and the directory is
-  fsynced.
+  unique temporary name (``<name>.<16 hex digits>.tmp``), made durable, renamed
+  into place, and the directory is fsynced. A temporary a crash left behind is
+  removed at the next writable open (``remove_leftover_temporaries``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import errno
 import fcntl
 import mmap
 import os
+import re
 import secrets
 import stat
 import sys
@@ -47,12 +49,16 @@ __all__ = [
     "open_directory",
     "prefault_anonymous",
     "read_small_file",
+    "remove_leftover_temporaries",
     "replace_file",
     "replace_file_durably",
 ]
 
 DEFAULT_FILE_MODE = 0o600
 """The mode of every file mmwal creates unless told otherwise: owner read and write."""
+
+# The random part of a temporary's name: 8 bytes, 16 lowercase hex digits.
+_TOKEN_BYTES = 8
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -221,7 +227,7 @@ def replace_file(syscalls: Syscalls, directory: str, name: str, data: bytes, mod
     a crash leaves the old file or the new one, and perhaps an unused temporary
     (a name neither mmwal nor wal-db reads).
     """
-    temporary = os.path.join(directory, f"{name}.{secrets.token_hex(8)}.tmp")
+    temporary = os.path.join(directory, f"{name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
     fd = create_file(syscalls, temporary, mode, flags=os.O_WRONLY)
     try:
         try:
@@ -237,6 +243,29 @@ def replace_file(syscalls: Syscalls, directory: str, name: str, data: bytes, mod
             syscalls.remove(temporary)
         raise
     syscalls.fsync_directory(directory)
+
+
+def remove_leftover_temporaries(syscalls: Syscalls, directory: str, names: list[str]) -> None:
+    """Remove the temporaries ``replace_file`` left in ``directory`` when a crash cut it short.
+
+    Only regular files named exactly as ``replace_file`` names the temporary of
+    one of ``names`` (``<name>.<16 lowercase hex digits>.tmp``) are removed; a
+    symlink under such a name is left alone (and never followed), as is every
+    other name. Call it only with the log's writer lock held: no other process
+    is then writing a temporary. Crash cost: none (a removal a crash undoes
+    leaves the temporary for the next open).
+    """
+    alternatives = "|".join(map(re.escape, names))
+    pattern = re.compile(rf"(?:{alternatives})\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp")
+    with os.scandir(directory) as entries:
+        leftovers = [
+            entry.path
+            for entry in entries
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+        ]
+    for path in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            syscalls.remove(path)
 
 
 def replace_file_durably(

@@ -15,8 +15,10 @@ from ._files import (
     drop_resident,
     evict_clean,
     lock_exclusively,
+    remove_leftover_temporaries,
 )
 from ._filesystems import SpaceReservation
+from ._format import RECOVERY_FILE_NAME
 from ._syscalls import Syscalls, mapping_address
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
@@ -100,6 +102,11 @@ class FileStore(ChunkedStore):
         try:
             if writable:
                 lock_exclusively(fd, self.path)
+                # Under the writer lock: a side file's temporary is a crash's leftover.
+                directory, name = os.path.split(os.path.abspath(self.path))
+                remove_leftover_temporaries(
+                    self.syscalls, directory, [f"{name}.{RECOVERY_FILE_NAME}"]
+                )
             size = os.fstat(fd).st_size
             if reservation is not None:
                 if size:

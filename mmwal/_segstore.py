@@ -23,11 +23,13 @@ from ._files import (
     lock_exclusively,
     open_directory,
     read_small_file,
+    remove_leftover_temporaries,
     replace_file,
 )
 from ._filesystems import SpaceReservation
 from ._format import (
     HEAD_FILE_NAME,
+    RECOVERY_FILE_NAME,
     decode_head_file,
     encode_head_file,
     parse_segment_name,
@@ -109,7 +111,8 @@ class SegmentStore(ChunkedStore):
     files) is created with ``O_EXCL | O_NOFOLLOW`` and mode ``file_mode``
     (``0o600`` unless told otherwise; the umask applies; a directory it creates
     gets search permission where ``file_mode`` has read). Segment files are
-    opened without following symlinks.
+    opened without following symlinks. A temporary of the head file or a side
+    file that a crash left is removed at the next writable open.
     """
 
     _makes_chunks_ahead = True
@@ -190,6 +193,11 @@ class SegmentStore(ChunkedStore):
         self._metadata_lock = threading.Lock()
         self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
         self._head_lsn = self._read_head()
+        if writable:
+            # Under the writer lock: a temporary here is a crash's leftover.
+            remove_leftover_temporaries(
+                self.syscalls, self.path, [HEAD_FILE_NAME, RECOVERY_FILE_NAME]
+            )
         self._open_segments([index for index, _ in names])
 
     def _load_consistently(

@@ -221,6 +221,47 @@ def test_the_head_file_is_never_written_through_a_planted_name(
     assert leftovers == []
 
 
+@pytest.mark.parametrize("layout", ["file", "segments"])
+def test_a_crashs_leftover_temporaries_go_at_a_writable_open_only(
+    tmp_path: Path, victim: Path, layout: str
+) -> None:
+    # What a crash inside a head-file or recovery-point replace leaves: a
+    # temporary named as replace_file names it. Only exactly that name, as a
+    # regular file, is ours to remove; a symlink under it and near misses stay.
+    if layout == "segments":
+        log = tmp_path / "log"
+        with mmwal.open(log, segment_size=4096) as wal:
+            fill_segments(wal, 2, 4096)
+        directory, prefixes = log, [HEAD_FILE_NAME, "recovery"]
+    else:
+        log = tmp_path / "wal.log"
+        with mmwal.open(log) as wal:
+            wal.append(b"x")
+        directory, prefixes = tmp_path, ["wal.log.recovery"]
+    ours = [f"{prefix}.0123456789abcdef.tmp" for prefix in prefixes]
+    others = [
+        f"{prefixes[0]}.0123456789ABCDEF.tmp",  # not a name token_hex makes
+        f"{prefixes[0]}.0123456789abcde.tmp",
+        f"{prefixes[0]}.0123456789abcdef.tmp.1",
+        f"x{prefixes[0]}.0123456789abcdef.tmp",
+        "other.0123456789abcdef.tmp",
+    ]
+    for name in ours + others:
+        (directory / name).write_bytes(b"half a head file")
+    planted_link = directory / f"{prefixes[0]}.fedcba9876543210.tmp"
+    planted_link.symlink_to(victim)
+
+    with mmwal.open(log, readonly=True):
+        pass
+    assert all((directory / name).exists() for name in ours)
+    with mmwal.open(log) as wal:
+        assert [r.data for r in wal][:1] == ([b"x"] if layout == "file" else [b"r" * 100])
+    assert not any((directory / name).exists() for name in ours)
+    assert all((directory / name).read_bytes() == b"half a head file" for name in others)
+    assert planted_link.is_symlink()
+    assert_untouched(victim)
+
+
 def test_a_symlinked_head_file_at_open_is_not_followed(tmp_path: Path, victim: Path) -> None:
     """A symlink named ``head`` reads as no head file: the victim is never read or written."""
     path = tmp_path / "log"
