@@ -208,6 +208,9 @@ def _damage_at(store: Store, frame: Scan, lsn: int) -> CorruptionError:
         lsn,
         f"the record at LSN {lsn} is damaged ({_describe(frame)})",
         path=store.location,
-        hint="nothing was changed; iterate under RecoveryPolicy.SKIP_BAD_RECORDS to "
-        "step over it, or run repair()",
+        # Not "iterate from it under SKIP_BAD_RECORDS": no policy starts at a
+        # damaged record, it is stepped over from a record before it.
+        hint="nothing was changed; iterate from an LSN before it with "
+        "WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS), which steps over the "
+        "damaged record (its data is lost), or run mmwal.repair() to cut the log at the damage",
     )

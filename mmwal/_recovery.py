@@ -121,15 +121,22 @@ def _scan_from_point(store: Store, config: WalConfig, point: RecoveryPoint) -> R
     return dataclasses.replace(found, skipped=[*damaged, *found.skipped])
 
 
+# The ways forward from damage below the recovery point, and what each costs.
+_SKIP_OR_REPAIR_HINT = (
+    "nothing was changed; open with WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS) "
+    "to read on past the damage, which skips the damaged record (its data is lost; it is "
+    "listed in Wal.recovery.skipped), or run mmwal.repair() to cut the log at the damage, "
+    "keeping what follows in a quarantine file"
+)
+
+
 def _damage_below(store: Store, lsn: int, point: RecoveryPoint, stop: Stop) -> CorruptionError:
     return CorruptionError(
         lsn,
         f"the record at LSN {lsn} is damaged ({stop.value}), below the recovery point "
         f"{point.end}: it was durable, so this is not a torn tail",
         path=store.location,
-        hint="nothing was changed; open with readonly=True, or "
-        "RecoveryPolicy.SKIP_BAD_RECORDS, to read the intact records around it; "
-        "mmwal.repair() cuts the log at the damage, keeping what follows in a quarantine file",
+        hint=_SKIP_OR_REPAIR_HINT,
     )
 
 

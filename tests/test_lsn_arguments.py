@@ -27,6 +27,7 @@ from mmwal import (
     InvalidLSNError,
     MemStore,
     Record,
+    RecoveryPolicy,
     Wal,
     WalConfig,
     WalError,
@@ -161,6 +162,10 @@ def test_damage_at_a_real_record_start_stays_corruption(wal: Wal) -> None:
         assert caught.value.offset == victim.lsn
         assert "checksum mismatch" in caught.value.reason
         assert not isinstance(caught.value, ValueError)
+        hint = caught.value.hint or ""
+        assert "iterate from an LSN before it with " in hint
+        assert "WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)" in hint
+        assert "steps over the damaged record (its data is lost)" in hint
     # Past the damage a record start cannot be told from a mistake: damage again.
     with pytest.raises(CorruptionError) as caught:
         wal.iter_from(records[20].lsn + 1)
@@ -170,6 +175,24 @@ def test_damage_at_a_real_record_start_stays_corruption(wal: Wal) -> None:
     assert (error.before, error.after) == (records[5].lsn, records[6].lsn)
     # And intact records past the damage are still reachable by their LSN.
     assert next(iter(wal.iter_from(records[20].lsn))) == records[20]
+
+
+def test_the_way_forward_the_damage_hint_names_holds(tmp_path: Path) -> None:
+    # From a damaged record's own LSN no policy reads on; from an LSN before it,
+    # SKIP_BAD_RECORDS steps over it and loses that record only.
+    with open_log("seg4k", tmp_path) as wal:
+        wal.append_many(PAYLOADS)
+        records = list(wal)
+    victim = records[17]
+    assert victim.data
+    with open_log("seg4k", tmp_path) as wal:
+        wal.store.write(victim.lsn + 8, bytes([victim.data[0] ^ 0xFF]))
+    skipping = WalConfig(max_record_size=1024, recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)
+    with Wal.open_segmented(tmp_path / "log", 4096, skipping) as wal:
+        with pytest.raises(CorruptionError) as caught:
+            list(wal.iter(victim.lsn))
+        assert "iterate from an LSN before it" in (caught.value.hint or "")
+        assert list(wal.iter(records[16].lsn)) == [records[16], *records[18:]]
 
 
 def test_lsns_that_are_not_ints_are_type_errors(wal: Wal) -> None:
