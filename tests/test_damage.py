@@ -170,6 +170,37 @@ def test_bit_rot_after_open_stops_iteration_at_the_damaged_record(
     log.close(wal)
 
 
+def location(log: Log) -> str:
+    return "<memory>" if log.kind == "mem" else str(log.path)
+
+
+@pytest.mark.parametrize(("kind", "via"), cases())
+@pytest.mark.parametrize("damage", ["payload", "length", "zeroed header"])
+def test_iteration_names_the_damage_it_reaches(
+    tmp_path: Path, kind: str, via: str, damage: str
+) -> None:
+    # What an engine logs when its replay stops: where, in which log, and why,
+    # for each way a frame found after open can be bad.
+    log = Log(kind, tmp_path)
+    records, wal = log.create()
+    lsn, payload = records[5]
+    if damage == "payload":
+        offset = payload_middle(lsn, payload)
+        log.damage_live(wal, offset, flipped(wal, offset), via=via)
+        reason = f"checksum mismatch in a record of length {len(payload)}"
+    elif damage == "length":
+        log.damage_live(wal, lsn + 4, (1 << 30).to_bytes(4, "little"), via=via)
+        reason = f"implausible length {1 << 30}"
+    else:
+        log.damage_live(wal, lsn, bytes(8), via=via)
+        reason = "an all-zero header (the end of the log)"
+    got, error, _ = walk(wal)
+    assert got == records[:5]
+    assert error is not None
+    assert (error.offset, error.reason, error.path) == (lsn, reason, location(log))
+    log.close(wal)
+
+
 @pytest.mark.parametrize(("kind", "via"), cases())
 def test_skip_policy_iteration_steps_over_damaged_records(
     tmp_path: Path, kind: str, via: str

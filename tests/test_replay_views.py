@@ -4,6 +4,11 @@ The loop walks runs of checked frames that the log hands it a step at a time,
 so these tests use steps of a few hundred bytes (the ``short_steps`` fixture)
 and logs whose segments hold many: the rules (a view released on advance, on
 truncation and on close) must hold within a run and across run boundaries.
+
+The copying walk (``iter()``, ``_reading.read_records``) decodes batches too:
+the same promises (never a record removed by a truncation or appended after the
+iterator was made, never a bare ``OSError``) for records decoded before the
+change, on the writer's handle and on a read-only one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from mmwal import (
     CorruptionError,
     Record,
     RecoveryPolicy,
+    SegmentStore,
     Wal,
     WalConfig,
     WalTruncatedError,
@@ -219,3 +225,126 @@ def test_a_writer_in_another_handle_truncating_stops_a_read_only_walk(
     assert got == survivors
     assert error.lsn == lsns[max(40, cut + 1)]
     assert seen == data[:40]
+
+
+# -- the copying walk (iter(), copy=True) under appends, truncations and its own bounds ----------
+#
+# The walk decodes up to 256 records or 128 KiB of frames at a time, before it
+# yields them: records decoded before a truncation must still be checked
+# against it one by one. Written for mutation testing of ``_reading.py``.
+
+BATCH = 256  # _reading._BATCH_RECORDS
+BATCH_BYTES = 128 * 1024  # _reading._BATCH_BYTES
+
+
+def small(count: int, tag: bytes = b"") -> list[bytes]:
+    return [tag + b"%d:" % i + b"x" * (i % 7) for i in range(count)]
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_an_iterator_never_yields_records_appended_after_it_was_made(
+    tmp_path: Path, copy: bool
+) -> None:
+    # The end lies inside the third segment (a piece whose base is not 0), and
+    # the new records land right after it in the same piece.
+    with Wal.open_segmented(tmp_path / "log", 4096) as wal:
+        data = small(700)
+        wal.append_many(data)
+        assert wal.next_lsn // 4096 == 2
+        walk = wal.iter(copy=copy)
+        wal.append_many(small(20, b"late "))
+        assert [bytes(record.data) for record in walk] == data
+
+
+def test_a_walk_that_ends_a_batch_exactly_at_the_byte_bound_goes_on(tmp_path: Path) -> None:
+    # 128 frames of 1 KiB are exactly the batch's byte bound: the piece goes on
+    # there, it has not ended (a good frame is never reported as damage).
+    data = [bytes([i % 251]) * (1024 - 8) for i in range(3 * BATCH_BYTES // 1024 + 5)]
+    with Wal.open_segmented(tmp_path / "log", SEGMENT) as wal:
+        wal.append_many(data)
+        assert [record.data for record in wal] == data
+
+
+def test_truncate_before_at_a_batch_boundary_raises_walTruncatedError(tmp_path: Path) -> None:
+    # The walk stands after its first batch, in a segment that truncate_before
+    # removes (and unmaps): the next record is gone, named by its LSN.
+    data = small(1000)
+    with Wal.open_segmented(tmp_path / "log", 8192) as wal:
+        lsns = wal.append_many(data)
+        assert lsns[BATCH] < 8192 <= lsns[-1]
+        walk = iter(wal.iter())
+        assert [next(walk).data for _ in range(BATCH)] == data[:BATCH]
+        wal.truncate_before(lsns[-1])
+        with pytest.raises(WalTruncatedError) as caught:
+            next(walk)
+        assert caught.value.lsn == lsns[BATCH]
+
+
+def test_truncate_after_ahead_of_a_walk_yields_the_survivors_then_raises(tmp_path: Path) -> None:
+    data = small(200)
+    with Wal.open_segmented(tmp_path / "log", SEGMENT) as wal:
+        lsns = wal.append_many(data)
+        walk = iter(wal.iter())
+        seen = [next(walk).data for _ in range(10)]
+        wal.truncate_after(lsns[50])
+        wal.append_many(small(30, b"new "))  # at the cut: never this walk's
+        with pytest.raises(WalTruncatedError) as caught:
+            seen.extend(record.data for record in walk)
+        assert seen == data[:51]
+        assert caught.value.lsn == lsns[51]
+
+
+def _reader(directory: Path, mapped_chunks: int | None = None) -> Wal:
+    return Wal.with_store(
+        SegmentStore(directory, 4096, writable=False, mapped_chunks=mapped_chunks)
+    )
+
+
+@pytest.mark.parametrize("refresh_first", [False, True])
+def test_a_read_only_walk_never_yields_what_the_writer_truncated_since(
+    tmp_path: Path, refresh_first: bool
+) -> None:
+    # The reader's batch was decoded before the writer's cut; the writer's
+    # counter (or a refresh that took it in) must stop it at the cut.
+    directory = tmp_path / "log"
+    data = small(200)
+    with Wal.open_segmented(directory, 4096) as writer:
+        lsns = writer.append_many(data)
+        writer.sync()
+        with _reader(directory) as reader:
+            walk = iter(reader.iter())
+            seen = [next(walk).data for _ in range(10)]
+            writer.truncate_after(lsns[50])
+            writer.append_many(small(30, b"new "))
+            if refresh_first:
+                reader.refresh()
+            with pytest.raises(WalTruncatedError) as caught:
+                seen.extend(record.data for record in walk)
+    assert seen == data[:51]
+    assert caught.value.lsn == lsns[51]
+
+
+@pytest.mark.parametrize("frames", ["crossing", "aligned"])
+def test_a_read_only_walk_without_the_state_file_finds_a_removed_segment_truncated(
+    tmp_path: Path, frames: str
+) -> None:
+    # No published ends (lost, or a writer that keeps none): the reader learns
+    # of a truncate_before only when the segment it needs next is gone. It then
+    # looks at the head file and raises WalTruncatedError, not FileNotFoundError,
+    # whether it needed that segment for a frame crossing into it or for the next
+    # frame (64-byte frames fill each segment exactly).
+    directory = tmp_path / "log"
+    data = small(600) if frames == "crossing" else [b"%055d;" % i for i in range(600)]
+    with Wal.open_segmented(directory, 4096) as writer:
+        lsns = writer.append_many(data)
+        writer.sync()
+        (directory / "mmwal-ends").unlink()
+        with _reader(directory, mapped_chunks=1) as reader:
+            walk = iter(reader.iter())
+            first = next(walk)
+            writer.truncate_before(lsns[-1])
+            got = [first]
+            with pytest.raises(WalTruncatedError) as caught:
+                got.extend(walk)
+    assert caught.value.lsn > first.lsn
+    assert [(r.lsn, r.data) for r in got] == list(zip(lsns, data, strict=False))[: len(got)]
