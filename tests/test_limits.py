@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmwal import (
+    CorruptionError,
     MemStore,
     Record,
     RecordTooLargeError,
@@ -134,6 +135,55 @@ def test_a_long_record_with_a_bad_crc_is_still_the_end(tmp_path: Path, kind: str
         file.write(b"X")
     with open_kind(kind, tmp_path, WalConfig(max_record_size=100)) as wal:
         assert [r.data for r in wal] == [b"a"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_longer_record_that_ends_the_log_is_read(tmp_path: Path, kind: str) -> None:
+    """The last record, longer than today's limit, ends exactly where the log ends.
+
+    Catches: a frame that ends at the walk's limit taken for one that runs past it.
+    """
+    records = [b"a", b"q" * 400]
+    if kind == "memory":
+        with Wal.with_store(MemStore(4096), WalConfig(max_record_size=500)) as first:
+            first.append_many(records)
+            store = first.store
+            assert isinstance(store, MemStore)
+            image = store.getvalue()
+        wal = Wal.with_store(MemStore.from_bytes(image, 4096), WalConfig(max_record_size=100))
+    else:
+        with open_kind(kind, tmp_path, WalConfig(max_record_size=500)) as first:
+            first.append_many(records)
+        wal = open_kind(kind, tmp_path, WalConfig(max_record_size=100))
+    with wal:
+        assert wal.next_lsn == 8 + 1 + 8 + 400
+        assert [r.data for r in wal] == records
+        assert [r.data for r in wal.iter(9)] == records[1:]
+
+
+@pytest.mark.parametrize("policy", list(RecoveryPolicy))
+def test_a_damaged_record_of_exactly_the_limit_is_a_checksum_failure(
+    tmp_path: Path, policy: RecoveryPolicy
+) -> None:
+    """A record of exactly ``max_record_size`` has a plausible length, crossing or not.
+
+    So its checksum failure is what iteration reports, and what
+    ``SKIP_BAD_RECORDS`` steps over. It crosses a segment boundary here.
+    """
+    config = WalConfig(max_record_size=300, recovery_policy=policy)
+    with open_kind("segments", tmp_path, config) as wal:
+        lsns = wal.append_many([b"a", b"q" * 300, b"b"])
+        wal.store.write(lsns[1] + 8 + 100, b"X")
+        walk = wal.iter()
+        if policy is RecoveryPolicy.SKIP_BAD_RECORDS:
+            assert [r.data for r in walk] == [b"a", b"b"]
+            [error] = walk.skipped
+        else:
+            with pytest.raises(CorruptionError) as caught:
+                list(walk)
+            error = caught.value
+    assert error.offset == lsns[1]
+    assert error.reason == "checksum mismatch in a record of length 300"
 
 
 # -- append_many is all or nothing ------------------------------------------------------
