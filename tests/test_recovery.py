@@ -32,6 +32,7 @@ from mmwal import (
     Wal,
     WalConfig,
 )
+from mmwal._format import HEAD_FILE_NAME, encode_head_file, segment_name
 
 # -- the oracle: the format, from the spec ----------------------------------------
 
@@ -598,3 +599,70 @@ def test_a_lost_sector_counts_only_when_it_starts_within_the_first_claim(
         with Wal.open(path, config) as wal:
             assert wal.recovery.end == 0
             assert wal.recovery.quarantine_path is not None
+
+
+# -- a lost sector inside the first header, byte-exact ----------------------------------------
+
+
+def _head_log(directory: Path, segment_size: int, segments: int, head: int, header: bytes) -> None:
+    """Write a segmented log by hand: ``header`` at ``head``, nonzero bytes after it.
+
+    The bytes after the header hold no 512 zero bytes in a row and its length
+    field claims nothing plausible past them, so only the header's own shape can
+    make the open take the bytes for a crash's leftovers.
+    """
+    directory.mkdir()
+    image = bytearray(b"\x77" * (segment_size * segments))
+    image[head : head + 8] = header
+    for index in range(segments):
+        part = image[index * segment_size : (index + 1) * segment_size]
+        (directory / segment_name(index)).write_bytes(bytes(part))
+    (directory / HEAD_FILE_NAME).write_bytes(encode_head_file(head))
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("split", range(1, 8))
+@pytest.mark.parametrize("lost", ["first sector", "second sector"])
+@pytest.mark.parametrize(
+    ("segment_size", "boundary"),
+    [(4096, 512), (64, 64)],  # a sector boundary in a file; a segment boundary
+)
+def test_a_first_header_split_by_a_lost_sector_is_a_crash(
+    tmp_path: Path, split: int, lost: str, segment_size: int, boundary: int
+) -> None:
+    # A head ``split`` bytes before a boundary (as truncate_before leaves), the
+    # sector on one side lost (zero): an unsynced first record torn by a crash.
+    head = boundary - split
+    header = bytes(split) + b"\xff" * (8 - split)
+    if lost == "second sector":
+        header = b"\xff" * split + bytes(8 - split)
+    directory = tmp_path / "log"
+    _head_log(directory, segment_size, 4096 // segment_size, head, header)
+    with Wal.open_segmented(directory) as wal:
+        assert wal.recovery.head == wal.recovery.end == head
+        assert wal.recovery.quarantine_path is not None
+        assert list(wal) == []
+
+
+@pytest.mark.parametrize(
+    ("segment_size", "head", "header"),
+    [
+        (4096, 512 - 3, b"\xff" * 8),  # split at a sector boundary, nothing lost
+        (64, 64 - 3, b"\xff" * 8),  # split at a segment boundary, nothing lost
+        (4096, 512 - 3, bytes(2) + b"\xff" * 6),  # zeros, but they end before the boundary
+        (4096, 512 - 3, b"\xff" * 4 + bytes(4)),  # zeros, but they start after it
+    ],
+)
+def test_a_first_header_no_lost_sector_explains_is_refused(
+    tmp_path: Path, segment_size: int, head: int, header: bytes
+) -> None:
+    directory = tmp_path / "log"
+    _head_log(directory, segment_size, 4096 // segment_size, head, header)
+    before = _files(directory)
+    with pytest.raises(CorruptionError) as caught:
+        Wal.open_segmented(directory)
+    assert caught.value.offset == head
+    assert _files(directory) == before
