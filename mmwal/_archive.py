@@ -24,6 +24,7 @@ import posixpath
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ._archive_local import LocalLog
@@ -66,6 +67,14 @@ _BATCH_BYTES = 1 << 20
 # entry names, which would include another push's upload not yet published.
 _push_locks: dict[tuple[str, str], threading.Lock] = {}
 _push_locks_guard = threading.Lock()
+
+
+class _HeadMovedError(Exception):
+    """A truncation moved the head past a segment before an empty archive got it."""
+
+
+class _SegmentGoneError(Exception):
+    """A segment the push listed was removed by a truncation before it was read."""
 
 
 def _long_record(
@@ -241,15 +250,22 @@ class Archive:
         fsynced before it is read). A sealed segment is full and entirely covered
         by intact, durable frames. Idempotent: nothing new to push returns ``[]``.
         A segment archived with other bytes, or a log that no longer continues the
-        archive, raises ``ArchiveConflictError`` with the archive unchanged.
+        archive, raises ``ArchiveConflictError`` with the archive unchanged; so
+        does a segment that a truncation removes while the push runs, before it
+        was read, if the archive holds the segment before it (an empty archive
+        starts again at the new head instead).
         Crash cost: none; a push cut short resumes at the next one.
         """
-        if isinstance(source, Wal):
-            log = LocalLog.of_wal(source)
-        else:
-            limit = max_record_size or WalConfig().max_record_size
-            log = LocalLog.of_directory(source, limit)
-        return self._push_log(log, progress, up_to=None)
+        limit = max_record_size or WalConfig().max_record_size
+        while True:
+            if isinstance(source, Wal):
+                log = LocalLog.of_wal(source)
+            else:
+                log = LocalLog.of_directory(source, limit)
+            try:
+                return self._push_log(log, progress, up_to=None)
+            except _HeadMovedError:
+                continue  # nothing archived yet: start again at the log's new head
 
     def _push_log(self, log: LocalLog, progress: Progress | None, up_to: int | None) -> list[int]:
         """Push the sealed segments of ``log`` (only those below index ``up_to``, if given)."""
@@ -261,56 +277,154 @@ class Archive:
     ) -> list[int]:
         entries = {entry.index: entry for entry in self.segments()}
         local = log.indices()
-        if entries:
-            archived_size = next(iter(entries.values())).segment_size
-            if archived_size != log.segment_size:
-                raise ArchiveConflictError(
-                    min(entries),
-                    f"the archive holds {archived_size}-byte segments, the log "
-                    f"{log.segment_size}-byte ones",
-                    self.url,
-                )
-            for index in local:
-                if index in entries:
-                    self._compare(log, entries[index])
-            next_index = max(entries) + 1
-            first_lsn = entries[next_index - 1].next_record_lsn
-            if local and next_index < local[0]:
-                raise ArchiveConflictError(
-                    next_index,
-                    f"the archive ends before segment {next_index}, but the log now "
-                    f"starts at segment {local[0]}: the segments between are gone",
-                    self.url,
-                )
-        else:
-            next_index = log.head_lsn // log.segment_size
-            first_lsn = log.head_lsn
+        next_index, first_lsn = self._resume_point(log, entries, local)
         self._prepare()
         pushed: list[int] = []
-        index = next_index
-        while up_to is None or index < up_to:
-            with log.mapped_segment(index) as data:
-                following = None if data is None else log.seal(index, data, first_lsn)
-                if data is None or following is None:
-                    break
-                entry = ArchivedSegment(
-                    index=index,
-                    first_lsn=first_lsn,
-                    size=len(data),
-                    crc32c=crc32c(data),
-                    segment_size=log.segment_size,
-                    next_record_lsn=following,
-                    object_name=object_name(index, uuid.uuid4().hex[:16]),
-                )
-            self._publish(entry, log.segment_path(index))
-            pushed.append(index)
-            if progress is not None:
-                progress(entry.size)
-            first_lsn = following
-            index += 1
+        vanished = self._push_from(
+            log,
+            next_index,
+            first_lsn,
+            up_to=up_to,
+            listed=set(local),
+            pushed=pushed,
+            progress=progress,
+        )
+        if vanished is not None:
+            self._vanished(vanished, log, bool(entries) or bool(pushed))
         if pushed:
             self._remove_leftovers(pushed[-1])
         return pushed
+
+    def _resume_point(
+        self, log: LocalLog, entries: dict[int, ArchivedSegment], local: list[int]
+    ) -> tuple[int, int]:
+        """Return the index and first record start the push continues the archive at.
+
+        Refuses (``ArchiveConflictError``) a log that is not the archive's.
+        """
+        if not entries:
+            return log.head_lsn // log.segment_size, log.head_lsn
+        archived_size = next(iter(entries.values())).segment_size
+        if archived_size != log.segment_size:
+            raise ArchiveConflictError(
+                min(entries),
+                f"the archive holds {archived_size}-byte segments, the log "
+                f"{log.segment_size}-byte ones",
+                self.url,
+            )
+        for index in local:
+            if index in entries:
+                self._compare(log, entries[index])
+        next_index = max(entries) + 1
+        if local and next_index < local[0]:
+            raise ArchiveConflictError(
+                next_index,
+                f"the archive ends before segment {next_index}, but the log now "
+                f"starts at segment {local[0]}: the segments between are gone",
+                self.url,
+            )
+        return next_index, entries[next_index - 1].next_record_lsn
+
+    def _push_from(
+        self,
+        log: LocalLog,
+        index: int,
+        first_lsn: int,
+        *,
+        up_to: int | None,
+        listed: set[int],
+        pushed: list[int],
+        progress: Progress | None,
+    ) -> int | None:
+        """Upload and publish sealed segments from ``index`` on, appending them to ``pushed``.
+
+        Returns the index of a listed segment a truncation removed before it was
+        read, if the push stopped at one.
+        """
+        # On a local directory a segment's upload is fsynced in the background
+        # while the next one is sealed and copied; it is published (its entry
+        # written, here, in order) only once that fsync returned.
+        finishing = ThreadPoolExecutor(1, "mmwal-archive-fsync") if self._target.local else None
+        pending: tuple[ArchivedSegment, Future[None]] | None = None
+        vanished = None
+        try:
+            while up_to is None or index < up_to:
+                try:
+                    entry = self._upload(log, index, first_lsn, listed)
+                except _SegmentGoneError:
+                    vanished = index
+                    break
+                if entry is None:
+                    break
+                if finishing is None:
+                    self._publish(entry, None, pushed, progress)
+                else:
+                    path = self._segment_path(entry)
+                    durable = finishing.submit(self._target.make_durable, path)
+                    if pending is not None:
+                        self._publish(*pending, pushed, progress)
+                    pending = (entry, durable)
+                first_lsn = entry.next_record_lsn
+                index += 1
+            if pending is not None:
+                self._publish(*pending, pushed, progress)
+        finally:
+            if finishing is not None:
+                finishing.shutdown(wait=True)
+        return vanished
+
+    def _upload(
+        self, log: LocalLog, index: int, first_lsn: int, listed: set[int]
+    ) -> ArchivedSegment | None:
+        """Upload segment ``index`` if it is sealed and prove it landed; return its entry.
+
+        ``None``: the segment is not sealed (or not there): the push ends before
+        it. ``_SegmentGoneError``: it was listed, and a truncation removed it
+        before it was read whole.
+        """
+        local_path = log.segment_path(index)
+        with log.opened_segment(index) as segment:
+            following = None if segment is None else log.seal(index, segment.data, first_lsn)
+            if segment is None or following is None:
+                if index in listed and log.head_segment_now() > index:
+                    raise _SegmentGoneError
+                return None
+            entry = ArchivedSegment(
+                index=index,
+                first_lsn=first_lsn,
+                size=len(segment.data),
+                crc32c=crc32c(segment.data),
+                segment_size=log.segment_size,
+                next_record_lsn=following,
+                object_name=object_name(index, uuid.uuid4().hex[:16]),
+            )
+            try:
+                self._target.upload(segment, local_path, self._segment_path(entry), entry.crc32c)
+            except FileNotFoundError:
+                # Only an upload fsspec makes with put_file opens the path again.
+                if os.path.exists(local_path):
+                    raise
+                raise _SegmentGoneError from None
+        return entry
+
+    def _vanished(self, index: int, log: LocalLog, archive_started: bool) -> None:
+        """Say what a segment that a truncation removed before it was pushed means.
+
+        If the archive holds it now (another push took it), nothing. If the
+        archive is empty, the push starts again at the log's new head. Else the
+        archive cannot continue from this log: ``ArchiveConflictError``.
+        """
+        if any(entry.index == index for entry in self.segments()):
+            return
+        if not archive_started:
+            raise _HeadMovedError
+        raise ArchiveConflictError(
+            index,
+            f"segment {index} was removed from the log before it was archived (a "
+            f"truncation moved the head to segment {log.head_segment_now()}): the archive "
+            f"ends at segment {index - 1} and this log can no longer continue it",
+            self.url,
+        )
 
     def _remove_leftovers(self, up_to: int) -> None:
         """Remove what pushes cut short left for published segments up to index ``up_to``.
@@ -349,10 +463,10 @@ class Archive:
         stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
         if self._compared.get(key) == stamp:
             return
-        with log.mapped_segment(entry.index) as data:
-            if data is None:
+        with log.opened_segment(entry.index) as segment:
+            if segment is None:
                 return
-            found = (len(data), crc32c(data))
+            found = (len(segment.data), crc32c(segment.data))
         if found != (entry.size, entry.crc32c):
             raise ArchiveConflictError(
                 entry.index,
@@ -367,13 +481,21 @@ class Archive:
             for directory in (SEGMENTS_DIR, MANIFEST_DIR):
                 self._fs.makedirs(f"{self._root}/{directory}", exist_ok=True)
 
-    def _publish(self, entry: ArchivedSegment, local_path: str) -> None:
-        """Upload and verify one segment, then publish it: the manifest entry goes last."""
-        self._target.upload_verified(
-            local_path, self._segment_path(entry), entry.size, entry.crc32c
-        )
+    def _publish(
+        self,
+        entry: ArchivedSegment,
+        durable: Future[None] | None,
+        pushed: list[int],
+        progress: Progress | None,
+    ) -> None:
+        """Publish an uploaded, verified segment once it is durable: its entry goes last."""
+        if durable is not None:
+            durable.result()
         manifest = self._path(MANIFEST_DIR, entry_name(entry.index))
         self._target.write_small(manifest, encode_entry(entry))
+        pushed.append(entry.index)
+        if progress is not None:
+            progress(entry.size)
 
     # -- reading ----------------------------------------------------------------
 

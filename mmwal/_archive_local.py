@@ -41,12 +41,28 @@ from ._segstore import SegmentStore, infer_segment_size
 from ._store import Buffer
 from ._wal import Wal
 
-__all__ = ["LocalLog"]
+__all__ = ["LocalLog", "OpenSegment"]
 
 _SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
 # How much of a frame longer than ``max_record_size`` one read holds while its CRC
 # is checked (each read opens, and for a directory fsyncs, the file).
 _CHECK_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class OpenSegment:
+    """A segment file held open: its descriptor and a read-only mapping of all of it."""
+
+    fd: int
+    data: mmap.mmap
+
+
+def _read_head(directory: str) -> int:
+    try:
+        with open(os.path.join(directory, HEAD_FILE_NAME), "rb") as head_file:
+            return decode_head_file(head_file.read(64))
+    except FileNotFoundError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,8 @@ class LocalLog:
     #: Segments must end at or below this to count as durable (``None``: fsync them).
     durable_limit: int | None
     max_record_size: int
+    #: The open log this describes, if any (its head moves as it truncates).
+    wal: Wal | None = None
 
     @classmethod
     def of_wal(cls, wal: Wal) -> LocalLog:
@@ -75,6 +93,7 @@ class LocalLog:
             wal.head_lsn,
             wal.durable_lsn,
             wal.config.max_record_size,
+            wal,
         )
 
     @classmethod
@@ -83,18 +102,16 @@ class LocalLog:
         path = os.fspath(directory)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"no segmented log directory at {path}")
-        names = sorted(
-            (index, name)
-            for name in os.listdir(path)
-            if (index := parse_segment_name(name)) is not None
-        )
-        sizes = [(name, os.path.getsize(os.path.join(path, name))) for _, name in names]
+        # The head first: a truncation writes it before it removes segments, so
+        # every segment listed after it that is still needed is listed.
+        head = _read_head(path)
+        sizes = []
+        for name in sorted(os.listdir(path)):
+            if parse_segment_name(name) is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # removed by a truncation since
+                sizes.append((name, os.path.getsize(os.path.join(path, name))))
         segment_size = infer_segment_size(sizes, None)
-        try:
-            with open(os.path.join(path, HEAD_FILE_NAME), "rb") as head_file:
-                head = decode_head_file(head_file.read(64))
-        except FileNotFoundError:
-            head = 0
         return cls(path, segment_size, head, None, max_record_size)
 
     def segment_path(self, index: int) -> str:
@@ -111,11 +128,13 @@ class LocalLog:
         )
 
     @contextlib.contextmanager
-    def mapped_segment(self, index: int) -> Iterator[mmap.mmap | None]:
-        """Map segment ``index`` read-only (durable first); ``None`` if missing or empty.
+    def opened_segment(self, index: int) -> Iterator[OpenSegment | None]:
+        """Open segment ``index`` read-only (durable first); ``None`` if missing or empty.
 
-        A mapping, not a copy: the scan and the checksum read the page cache
-        directly, and the upload reads the file itself.
+        The file stays open while the block runs and every read of it (the scan,
+        the checksum, the upload) goes through this descriptor, never the path
+        again: a truncation that removes the file meanwhile cannot change what
+        is read, nor make a later read fail halfway.
         """
         try:
             fd = os.open(self.segment_path(index), os.O_RDONLY)
@@ -130,12 +149,18 @@ class LocalLog:
                 yield None
                 return
             mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            try:
+                yield OpenSegment(fd, mapping)
+            finally:
+                mapping.close()
         finally:
             os.close(fd)
-        try:
-            yield mapping
-        finally:
-            mapping.close()
+
+    def head_segment_now(self) -> int:
+        """Return the index of the segment holding the log's head as it is now."""
+        if self.wal is not None:
+            return self.wal.head_lsn // self.segment_size
+        return _read_head(self.directory) // self.segment_size
 
     def read(self, offset: int, length: int) -> bytes | None:
         """Return log bytes ``[offset, offset+length)``, or ``None`` where a file lacks them."""

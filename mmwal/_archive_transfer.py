@@ -20,10 +20,13 @@ Rules kept here:
 from __future__ import annotations
 
 import base64
+import mmap
 import os
+import sys
 import uuid
 from typing import Any
 
+from ._archive_local import OpenSegment
 from ._crc import crc32c
 
 __all__ = ["Target"]
@@ -32,6 +35,8 @@ __all__ = ["Target"]
 # upload and are read back.
 _S3_PUT_LIMIT = 5 << 30
 _CHUNK = 8 << 20
+# Linux's sendfile copies file to file inside the kernel, as shutil.copyfile does.
+_SENDFILE_TO_FILES = sys.platform == "linux" and hasattr(os, "sendfile")
 
 
 def _b64_crc(value: int) -> str:
@@ -49,15 +54,21 @@ class Target:
         self.local = "file" in protocols or "local" in protocols
         self.s3 = bool({"s3", "s3a"} & set(protocols)) and hasattr(filesystem, "call_s3")
 
-    def upload_verified(self, local_path: str, path: str, size: int, crc: int) -> None:
-        """Upload the file at ``local_path`` to ``path`` and prove it landed whole.
+    def upload(self, segment: OpenSegment, local_path: str, path: str, crc: int) -> None:
+        """Upload the open segment to ``path`` and prove it landed whole; not yet durable.
 
-        ``size`` and ``crc`` are what the file was found to hold when it was
-        sealed. If anything else landed, the object is removed and ``OSError``
-        raised. Streams from the file: no copy of the segment in memory.
+        ``crc`` is what the segment was found to hold when it was sealed. If
+        anything else landed, the object is removed and ``OSError`` raised. Reads
+        the segment through its open descriptor (only a store fsspec reaches
+        through ``put_file`` alone opens ``local_path`` again); no copy of it is
+        held in memory. ``make_durable`` must follow before anything names it.
         """
-        if self.s3 and size <= _S3_PUT_LIMIT:
-            landed = self._put_s3(local_path, path, crc)
+        size = len(segment.data)
+        if self.local:
+            self._copy_local(segment, path)
+            landed = self._read_back_local(path)
+        elif self.s3 and size <= _S3_PUT_LIMIT:
+            landed = self._put_s3(segment, path, crc)
         else:
             self.fs.put_file(local_path, path)
             landed = self._read_back(path)
@@ -68,7 +79,38 @@ class Target:
                 f"{landed[1]:#010x}; expected {size}, {crc:#010x}); it was removed and "
                 f"nothing was published: push again"
             )
-        self.make_durable(path)
+
+    def _copy_local(self, segment: OpenSegment, path: str) -> None:
+        """Copy the segment into a new file at ``path``, in the kernel where it can."""
+        size = len(segment.data)
+        with self.fs.open(path, "wb") as out:
+            if not _SENDFILE_TO_FILES:  # pragma: no cover - depends on the platform
+                out.write(memoryview(segment.data))
+                return
+            target = out.fileno()
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(target, segment.fd, offset, size - offset)
+                if not sent:  # pragma: no cover - the open file cannot shrink under us
+                    raise OSError(f"{path}: the segment ended at {offset} of {size} bytes")
+                offset += sent
+
+    @staticmethod
+    def _read_back_local(path: str) -> tuple[int, int]:
+        """Return the size and CRC-32C of the file at ``path``, read in one pass.
+
+        The file was just written: the read is served from the page cache, and a
+        mapping hands all of it to the CRC in one call.
+        """
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if not size:
+                return 0, 0
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as landed:
+                return size, crc32c(landed)
+        finally:
+            os.close(fd)
 
     def _read_back(self, path: str) -> tuple[int, int]:
         """Return the size and CRC-32C of the object at ``path``, read in chunks."""
@@ -81,10 +123,13 @@ class Target:
                 size += count
         return size, value
 
-    def _put_s3(self, local_path: str, path: str, crc: int) -> tuple[int, int]:
+    def _put_s3(self, segment: OpenSegment, path: str, crc: int) -> tuple[int, int]:
         bucket, key, _ = self.fs.split_path(path)
         checksum = _b64_crc(crc)
-        with open(local_path, "rb") as body:
+        # A descriptor of its own over the same open file (reads start at 0).
+        body_fd = os.dup(segment.fd)
+        os.lseek(body_fd, 0, os.SEEK_SET)
+        with os.fdopen(body_fd, "rb") as body:
             self.fs.call_s3(
                 "put_object",
                 Bucket=bucket,
