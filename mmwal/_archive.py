@@ -359,11 +359,10 @@ class Archive:
                 if finishing is None:
                     self._publish(entry, None, pushed, progress)
                 else:
-                    path = self._segment_path(entry)
-                    durable = finishing.submit(self._target.make_durable, path)
                     if pending is not None:
                         self._publish(*pending, pushed, progress)
-                    pending = (entry, durable)
+                    path = self._segment_path(entry)
+                    pending = (entry, finishing.submit(self._target.make_durable, path))
                 first_lsn = entry.next_record_lsn
                 index += 1
             if pending is not None:
@@ -382,7 +381,6 @@ class Archive:
         it. ``_SegmentGoneError``: it was listed, and a truncation removed it
         before it was read whole.
         """
-        local_path = log.segment_path(index)
         with log.opened_segment(index) as segment:
             following = None if segment is None else log.seal(index, segment.data, first_lsn)
             if segment is None or following is None:
@@ -398,13 +396,7 @@ class Archive:
                 next_record_lsn=following,
                 object_name=object_name(index, uuid.uuid4().hex[:16]),
             )
-            try:
-                self._target.upload(segment, local_path, self._segment_path(entry), entry.crc32c)
-            except FileNotFoundError:
-                # Only an upload fsspec makes with put_file opens the path again.
-                if os.path.exists(local_path):
-                    raise
-                raise _SegmentGoneError from None
+            self._target.upload(segment, self._segment_path(entry), entry.crc32c)
         return entry
 
     def _vanished(self, index: int, log: LocalLog, archive_started: bool) -> None:

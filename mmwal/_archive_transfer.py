@@ -54,14 +54,14 @@ class Target:
         self.local = "file" in protocols or "local" in protocols
         self.s3 = bool({"s3", "s3a"} & set(protocols)) and hasattr(filesystem, "call_s3")
 
-    def upload(self, segment: OpenSegment, local_path: str, path: str, crc: int) -> None:
+    def upload(self, segment: OpenSegment, path: str, crc: int) -> None:
         """Upload the open segment to ``path`` and prove it landed whole; not yet durable.
 
         ``crc`` is what the segment was found to hold when it was sealed. If
         anything else landed, the object is removed and ``OSError`` raised. Reads
-        the segment through its open descriptor (only a store fsspec reaches
-        through ``put_file`` alone opens ``local_path`` again); no copy of it is
-        held in memory. ``make_durable`` must follow before anything names it.
+        the segment through its open descriptor or its mapping, never its path;
+        no copy of it is held in memory here. ``make_durable`` must follow before
+        anything names the object.
         """
         size = len(segment.data)
         if self.local:
@@ -70,7 +70,7 @@ class Target:
         elif self.s3 and size <= _S3_PUT_LIMIT:
             landed = self._put_s3(segment, path, crc)
         else:
-            self.fs.put_file(local_path, path)
+            self._write_from(segment, path)
             landed = self._read_back(path)
         if landed != (size, crc):
             self.fs.rm_file(path)
@@ -94,6 +94,12 @@ class Target:
                 if not sent:  # pragma: no cover - the open file cannot shrink under us
                     raise OSError(f"{path}: the segment ended at {offset} of {size} bytes")
                 offset += sent
+
+    def _write_from(self, segment: OpenSegment, path: str) -> None:
+        """Write the segment to ``path`` through fsspec, a chunk at a time from its mapping."""
+        with self.fs.open(path, "wb") as out, memoryview(segment.data) as view:
+            for at in range(0, len(view), _CHUNK):
+                out.write(view[at : at + _CHUNK])
 
     @staticmethod
     def _read_back_local(path: str) -> tuple[int, int]:

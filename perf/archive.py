@@ -78,6 +78,9 @@ def _s3_options() -> Iterator[dict[str, Any]]:
 
 
 def _timed(run: Callable[[], object]) -> float:
+    # Start every transfer with no dirty pages queued for the disk: a write-back
+    # left over from the previous transfer would slow whichever runs next.
+    os.sync()
     began = time.perf_counter()
     run()
     return time.perf_counter() - began
@@ -120,6 +123,9 @@ class _Round:
         if self.durable:
             _fsync_all([str(target / f.name) for f in self.files])
 
+    def remove(self) -> None:
+        self.filesystem.rm(self.root, recursive=True)
+
     durable = False
 
 
@@ -130,6 +136,8 @@ def _measure(
     files: list[Path],
     arguments: argparse.Namespace,
 ) -> None:
+    from fsspec.core import url_to_fs
+
     scratch = Path(arguments.scratch)
     best = dict.fromkeys(("put", "put+fsync", "push", "get", "get+fsync", "restore"), 1e9)
     for _ in range(arguments.repeat):
@@ -143,11 +151,14 @@ def _measure(
                 best["get" + suffix], _timed(functools.partial(plain.get, target))
             )
             shutil.rmtree(target)
+            plain.remove()
         archive = mmwal.Archive(url_of(f"archive-{uuid.uuid4().hex[:8]}"), **options)
         best["push"] = min(best["push"], _timed(functools.partial(archive.push, files[0].parent)))
         restored = scratch / f"restore-{uuid.uuid4().hex[:8]}"
         best["restore"] = min(best["restore"], _timed(functools.partial(archive.restore, restored)))
         shutil.rmtree(restored)
+        archive_fs, archive_root = url_to_fs(archive.url, **options)
+        archive_fs.rm(archive_root, recursive=True)
     mib = sum(f.stat().st_size for f in files) / _MIB
 
     def rate(key: str) -> str:

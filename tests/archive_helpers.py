@@ -44,6 +44,8 @@ class FailingFileSystem:
 
     ``fail_at=None`` never fails (used to count the calls of a clean run).
     ``torn`` makes every upload of a segment store only half of the bytes;
+    ``flipped`` makes every S3 ``put_object`` send its body with one bit flipped
+    (what a fault between the segment file and the server would do);
     ``before_call(n)`` runs before the n-th counted call (to stop a server there).
     """
 
@@ -54,6 +56,7 @@ class FailingFileSystem:
         error: BaseException | None = None,
         *,
         torn: bool = False,
+        flipped: bool = False,
         before_call: Callable[[int], object] | None = None,
     ) -> None:
         self._inner = inner
@@ -61,6 +64,7 @@ class FailingFileSystem:
         self.fail_at = fail_at
         self.error = error if error is not None else OSError("injected failure")
         self.torn = torn
+        self.flipped = flipped
         self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -77,12 +81,40 @@ class FailingFileSystem:
             if self.torn and name == "put_file":
                 data = Path(args[0]).read_bytes()
                 return self._inner.pipe_file(args[1], data[: len(data) // 2])
-            if self.torn and name == "call_s3" and args[0] == "put_object":
-                data = kwargs["Body"].read()
-                kwargs = {**kwargs, "Body": data[: len(data) // 2]}
+            if self.torn and name == "open" and "w" in _mode(args, kwargs):
+                return _TornWriter(attribute(*args, **kwargs))
+            if (self.torn or self.flipped) and name == "call_s3" and args[0] == "put_object":
+                body = bytearray(kwargs["Body"].read())
+                if self.torn:
+                    del body[len(body) // 2 :]
+                else:
+                    body[len(body) // 2] ^= 0x01  # the same size, another CRC-32C
+                kwargs = {**kwargs, "Body": bytes(body)}
             return attribute(*args, **kwargs)
 
         return call
+
+
+def _mode(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    mode: str = args[1] if len(args) > 1 else kwargs.get("mode", "rb")
+    return mode
+
+
+class _TornWriter:
+    """A file opened for writing that keeps only the first half of every write."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, data: bytes) -> int:
+        self._inner.write(bytes(data)[: len(data) // 2])
+        return len(data)
+
+    def __enter__(self) -> _TornWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inner.close()
 
 
 def memory_archive() -> tuple[mmwal.Archive, Any, str]:
