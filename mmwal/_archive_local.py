@@ -49,6 +49,10 @@ _SHORT = (Stop.SHORT_HEADER, Stop.SHORT_PAYLOAD)
 _CHECK_BLOCK = 1 << 20
 
 
+Held = tuple[int, Buffer]
+"""A segment already open: its index and its bytes."""
+
+
 @dataclass(frozen=True)
 class OpenSegment:
     """A segment file held open: its descriptor and a read-only mapping of all of it."""
@@ -162,29 +166,41 @@ class LocalLog:
             return self.wal.head_lsn // self.segment_size
         return _read_head(self.directory) // self.segment_size
 
-    def read(self, offset: int, length: int) -> bytes | None:
-        """Return log bytes ``[offset, offset+length)``, or ``None`` where a file lacks them."""
+    def read(self, offset: int, length: int, held: Held | None = None) -> bytes | None:
+        """Return log bytes ``[offset, offset+length)``, or ``None`` where a file lacks them.
+
+        ``held`` is a segment already open (its index and bytes): its part is
+        taken from those bytes, not read from its path again, which a truncation
+        may have removed since.
+        """
         size = self.segment_size
         parts: list[bytes] = []
         position, end = offset, offset + length
         while position < end:
             index, within = divmod(position, size)
             step = min(end - position, size - within)
-            try:
-                fd = os.open(self.segment_path(index), os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            try:
-                if self.durable_limit is None:
-                    os.fsync(fd)
-                part = os.pread(fd, step, within)
-            finally:
-                os.close(fd)
-            if len(part) < step:
+            part: bytes | None
+            if held is not None and index == held[0]:
+                part = bytes(held[1][within : within + step])
+            else:
+                part = self._pread(index, within, step)
+            if part is None or len(part) < step:
                 return None
             parts.append(part)
             position += step
         return b"".join(parts)
+
+    def _pread(self, index: int, offset: int, length: int) -> bytes | None:
+        try:
+            fd = os.open(self.segment_path(index), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if self.durable_limit is None:
+                os.fsync(fd)
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
 
     def seal(self, index: int, data: Buffer, first_lsn: int) -> int | None:
         """Return the first record start past segment ``index`` if it is sealed, else ``None``.
@@ -217,14 +233,14 @@ class LocalLog:
                 break
             # A frame longer than the limit is a record when its CRC checks, as at
             # open; one that crosses into the next segment is checked below.
-            following = self._long_frame_end(scan.end)
+            following = self._long_frame_end(scan.end, (index, data))
             if following is None or following >= end:
                 break
             position = following
         if scan.stop is None:
             return scan.end
         if scan.stop in _SHORT or scan.stop is Stop.BAD_LENGTH:
-            following = self._crossing_frame_end(scan.end)
+            following = self._crossing_frame_end(scan.end, (index, data))
             if following is not None and (
                 self.durable_limit is None or following <= self.durable_limit
             ):
@@ -240,13 +256,13 @@ class LocalLog:
             hint="run python -m mmwal verify on the log; damaged segments are not archived",
         )
 
-    def _long_frame_end(self, position: int) -> int | None:
+    def _long_frame_end(self, position: int, held: Held) -> int | None:
         """Return the end of the frame at ``position`` if it is complete and checks.
 
         Reads it a block at a time: a frame longer than ``max_record_size`` is
         checked without allocating what its length field says.
         """
-        header = self.read(position, HEADER_SIZE)
+        header = self.read(position, HEADER_SIZE, held)
         if header is None:
             return None
         crc, length = HEADER.unpack(header)
@@ -254,22 +270,22 @@ class LocalLog:
         at = position + HEADER_SIZE
         end = at + length
         while at < end:
-            block = self.read(at, min(end - at, _CHECK_BLOCK))
+            block = self.read(at, min(end - at, _CHECK_BLOCK), held)
             if block is None:
                 return None
             value = crc32c(block, value)
             at += len(block)
         return end if value == crc else None
 
-    def _crossing_frame_end(self, position: int) -> int | None:
+    def _crossing_frame_end(self, position: int, held: Held) -> int | None:
         """Return the end of the frame at ``position`` if it is complete and checks."""
-        header = self.read(position, HEADER_SIZE)
+        header = self.read(position, HEADER_SIZE, held)
         if header is None:
             return None
         _, length = HEADER.unpack(header)
         if length > self.max_record_size:
-            return self._long_frame_end(position)
-        frame = self.read(position, HEADER_SIZE + length)
+            return self._long_frame_end(position, held)
+        frame = self.read(position, HEADER_SIZE + length, held)
         if frame is None:
             return None
         scan = scan_frames(
