@@ -193,6 +193,55 @@ def test_a_damaged_upload_is_never_published(s3: S3, bucket: str, tmp_path: Path
     assert archive.push(log)
 
 
+def _checksums_as_s3_does(monkeypatch: pytest.MonkeyPatch, *, refuse: bool) -> None:
+    """Make the moto server treat ``x-amz-checksum-crc32c`` as S3 does.
+
+    moto stores the checksum header as the client sent it. S3 stores the
+    checksum of the body it received, and refuses (``BadDigest``) a body that
+    does not match the header; ``refuse`` adds that refusal. The server runs in
+    this process, so patching its request handler is enough.
+    """
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.responses import S3Response
+
+    original = S3Response._get_checksum
+
+    def get_checksum(self: Any, response_headers: dict[str, Any]) -> tuple[str, str | None]:
+        algorithm, value = original(self, response_headers)
+        if algorithm.upper() == "CRC32C":
+            received = base64.b64encode(crc32c(self.body or b"").to_bytes(4, "big")).decode()
+            if refuse and value != received:
+                raise S3ClientError("BadDigest", "the CRC32C you specified did not match")
+            value = received
+            response_headers["x-amz-checksum-crc32c"] = value
+        return algorithm, value
+
+    monkeypatch.setattr(S3Response, "_get_checksum", get_checksum)
+
+
+@pytest.mark.parametrize("server", ["stores-what-it-received", "refuses-a-bad-digest"])
+def test_a_bit_flipped_in_transit_is_never_published(
+    s3: S3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    log = tmp_path / "log"
+    records = write_log(log)
+    _checksums_as_s3_does(monkeypatch, refuse=server == "refuses-a-bad-digest")
+    root = f"{bucket}/logs/orders"
+    flipping = FailingFileSystem(s3.archive(bucket)._fs, flipped=True)
+    # Same size, another CRC-32C: only the checksum half of the check can see it.
+    match = "did not land intact" if server == "stores-what-it-received" else "BadDigest|match"
+    with pytest.raises(OSError, match=match):
+        mmwal.Archive.from_filesystem(flipping, root).push(log)
+    assert flipping.calls.count("call_s3:put_object") == 1  # the first segment, then stop
+    archive = s3.archive(bucket)
+    assert archive.segments() == []
+    assert archive._fs.find(f"{root}/segments") == []
+    # A push without the fault (the background pusher retries the same way).
+    pushed = archive.push(log)
+    assert pushed == list(range(len(pushed)))
+    assert list(archive.iter()) == ending_by(records, len(pushed) * SEGMENT_SIZE)
+
+
 def test_the_s3_path_is_taken_and_checks_what_s3_stored(
     s3: S3, bucket: str, tmp_path: Path
 ) -> None:
