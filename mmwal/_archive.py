@@ -22,12 +22,11 @@ import itertools
 import os
 import posixpath
 import threading
-import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ._archive_local import LocalLog
+from ._archive_push import push_segments
 from ._archive_restore import restore_segments
 from ._archive_transfer import Target
 from ._config import WalConfig
@@ -48,7 +47,6 @@ from ._manifest import (
     decode_entry,
     encode_entry,
     entry_name,
-    object_name,
     parse_entry_name,
     parse_object_name,
 )
@@ -71,10 +69,6 @@ _push_locks_guard = threading.Lock()
 
 class _HeadMovedError(Exception):
     """A truncation moved the head past a segment before an empty archive got it."""
-
-
-class _SegmentGoneError(Exception):
-    """A segment the push listed was removed by a truncation before it was read."""
 
 
 def _long_record(
@@ -280,14 +274,22 @@ class Archive:
         next_index, first_lsn = self._resume_point(log, entries, local)
         self._prepare()
         pushed: list[int] = []
-        vanished = self._push_from(
+
+        def publish(entry: ArchivedSegment) -> None:
+            manifest = self._path(MANIFEST_DIR, entry_name(entry.index))
+            self._target.write_small(manifest, encode_entry(entry))
+            pushed.append(entry.index)
+            if progress is not None:
+                progress(entry.size)
+
+        vanished = push_segments(
             log,
-            next_index,
-            first_lsn,
+            self._target,
+            (next_index, first_lsn),
             up_to=up_to,
             listed=set(local),
-            pushed=pushed,
-            progress=progress,
+            path_of=self._segment_path,
+            publish=publish,
         )
         if vanished is not None:
             self._vanished(vanished, log, bool(entries) or bool(pushed))
@@ -324,80 +326,6 @@ class Archive:
                 self.url,
             )
         return next_index, entries[next_index - 1].next_record_lsn
-
-    def _push_from(
-        self,
-        log: LocalLog,
-        index: int,
-        first_lsn: int,
-        *,
-        up_to: int | None,
-        listed: set[int],
-        pushed: list[int],
-        progress: Progress | None,
-    ) -> int | None:
-        """Upload and publish sealed segments from ``index`` on, appending them to ``pushed``.
-
-        Returns the index of a listed segment a truncation removed before it was
-        read, if the push stopped at one.
-        """
-        # On a local directory a segment's upload is fsynced in the background
-        # while the next one is sealed and copied; it is published (its entry
-        # written, here, in order) only once that fsync returned.
-        finishing = ThreadPoolExecutor(1, "mmwal-archive-fsync") if self._target.local else None
-        pending: tuple[ArchivedSegment, Future[None]] | None = None
-        vanished = None
-        try:
-            while up_to is None or index < up_to:
-                try:
-                    entry = self._upload(log, index, first_lsn, listed)
-                except _SegmentGoneError:
-                    vanished = index
-                    break
-                if entry is None:
-                    break
-                if finishing is None:
-                    self._publish(entry, None, pushed, progress)
-                else:
-                    if pending is not None:
-                        self._publish(*pending, pushed, progress)
-                    path = self._segment_path(entry)
-                    pending = (entry, finishing.submit(self._target.make_durable, path))
-                first_lsn = entry.next_record_lsn
-                index += 1
-            if pending is not None:
-                self._publish(*pending, pushed, progress)
-        finally:
-            if finishing is not None:
-                finishing.shutdown(wait=True)
-        return vanished
-
-    def _upload(
-        self, log: LocalLog, index: int, first_lsn: int, listed: set[int]
-    ) -> ArchivedSegment | None:
-        """Upload segment ``index`` if it is sealed and prove it landed; return its entry.
-
-        ``None``: the segment is not sealed (or not there): the push ends before
-        it. ``_SegmentGoneError``: it was listed, and a truncation removed it
-        before it was read whole.
-        """
-        with log.opened_segment(index) as segment:
-            following = None if segment is None else log.seal(index, segment.data, first_lsn)
-            if segment is None or following is None:
-                if index in listed and log.head_segment_now() > index:
-                    raise _SegmentGoneError
-                return None
-            entry = ArchivedSegment(
-                index=index,
-                first_lsn=first_lsn,
-                size=len(segment.data),
-                crc32c=crc32c(segment.data),
-                segment_size=log.segment_size,
-                next_record_lsn=following,
-                object_name=object_name(index, uuid.uuid4().hex[:16]),
-            )
-            self._target.upload(segment, self._segment_path(entry), entry.crc32c)
-        return entry
 
     def _vanished(self, index: int, log: LocalLog, archive_started: bool) -> None:
         """Say what a segment that a truncation removed before it was pushed means.
@@ -472,22 +400,6 @@ class Archive:
         if self._target.local:
             for directory in (SEGMENTS_DIR, MANIFEST_DIR):
                 self._fs.makedirs(f"{self._root}/{directory}", exist_ok=True)
-
-    def _publish(
-        self,
-        entry: ArchivedSegment,
-        durable: Future[None] | None,
-        pushed: list[int],
-        progress: Progress | None,
-    ) -> None:
-        """Publish an uploaded, verified segment once it is durable: its entry goes last."""
-        if durable is not None:
-            durable.result()
-        manifest = self._path(MANIFEST_DIR, entry_name(entry.index))
-        self._target.write_small(manifest, encode_entry(entry))
-        pushed.append(entry.index)
-        if progress is not None:
-            progress(entry.size)
 
     # -- reading ----------------------------------------------------------------
 

@@ -303,6 +303,9 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = start;
     Py_ssize_t walked = 0;
     Py_ssize_t decoded_bytes = 0;
+    /* A walk that collects nothing touches no Python object: other threads may
+       run meanwhile (the exported buffer cannot be resized or freed under it). */
+    PyThreadState *released = type == NULL ? PyEval_SaveThread() : NULL;
     while (walked != max_records && limit - pos >= HEADER_SIZE &&
            (max_bytes < 0 || decoded_bytes < max_bytes)) {
         uint32_t crc = read_u32(data + pos);
@@ -340,6 +343,9 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pos += HEADER_SIZE + (Py_ssize_t)length;
         decoded_bytes += HEADER_SIZE + (Py_ssize_t)length;
         walked++;
+    }
+    if (released != NULL) {
+        PyEval_RestoreThread(released);
     }
     PyBuffer_Release(&view);
     if (records == NULL) {

@@ -1,0 +1,151 @@
+"""One push's segments, in order, through three overlapping stages.
+
+Per segment: *seal* (open it, check every frame, CRC-32C its bytes), *upload*
+(copy it and check the size and CRC-32C of what landed), *finish* (on a local
+directory, fsync the copy and its directory entry), then *publish* (write its
+manifest entry). Segment ``i + 1`` is sealed in one worker thread and segment
+``i - 1`` finished in another while segment ``i`` uploads: the checks, the copy
+and the disk's write-back each take a share of the time, and run side by side.
+
+Rules kept here:
+
+- Entries are written by the calling thread, in index order, and one is written
+  only after its segment's upload was verified and its finish returned: the
+  guarantees are those of a push one segment at a time.
+- A segment stays open (descriptor and mapping) from its seal until its upload
+  ends, and is read only through them.
+- Every fsspec call is made by the calling thread, in the order of a push one
+  segment at a time; the workers only read segment files and fsync.
+- However the push ends, no worker is left running and no segment left open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ._archive_local import LocalLog, OpenSegment
+from ._archive_transfer import Target
+from ._crc import crc32c
+from ._manifest import ArchivedSegment, object_name
+
+__all__ = ["SegmentGoneError", "push_segments"]
+
+
+class SegmentGoneError(Exception):
+    """A segment the push listed was removed by a truncation before it was read."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+@dataclass
+class _Sealed:
+    """A sealed segment, held open, and the entry that will publish it."""
+
+    segment: OpenSegment
+    entry: ArchivedSegment
+    closing: contextlib.ExitStack
+
+
+def _seal(log: LocalLog, index: int, first_lsn: int, listed: set[int]) -> _Sealed | None:
+    """Open segment ``index`` and return it with its entry if it is sealed, else ``None``.
+
+    Raises ``SegmentGoneError`` if it was listed and a truncation removed it
+    (before it was opened, or before the frame crossing out of it was read).
+    """
+    with contextlib.ExitStack() as closing:
+        segment = closing.enter_context(log.opened_segment(index))
+        following = None if segment is None else log.seal(index, segment.data, first_lsn)
+        if segment is None or following is None:
+            if index in listed and log.head_segment_now() > index:
+                raise SegmentGoneError(index)
+            return None
+        entry = ArchivedSegment(
+            index=index,
+            first_lsn=first_lsn,
+            size=len(segment.data),
+            crc32c=crc32c(segment.data),
+            segment_size=log.segment_size,
+            next_record_lsn=following,
+            object_name=object_name(index, uuid.uuid4().hex[:16]),
+        )
+        return _Sealed(segment, entry, closing.pop_all())
+    return None  # pragma: no cover - the block returns or raises
+
+
+def _discard(sealing: Future[_Sealed | None] | None) -> None:
+    """Wait for a seal nobody will upload, and close what it opened."""
+    if sealing is None:
+        return
+    with contextlib.suppress(BaseException):
+        sealed = sealing.result()
+        if sealed is not None:
+            sealed.closing.close()
+
+
+def push_segments(
+    log: LocalLog,
+    target: Target,
+    start: tuple[int, int],
+    *,
+    up_to: int | None,
+    listed: set[int],
+    path_of: Callable[[ArchivedSegment], str],
+    publish: Callable[[ArchivedSegment], None],
+) -> int | None:
+    """Push the sealed segments from ``start`` (index, first record start) on.
+
+    Each is uploaded to ``path_of(entry)``, verified, made durable, then handed
+    to ``publish``, in index order. Stops before index ``up_to`` (if given) and
+    at the first segment that is not sealed. Returns the index of a listed
+    segment a truncation removed before it was read, if the push stopped there.
+    """
+    index, first_lsn = start
+    if up_to is not None and index >= up_to:
+        return None
+    sealer = ThreadPoolExecutor(1, "mmwal-archive-seal")
+    finisher = ThreadPoolExecutor(1, "mmwal-archive-fsync")
+    sealing: Future[_Sealed | None] | None = sealer.submit(_seal, log, index, first_lsn, listed)
+    finishing: tuple[ArchivedSegment, Future[None]] | None = None
+    try:
+        while sealing is not None:
+            try:
+                sealed = sealing.result()
+            except SegmentGoneError as gone:
+                sealing = None
+                if finishing is not None:
+                    finishing[1].result()
+                    publish(finishing[0])
+                    finishing = None
+                return gone.index
+            sealing = None
+            if sealed is None:
+                break
+            entry = sealed.entry
+            with sealed.closing:
+                if up_to is None or entry.index + 1 < up_to:
+                    sealing = sealer.submit(
+                        _seal, log, entry.index + 1, entry.next_record_lsn, listed
+                    )
+                target.upload(sealed.segment, path_of(entry), entry.crc32c)
+            if not target.local:
+                publish(entry)  # durable once the upload returned: nothing to wait for
+                continue
+            if finishing is not None:
+                finishing[1].result()
+                publish(finishing[0])
+            finishing = (entry, finisher.submit(target.make_durable, path_of(entry)))
+        if finishing is not None:
+            finishing[1].result()
+            publish(finishing[0])
+            finishing = None
+    finally:
+        _discard(sealing)
+        sealer.shutdown(wait=True)
+        finisher.shutdown(wait=True)
+    return None
