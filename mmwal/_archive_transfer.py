@@ -9,9 +9,12 @@ Rules kept here:
   body that does not match it (``BadDigest``), and a HEAD reads back the size
   and the checksum S3 stored (no read-back: it would double the transfer). moto,
   the S3 the tests run against, stores the header without checking the body
-  against it, so there the size is the server's finding and the checksum only
-  ours echoed. Everywhere else the object is read back and its CRC-32C
-  computed here.
+  against it; the tests also run it made to store the body's own checksum, as
+  S3 does. Everywhere else the object is read back once and its CRC-32C
+  computed here (a local file through a mapping of it).
+- The segment is read through the descriptor and mapping the push holds,
+  never through its path: a truncation that removes the file meanwhile
+  changes nothing that is uploaded.
 - On a local directory every write is fsynced (file, then directory) before
   anything depends on it: an object store's write is durable when it returns,
   a file's is not.
