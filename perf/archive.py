@@ -13,7 +13,9 @@ the same run and alternately:
 Targets: ``file`` is a local directory (``file://``); ``s3`` is moto's S3 server,
 started here on a free 127.0.0.1 port and reached through s3fs over HTTP. Each
 figure is the best of ``--repeat`` runs; the ratio is reference time / archive
-time (1.0: as fast as the plain copy; the target is at least 0.8). A second
+time (1.0: as fast as the plain copy; the target is at least 0.8). Every timed
+transfer starts after an ``os.sync()``, and what it wrote is deleted after it,
+so none pays for the previous one's write-back. A second
 reference adds an fsync of every file the plain copy wrote locally: the archive
 makes what it writes to a local directory (and every restored file) durable
 before it counts it as done, which a plain ``fs.put``/``fs.get`` does not.
