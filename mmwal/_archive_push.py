@@ -116,14 +116,8 @@ def push_segments(
         while sealing is not None:
             try:
                 sealed = sealing.result()
-            except SegmentGoneError as gone:
+            finally:
                 sealing = None
-                if finishing is not None:
-                    finishing[1].result()
-                    publish(finishing[0])
-                    finishing = None
-                return gone.index
-            sealing = None
             if sealed is None:
                 break
             entry = sealed.entry
@@ -137,15 +131,32 @@ def push_segments(
                 publish(entry)  # durable once the upload returned: nothing to wait for
                 continue
             if finishing is not None:
-                finishing[1].result()
-                publish(finishing[0])
+                finished, finishing = finishing, None
+                finished[1].result()
+                publish(finished[0])
             finishing = (entry, finisher.submit(target.make_durable, path_of(entry)))
-        if finishing is not None:
-            finishing[1].result()
-            publish(finishing[0])
-            finishing = None
+    except SegmentGoneError as gone:
+        _publish_finished(finishing, publish)
+        return gone.index
+    except Exception:
+        # What is verified and durable is published as a push one segment at a
+        # time would have: a failure at segment i leaves segments below i archived.
+        with contextlib.suppress(Exception):
+            _publish_finished(finishing, publish)
+        raise
     finally:
         _discard(sealing)
         sealer.shutdown(wait=True)
         finisher.shutdown(wait=True)
+    _publish_finished(finishing, publish)
     return None
+
+
+def _publish_finished(
+    finishing: tuple[ArchivedSegment, Future[None]] | None,
+    publish: Callable[[ArchivedSegment], None],
+) -> None:
+    """Publish the segment whose fsync is under way, once it returned."""
+    if finishing is not None:
+        finishing[1].result()
+        publish(finishing[0])

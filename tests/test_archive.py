@@ -470,3 +470,23 @@ def test_records_longer_than_max_record_size_are_sealed(tmp_path: Path, source: 
     assert list(archive.iter(records[2].lsn, max_record_size=1000)) == records[2:3]
     with pytest.raises(mmwal.InvalidLSNError):
         list(archive.iter(records[1].lsn + 8, max_record_size=1000))
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_damage_found_while_pushing_keeps_the_segments_before_it(tmp_path: Path, kind: str) -> None:
+    log = tmp_path / "log"
+    records = write_log(log)
+    inner, root = _fresh(kind, tmp_path)
+    archive = mmwal.Archive.from_filesystem(inner, root)
+    with mmwal.open(log) as wal:
+        assert wal.durable_lsn >= 3 * SEGMENT_SIZE
+        fd = os.open(log / f"{2:020d}.wal", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\xff" * 64, SEGMENT_SIZE // 2)  # inside a frame, below durable
+        finally:
+            os.close(fd)
+        with pytest.raises(mmwal.CorruptionError):
+            archive.push(wal)
+    # Segments 0 and 1 were verified before the damage was found: they are archived.
+    assert [segment.index for segment in archive.segments()] == [0, 1]
+    assert list(archive.iter()) == ending_by(records, 2 * SEGMENT_SIZE)
