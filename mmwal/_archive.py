@@ -250,21 +250,20 @@ class Archive:
         starts again at the new head instead).
         Crash cost: none; a push cut short resumes at the next one.
         """
-        limit = max_record_size or WalConfig().max_record_size
-        while True:
-            if isinstance(source, Wal):
-                log = LocalLog.of_wal(source)
-            else:
-                log = LocalLog.of_directory(source, limit)
-            try:
-                return self._push_log(log, progress, up_to=None)
-            except _HeadMovedError:
-                continue  # nothing archived yet: start again at the log's new head
+        if isinstance(source, Wal):
+            log = LocalLog.of_wal(source)
+        else:
+            log = LocalLog.of_directory(source, max_record_size or WalConfig().max_record_size)
+        return self._push_log(log, progress, up_to=None)
 
     def _push_log(self, log: LocalLog, progress: Progress | None, up_to: int | None) -> list[int]:
         """Push the sealed segments of ``log`` (only those below index ``up_to``, if given)."""
         with _push_lock(self._fs, self._root):
-            return self._push_locked(log, progress, up_to)
+            while True:
+                try:
+                    return self._push_locked(log, progress, up_to)
+                except _HeadMovedError:
+                    log = log.described_again()  # nothing archived yet: start at the new head
 
     def _push_locked(
         self, log: LocalLog, progress: Progress | None, up_to: int | None

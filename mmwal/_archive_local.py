@@ -106,8 +106,6 @@ class LocalLog:
         path = os.fspath(directory)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"no segmented log directory at {path}")
-        # The head first: a truncation writes it before it removes segments, so
-        # every segment listed after it that is still needed is listed.
         head = _read_head(path)
         sizes = []
         for name in sorted(os.listdir(path)):
@@ -117,6 +115,12 @@ class LocalLog:
                 sizes.append((name, os.path.getsize(os.path.join(path, name))))
         segment_size = infer_segment_size(sizes, None)
         return cls(path, segment_size, head, None, max_record_size)
+
+    def described_again(self) -> LocalLog:
+        """Return this log as it is now (its head may have moved since)."""
+        if self.wal is not None:
+            return LocalLog.of_wal(self.wal)
+        return LocalLog.of_directory(self.directory, self.max_record_size)
 
     def segment_path(self, index: int) -> str:
         """Return the path of segment ``index``."""

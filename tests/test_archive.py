@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -487,6 +488,8 @@ def test_damage_found_while_pushing_keeps_the_segments_before_it(tmp_path: Path,
             os.close(fd)
         with pytest.raises(mmwal.CorruptionError):
             archive.push(wal)
+    # The push's worker threads are gone with it.
+    assert not [t for t in threading.enumerate() if t.name.startswith("mmwal-archive-")]
     # Segments 0 and 1 were verified before the damage was found: they are archived.
     assert [segment.index for segment in archive.segments()] == [0, 1]
     assert list(archive.iter()) == ending_by(records, 2 * SEGMENT_SIZE)
