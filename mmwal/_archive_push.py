@@ -1,9 +1,10 @@
 """One push's segments, in order, through three overlapping stages.
 
 Per segment: *seal* (open it, check every frame, CRC-32C its bytes), *upload*
-(copy it and check the size and CRC-32C of what landed), *finish* (on a local
-directory, fsync the copy and its directory entry), then *publish* (write its
-manifest entry). Segment ``i + 1`` is sealed in one worker thread and segment
+(copy it; on an object store, check the size and CRC-32C of what landed),
+*finish* (on a local directory, read the copy back for its size and CRC-32C,
+fsync it and its directory entry), then *publish* (check what landed, write
+its manifest entry). Segment ``i + 1`` is sealed in one worker thread and segment
 ``i - 1`` finished in another while segment ``i`` uploads: the checks, the copy
 and the disk's write-back each take a share of the time, and run side by side.
 
@@ -15,7 +16,7 @@ Rules kept here:
 - A segment stays open (descriptor and mapping) from its seal until its upload
   ends, and is read only through them.
 - Every fsspec call is made by the calling thread, in the order of a push one
-  segment at a time; the workers only read segment files and fsync.
+  segment at a time; the workers only read files and fsync.
 - However the push ends, no worker is left running and no segment left open.
 """
 
@@ -111,7 +112,7 @@ def push_segments(
     sealer = ThreadPoolExecutor(1, "mmwal-archive-seal")
     finisher = ThreadPoolExecutor(1, "mmwal-archive-fsync")
     sealing: Future[_Sealed | None] | None = sealer.submit(_seal, log, index, first_lsn, listed)
-    finishing: tuple[ArchivedSegment, Future[None]] | None = None
+    finishing: _Finishing | None = None
     try:
         while sealing is not None:
             try:
@@ -130,33 +131,47 @@ def push_segments(
             if not target.local:
                 publish(entry)  # durable once the upload returned: nothing to wait for
                 continue
-            if finishing is not None:
-                finished, finishing = finishing, None
-                finished[1].result()
-                publish(finished[0])
-            finishing = (entry, finisher.submit(target.make_durable, path_of(entry)))
+            finished, finishing = finishing, None
+            _publish(finished)
+            path = path_of(entry)
+            finishing = _Finishing(
+                target, entry, path, finisher.submit(target.finish_local, path), publish
+            )
     except SegmentGoneError as gone:
-        _publish_finished(finishing, publish)
+        _publish(finishing)
         return gone.index
     except Exception:
         # What is verified and durable is published as a push one segment at a
         # time would have: a failure at segment i leaves segments below i archived.
         with contextlib.suppress(Exception):
-            _publish_finished(finishing, publish)
+            _publish(finishing)
         raise
     finally:
         _discard(sealing)
         sealer.shutdown(wait=True)
         finisher.shutdown(wait=True)
-    _publish_finished(finishing, publish)
+    _publish(finishing)
     return None
 
 
-def _publish_finished(
-    finishing: tuple[ArchivedSegment, Future[None]] | None,
-    publish: Callable[[ArchivedSegment], None],
-) -> None:
-    """Publish the segment whose fsync is under way, once it returned."""
+def _publish(finishing: _Finishing | None) -> None:
     if finishing is not None:
-        finishing[1].result()
-        publish(finishing[0])
+        finishing.publish()
+
+
+@dataclass
+class _Finishing:
+    """A local copy being read back and fsynced in the background, and how to publish it."""
+
+    target: Target
+    entry: ArchivedSegment
+    path: str
+    landed: Future[tuple[int, int]]
+    publisher: Callable[[ArchivedSegment], None]
+
+    def publish(self) -> None:
+        """Once the copy is durable and checks, publish it (else remove it and raise)."""
+        self.target.check_landed(
+            self.path, self.landed.result(), self.entry.size, self.entry.crc32c
+        )
+        self.publisher(self.entry)

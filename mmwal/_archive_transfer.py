@@ -58,23 +58,35 @@ class Target:
         self.s3 = bool({"s3", "s3a"} & set(protocols)) and hasattr(filesystem, "call_s3")
 
     def upload(self, segment: OpenSegment, path: str, crc: int) -> None:
-        """Upload the open segment to ``path`` and prove it landed whole; not yet durable.
+        """Upload the open segment to ``path``; on a store, prove it landed whole.
 
-        ``crc`` is what the segment was found to hold when it was sealed. If
-        anything else landed, the object is removed and ``OSError`` raised. Reads
-        the segment through its open descriptor or its mapping, never its path;
-        no copy of it is held in memory here. ``make_durable`` must follow before
-        anything names the object.
+        ``crc`` is what the segment was found to hold when it was sealed. On an
+        object store, if anything else landed, the object is removed and
+        ``OSError`` raised. On a local directory the copy is only written here:
+        ``finish_local`` reads it back and fsyncs it, and ``check_landed`` must
+        pass, before anything names it. Reads the segment through its open
+        descriptor or its mapping, never its path; no copy of it is held in
+        memory here.
         """
         size = len(segment.data)
         if self.local:
             self._copy_local(segment, path)
-            landed = self._read_back_local(path)
-        elif self.s3 and size <= _S3_PUT_LIMIT:
+            return
+        if self.s3 and size <= _S3_PUT_LIMIT:
             landed = self._put_s3(segment, path, crc)
         else:
             self._write_from(segment, path)
             landed = self._read_back(path)
+        self.check_landed(path, landed, size, crc)
+
+    def finish_local(self, path: str) -> tuple[int, int]:
+        """Return the size and CRC-32C of the local copy at ``path``, then make it durable."""
+        landed = self._read_back_local(path)
+        self.make_durable(path)
+        return landed
+
+    def check_landed(self, path: str, landed: tuple[int, int], size: int, crc: int) -> None:
+        """Remove the object and raise ``OSError`` unless ``landed`` is ``(size, crc)``."""
         if landed != (size, crc):
             self.fs.rm_file(path)
             raise OSError(

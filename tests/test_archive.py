@@ -493,3 +493,39 @@ def test_damage_found_while_pushing_keeps_the_segments_before_it(tmp_path: Path,
     # Segments 0 and 1 were verified before the damage was found: they are archived.
     assert [segment.index for segment in archive.segments()] == [0, 1]
     assert list(archive.iter()) == ending_by(records, 2 * SEGMENT_SIZE)
+
+
+@pytest.mark.parametrize("damage", ["torn", "flipped"])
+def test_a_damaged_local_copy_is_never_published(
+    tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmwal._archive_transfer import Target
+
+    log = tmp_path / "log"
+    write_log(log)
+    archive = mmwal.Archive((tmp_path / "archive").as_uri())
+    copy = Target._copy_local
+
+    def damaged_copy(target: Target, segment: Any, path: str) -> None:
+        copy(target, segment, path)
+        with open(path, "r+b") as landed:
+            if damage == "torn":
+                landed.truncate(SEGMENT_SIZE // 2)
+            else:  # the same size, another CRC-32C
+                landed.seek(SEGMENT_SIZE // 2)
+                byte = landed.read(1)[0]
+                landed.seek(SEGMENT_SIZE // 2)
+                landed.write(bytes([byte ^ 0x01]))
+
+    monkeypatch.setattr(Target, "_copy_local", damaged_copy)
+    with pytest.raises(OSError, match="did not land intact"):
+        archive.push(log)
+    assert archive.segments() == []
+    segments = f"{archive._root}/segments"
+    # The copy that failed its check was removed at once.
+    assert not [path for path in archive._fs.find(segments) if "/" + "0" * 20 + "-" in path]
+    monkeypatch.undo()
+    assert archive.push(log)
+    # What the failed push left unpublished is gone after the next one.
+    named = {f"{segments}/{segment.object_name}" for segment in archive.segments()}
+    assert set(archive._fs.find(segments)) == named
