@@ -237,6 +237,9 @@ crc_update(uint32_t crc, const unsigned char *data, size_t length)
     return crc_update_table(crc, data, length);
 }
 
+/* The shortest frame walk that lets other threads run while it checks CRCs. */
+#define RELEASE_GIL_BYTES ((Py_ssize_t)1 << 20)
+
 static uint32_t
 read_u32(const unsigned char *p)
 {
@@ -303,9 +306,11 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = start;
     Py_ssize_t walked = 0;
     Py_ssize_t decoded_bytes = 0;
-    /* A walk that collects nothing touches no Python object: other threads may
-       run meanwhile (the exported buffer cannot be resized or freed under it). */
-    PyThreadState *released = type == NULL ? PyEval_SaveThread() : NULL;
+    /* A long walk that collects nothing touches no Python object: other threads
+       may run meanwhile (the exported buffer cannot be resized or freed under
+       it). A short one keeps the GIL: taking it back can wait a switch interval. */
+    PyThreadState *released =
+        type == NULL && limit - pos >= RELEASE_GIL_BYTES ? PyEval_SaveThread() : NULL;
     while (walked != max_records && limit - pos >= HEADER_SIZE &&
            (max_bytes < 0 || decoded_bytes < max_bytes)) {
         uint32_t crc = read_u32(data + pos);
