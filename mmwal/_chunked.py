@@ -350,6 +350,11 @@ class ChunkedStore(Store):
             # repaired, make no spare.
             pipeline.start(self._end_chunk)
         below = min(end // self.chunk_size, self._end_chunk)
+        if below <= self._released_below:
+            # Nothing newly sealed, the common case (every commit comes here).
+            # ``_writable_from`` is never below ``_released_below`` (both move
+            # together here and in ``prepare_end``), so it has nothing to learn.
+            return
         for index in range(max(self._released_below, self._first_chunk), below):
             chunk = self._chunks.get(index)
             if chunk is not None:

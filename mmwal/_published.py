@@ -96,12 +96,21 @@ def ends_path(store: Store) -> str | None:
     return None
 
 
+def _flat_cuts(cuts: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> list[int]:
+    flat = [value for cut in cuts[-CUTS_KEPT:] for value in cut]
+    return flat + [0] * (2 * CUTS_KEPT - len(flat))
+
+
 def _encode(ends: Ends) -> bytes:
-    cuts = list(ends.cuts[-CUTS_KEPT:])
-    flat = [value for cut in cuts for value in cut]
-    flat += [0] * (2 * CUTS_KEPT - len(flat))
     body = _BODY.pack(
-        _MAGIC, _VERSION, ends.sequence, ends.written, ends.durable, ends.head, ends.epoch, *flat
+        _MAGIC,
+        _VERSION,
+        ends.sequence,
+        ends.written,
+        ends.durable,
+        ends.head,
+        ends.epoch,
+        *_flat_cuts(ends.cuts),
     )
     return body + _CRC.pack(crc32c(body))
 
@@ -180,9 +189,11 @@ class EndsPublisher:
         self._sequence = last.sequence if last is not None else 0
         self._epoch = last.epoch if last is not None else 0
         self._cuts: list[tuple[int, int]] = list(last.cuts) if last is not None else []
-        # What the file says now: an update that would say the same is not
-        # written (an open and close of an unchanged log leave the file as it was).
-        self._said = None if last is None else tuple(last[1:])
+        self._flat = _flat_cuts(self._cuts)
+        # What the file says now (written, durable, head, epoch; the cuts change
+        # only with the epoch): an update that would say the same is not written
+        # (an open and close of an unchanged log leave the file as it was).
+        self._said = None if last is None else tuple(last[1:5])
 
     @classmethod
     def for_store(cls, store: Store) -> EndsPublisher | None:
@@ -215,19 +226,24 @@ class EndsPublisher:
         mapping = self._mapping
         if mapping.closed:
             return
-        said = (written, durable, head, self._epoch, tuple(self._cuts))
+        # Runs after every flush, on the commit path: one pack and one CRC, no
+        # intermediate objects (``_encode`` writes the same bytes).
+        epoch = self._epoch
+        said = (written, durable, head, epoch)
         if said == self._said:
             return
         self._said = said
-        self._sequence += 1
-        slot = (self._sequence % 2) * _SLOT_SIZE
-        data = _encode(Ends(self._sequence, *said))
-        mapping[slot : slot + len(data)] = data
+        sequence = self._sequence = self._sequence + 1
+        slot = (sequence % 2) * _SLOT_SIZE
+        body = _BODY.pack(_MAGIC, _VERSION, sequence, written, durable, head, epoch, *self._flat)
+        mapping[slot : slot + _BODY.size] = body
+        _CRC.pack_into(mapping, slot + _BODY.size, crc32c(body))
 
     def cut(self, new_end: int, *, written: int, durable: int, head: int) -> None:
         """Publish a ``truncate_after`` cut at ``new_end``, before any byte changes."""
         self._epoch += 1
         self._cuts = [*self._cuts[-(CUTS_KEPT - 1) :], (self._epoch, new_end)]
+        self._flat = _flat_cuts(self._cuts)
         self.publish(written=written, durable=min(durable, new_end), head=head)
         self.announce()
 

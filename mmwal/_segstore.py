@@ -190,6 +190,8 @@ class SegmentStore(ChunkedStore):
         # Segments created since the last flush: the flush fsyncs them. By
         # index, not descriptor, so many new segments hold no descriptor.
         self._pending_files: set[int] = set()
+        # (mapping, address, path) of the chunk the last flush wrote back.
+        self._flush_target: tuple[mmap.mmap, int, str] | None = None
         self._metadata_lock = threading.Lock()
         self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
         self._head_lsn = self._read_head()
@@ -502,6 +504,10 @@ class SegmentStore(ChunkedStore):
             self._directory_dirty = True
 
     def _before_flush(self) -> None:
+        # Read without the lock first: a creation or removal that is not seen here
+        # runs concurrently with this flush, which owes it nothing (``Store.flush``).
+        if not self._pending_files and not self._directory_dirty:
+            return
         with self._metadata_lock:
             pending, self._pending_files = self._pending_files, set()
             directory_dirty, self._directory_dirty = self._directory_dirty, False
@@ -520,10 +526,17 @@ class SegmentStore(ChunkedStore):
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         # The local reference keeps the mapping alive while msync runs on it.
         chunk = self._mapped(index)
-        if chunk is not None:
-            self.syscalls.sync_mapping(
-                mapping_address(chunk) + start, length, None, self.segment_path(index)
-            )
+        if chunk is None:
+            return
+        # Every commit flushes the same chunk: its address and path are kept, not
+        # made again (a ctypes export and a formatted path cost microseconds). The
+        # entry holds the mapping, so the address cannot outlive it; a new mapping
+        # of the chunk is a new object and takes a new entry.
+        target = self._flush_target
+        if target is None or target[0] is not chunk:
+            target = (chunk, mapping_address(chunk), self.segment_path(index))
+            self._flush_target = target
+        self.syscalls.sync_mapping(target[1] + start, length, None, target[2])
 
     def _release_chunk(self, index: int) -> bool:
         # The caller unmaps the chunk once this returns True.
@@ -571,4 +584,5 @@ class SegmentStore(ChunkedStore):
         return self._file(f"quarantine-{offset:020d}")
 
     def _close_resources(self) -> None:
+        self._flush_target = None
         os.close(self._directory_fd)
