@@ -47,13 +47,29 @@ from ._pipeline import ChunkPipeline
 from ._store import Buffer, Store
 from ._syscalls import PAGE_SIZE, Syscalls
 
-__all__ = ["ChunkedStore"]
+__all__ = ["DEFAULT_SYNC_METHOD", "SYNC_METHODS", "ChunkedStore", "check_sync_method"]
 
 _ZERO_BLOCK = bytes(16 * PAGE_SIZE)
 
 #: Default bytes of chunks kept mapped besides the last one (at least one chunk,
 #: at most 16): a log's older segments cost no descriptor and no mapping.
 DEFAULT_MAPPED_BYTES = 64 << 20
+
+#: How a file store makes a flushed range durable: ``msync`` of the range or
+#: ``fdatasync`` of the file (every dirty page of it, the range among them).
+#: Both keep the same contract; ``fdatasync`` costs less per commit on Linux
+#: (``perf/commit_syscalls.py``; docs/DESIGN.md, "Costs that remain"). macOS
+#: uses msync then ``F_FULLFSYNC`` either way.
+SYNC_METHODS = ("fdatasync", "msync")
+DEFAULT_SYNC_METHOD = "msync"
+
+
+def check_sync_method(method: object) -> str:
+    """Return ``method`` if it names a sync method, else raise ``ValueError``."""
+    if not isinstance(method, str) or method not in SYNC_METHODS:
+        raise ValueError(f"sync_method must be one of {', '.join(SYNC_METHODS)}; got {method!r}")
+    return method
+
 
 #: Chunks at least this large are made ahead by default. Smaller ones roll more
 #: often than a background job (two fsyncs each) keeps up with, and cost little
@@ -80,7 +96,9 @@ class ChunkedStore(Store):
         writable: bool,
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
+        sync_method: str = DEFAULT_SYNC_METHOD,
     ) -> None:
+        self.sync_method = check_sync_method(sync_method)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk size must be a positive int, got {chunk_size!r}")
         self.chunk_size = chunk_size

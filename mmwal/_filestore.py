@@ -6,7 +6,7 @@ import mmap
 import os
 import threading
 
-from ._chunked import ChunkedStore
+from ._chunked import DEFAULT_SYNC_METHOD, ChunkedStore
 from ._files import (
     DEFAULT_FILE_MODE,
     advise_writing,
@@ -60,6 +60,7 @@ class FileStore(ChunkedStore):
         syscalls: Syscalls | None = None,
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
+        sync_method: str = DEFAULT_SYNC_METHOD,
         allow_copy_on_write: bool = False,
         file_mode: int = DEFAULT_FILE_MODE,
     ) -> None:
@@ -74,6 +75,7 @@ class FileStore(ChunkedStore):
             writable=writable,
             precreate=precreate,
             mapped_chunks=mapped_chunks,
+            sync_method=sync_method,
         )
         self.file_mode = check_file_mode(file_mode)
         self.path = os.fspath(path)
@@ -229,7 +231,13 @@ class FileStore(ChunkedStore):
         # The local reference keeps the mapping alive while msync runs on it.
         chunk = self._mapped(index)
         if chunk is not None:
-            self.syscalls.sync_mapping(mapping_address(chunk) + start, length, self._fd, self.path)
+            address = mapping_address(chunk) + start
+            if self.sync_method == "fdatasync":
+                # One fdatasync covers the whole file: a flush across two windows
+                # makes two, the second finding little left to write.
+                self.syscalls.sync_file_data(self._fd, address, length, self.path)
+            else:
+                self.syscalls.sync_mapping(address, length, self._fd, self.path)
 
     def _side_path(self, name: str) -> str | None:
         return f"{self.path}.{name}"

@@ -162,6 +162,7 @@ def open_segmented(
                 writable=not readonly,
                 allow_copy_on_write=config is not None and config.allow_copy_on_write,
                 file_mode=file_mode,
+                sync_method=(config or WalConfig()).sync_method,
             )
         try:
             wal = wal_type(store, config)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 
-from ._chunked import ChunkedStore
+from ._chunked import DEFAULT_SYNC_METHOD, ChunkedStore, check_sync_method
 from ._errors import CorruptionError
 from ._files import (
     DEFAULT_FILE_MODE,
@@ -127,11 +127,14 @@ class SegmentStore(ChunkedStore):
         syscalls: Syscalls | None = None,
         precreate: bool | None = None,
         mapped_chunks: int | None = None,
+        sync_method: str = DEFAULT_SYNC_METHOD,
         allow_copy_on_write: bool = False,
         file_mode: int = DEFAULT_FILE_MODE,
     ) -> None:
         self.path = os.fspath(directory)
         check_file_mode(file_mode)
+        # ``_load`` (which may run again for a read-only view) hands it on.
+        self._sync_method_asked = check_sync_method(sync_method)
         # Before anything is created: a refused open leaves no directory behind.
         self._reservation = (
             SpaceReservation(
@@ -185,13 +188,15 @@ class SegmentStore(ChunkedStore):
             writable=writable,
             precreate=precreate,
             mapped_chunks=mapped_chunks,
+            sync_method=self._sync_method_asked,
         )
         self.location = self.path
         # Segments created since the last flush: the flush fsyncs them. By
         # index, not descriptor, so many new segments hold no descriptor.
         self._pending_files: set[int] = set()
-        # (mapping, address, path) of the chunk the last flush wrote back.
-        self._flush_target: tuple[mmap.mmap, int, str] | None = None
+        # (mapping, address, path, descriptor or -1) of the chunk the last flush
+        # wrote back.
+        self._flush_target: tuple[mmap.mmap, int, str, int] | None = None
         self._metadata_lock = threading.Lock()
         self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
         self._head_lsn = self._read_head()
@@ -534,9 +539,23 @@ class SegmentStore(ChunkedStore):
         # of the chunk is a new object and takes a new entry.
         target = self._flush_target
         if target is None or target[0] is not chunk:
-            target = (chunk, mapping_address(chunk), self.segment_path(index))
+            # fdatasync needs a descriptor: the one of the chunk flushed last is
+            # kept (one, whatever the log's length), the previous one closed.
+            fd = -1
+            if self.sync_method == "fdatasync":
+                fd = self._open_segment(index, writable=False)
+            self._forget_flush_target()
+            target = (chunk, mapping_address(chunk), self.segment_path(index), fd)
             self._flush_target = target
-        self.syscalls.sync_mapping(target[1] + start, length, None, target[2])
+        if target[3] >= 0:
+            self.syscalls.sync_file_data(target[3], target[1] + start, length, target[2])
+        else:
+            self.syscalls.sync_mapping(target[1] + start, length, None, target[2])
+
+    def _forget_flush_target(self) -> None:
+        target, self._flush_target = self._flush_target, None
+        if target is not None and target[3] >= 0:
+            os.close(target[3])
 
     def _release_chunk(self, index: int) -> bool:
         # The caller unmaps the chunk once this returns True.
@@ -584,5 +603,5 @@ class SegmentStore(ChunkedStore):
         return self._file(f"quarantine-{offset:020d}")
 
     def _close_resources(self) -> None:
-        self._flush_target = None
+        self._forget_flush_target()
         os.close(self._directory_fd)

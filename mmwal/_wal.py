@@ -158,6 +158,7 @@ class Wal:
                 writable=not readonly,
                 allow_copy_on_write=config is not None and config.allow_copy_on_write,
                 file_mode=file_mode,
+                sync_method=(config or WalConfig()).sync_method,
             )
         return cls(store, config)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from perf import bench, open_time
+from perf import bench, commit_syscalls, open_time
 from perf.plan import COMMIT_STATE_WORKLOADS, WORKLOADS
 from perf.report import DISPLAY
 
@@ -63,3 +63,14 @@ def test_open_time_runs_and_reports_both_cases(
     assert out.count("after close:") == 2
     assert out.count("after crash:") == 2
     assert not any(tmp_path.iterdir()), "scratch logs left behind"
+
+
+def test_commit_syscalls_runs_every_method_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``perf.commit_syscalls`` on a few commits: every method, one table row each."""
+    commit_syscalls.main(["--commits", "10", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    for method in commit_syscalls.METHODS:
+        assert f"| {method} |" in out
+    assert not any(tmp_path.iterdir()), "scratch files left behind"

@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from mmwal._chunked import ChunkedStore
+from mmwal._chunked import DEFAULT_SYNC_METHOD, ChunkedStore
 from mmwal._config import WalConfig
 from mmwal._filestore import FileStore
 from mmwal._segstore import SegmentStore
@@ -78,6 +78,8 @@ class Layout:
 
     segment_size: int | None = None
     window_size: int = 64 * 1024
+    #: How the store makes a flush durable (``WalConfig.sync_method``).
+    sync_method: str = DEFAULT_SYNC_METHOD
 
     @property
     def segmented(self) -> bool:
@@ -100,16 +102,25 @@ class Layout:
         """Open the real store over the log in ``root``, its calls going to ``syscalls``."""
         if self.segment_size is not None:
             return SegmentStore(
-                self.path(root), self.segment_size, writable=writable, syscalls=syscalls
+                self.path(root),
+                self.segment_size,
+                writable=writable,
+                syscalls=syscalls,
+                sync_method=self.sync_method,
             )
         return FileStore(
-            self.path(root), window_size=self.window_size, writable=writable, syscalls=syscalls
+            self.path(root),
+            window_size=self.window_size,
+            writable=writable,
+            syscalls=syscalls,
+            sync_method=self.sync_method,
         )
 
     def __str__(self) -> str:
+        method = "" if self.sync_method == DEFAULT_SYNC_METHOD else f", {self.sync_method}"
         if self.segment_size is not None:
-            return f"segments of {self.segment_size} B"
-        return f"one file, {self.window_size} B windows"
+            return f"segments of {self.segment_size} B{method}"
+        return f"one file, {self.window_size} B windows{method}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,8 @@ directory fsync, removal, rename) is done for real and journaled here, and the
 simulator keeps the durable state beside it (``_simdisk.Disk``):
 
 - ``msync`` of a range writes back the whole pages it touches;
+- ``fdatasync`` of a file writes back all its data and commits no metadata
+  (a file's bytes past its durable size stay unseen until its size is durable);
 - ``fsync`` of a file writes back all its data and its size, and commits the
   metadata the file system's order says it commits (``_simdisk``);
 - ``fsync_directory`` commits the creations, removals and renames in it;
@@ -257,6 +259,18 @@ class PowerLossSimulator(Syscalls):
             if self._expected_size(inode.number) != size:
                 self.disk.journal(MetadataOp("size", inode=inode.number, size=size))
             self.disk.commit_file(inode.number)
+
+    def fdatasync(self, fd: int) -> None:
+        # Every page of the file, however it was dirtied (a mapping or pwrite: the
+        # files here are the page cache). Metadata: none is committed. A real
+        # fdatasync commits the size when it changed; the stores never rely on
+        # that (a file they grow is fsynced before its data is flushed), and a
+        # simulator that grants less finds a store that does.
+        with self._lock:
+            self._step("fdatasync")
+            inode = self._resolve(fd)
+            content = inode.cached()
+            self._write_back(inode, 0, content)
 
     def fsync_directory(self, path: str) -> None:
         with self._lock:
