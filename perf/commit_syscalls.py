@@ -19,6 +19,10 @@ latency, and CPU per commit (user and system, from ``getrusage``):
 - ``pwrite-fdatasync``: every frame through ``pwrite`` on the mapped file,
   ``fdatasync``.
 
+With ``--wal``, two more: ``Wal.append_and_sync`` of a 256-byte record on a
+segmented log with each ``sync_method`` (``wal-msync``, ``wal-fdatasync``), so
+what the log adds to its syscalls is measured against the same raw commits.
+
 What it showed is in docs/DESIGN.md ("Costs that remain").
 """
 
@@ -32,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from mmwal import Syscalls
+from mmwal import Syscalls, Wal, WalConfig
 from mmwal._syscalls import PAGE_SIZE, mapping_address
 
 _FILE_SIZE = 64 << 20
@@ -93,11 +97,32 @@ METHODS = (
 )
 
 
-def measure(directory: str, commits: int) -> dict[str, dict[str, float]]:
+class _WalTarget:
+    """A segmented log committing one record per ``append_and_sync``."""
+
+    def __init__(self, path: str, method: str) -> None:
+        self.wal = Wal.open_segmented(path, config=WalConfig(sync_method=method))
+
+    def commit(self, frame: bytes) -> None:
+        self.wal.append_and_sync(frame[8:])
+
+    def close(self) -> None:
+        self.wal.close()
+
+
+WAL_METHODS = ("wal-msync", "wal-fdatasync")
+
+
+def measure(directory: str, commits: int, *, wal: bool = False) -> dict[str, dict[str, float]]:
     """Run ``commits`` commits per method, alternating blocks; return figures per method."""
-    targets = {name: _Target(os.path.join(directory, name), name) for name in METHODS}
-    latencies: dict[str, list[int]] = {name: [] for name in METHODS}
-    cpu = {name: [0.0, 0.0] for name in METHODS}
+    targets: dict[str, _Target | _WalTarget] = {
+        name: _Target(os.path.join(directory, name), name) for name in METHODS
+    }
+    if wal:
+        for name in WAL_METHODS:
+            targets[name] = _WalTarget(os.path.join(directory, name), name.split("-")[1])
+    latencies: dict[str, list[int]] = {name: [] for name in targets}
+    cpu = {name: [0.0, 0.0] for name in targets}
     frame = os.urandom(_FRAME)
     clock = time.perf_counter_ns
     try:
@@ -134,9 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perf.commit_syscalls")
     parser.add_argument("--commits", type=int, default=3000, help="commits per method")
     parser.add_argument("--dir", help="where the files go (default: system temp)")
+    parser.add_argument("--wal", action="store_true", help="also commit through mmwal")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-        result = measure(directory, args.commits)
+        result = measure(directory, args.commits, wal=args.wal)
     raw = result["raw"]
     print("| method | p50 µs | p99 µs | raw/method p50 | user µs/commit | sys µs/commit |")
     print("|---|--:|--:|--:|--:|--:|")

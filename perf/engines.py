@@ -178,6 +178,22 @@ class MmwalSegmentedEngine(MmwalEngine):
         return mmwal.Wal.open_segmented(directory / "segments", segment_size=SEGMENT_SIZE)
 
 
+class MmwalSegmentedFdatasyncEngine(MmwalEngine):
+    """mmwal, directory of 64 MiB segments, ``sync_method="fdatasync"``."""
+
+    name = "mmwal-seg-fdatasync"
+    DURABILITY = "wal.sync() / wal.append_and_sync(): fdatasync of the segment file"
+
+    def _open_wal(self, directory: Path) -> mmwal.Wal:
+        import mmwal
+
+        return mmwal.Wal.open_segmented(
+            directory / "segments",
+            segment_size=SEGMENT_SIZE,
+            config=mmwal.WalConfig(sync_method="fdatasync"),
+        )
+
+
 class PlainFileEngine(Engine):
     """Hand-written log: buffered ``write`` of header + payload, ``fdatasync``."""
 
@@ -512,6 +528,7 @@ ENGINES: dict[str, type[Engine]] = {
     for cls in (
         MmwalEngine,
         MmwalSegmentedEngine,
+        MmwalSegmentedFdatasyncEngine,
         PlainFileEngine,
         SqliteEngine,
         LmdbEngine,

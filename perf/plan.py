@@ -38,6 +38,8 @@ WORKLOADS = (
 COMMIT_STATE_WORKLOADS = WORKLOADS[WORKLOADS.index("commit_fresh") : WORKLOADS.index("disk_bytes")]
 #: The engine the commit states, rolls and resources run on (segments are what roll).
 SEGMENTED = "mmwal-seg"
+#: The same with ``sync_method="fdatasync"`` (commit states only, when asked for).
+SEGMENTED_FDATASYNC = "mmwal-seg-fdatasync"
 #: The plain-file log every bytes-written figure is compared with.
 PLAINFILE = "plainfile"
 
@@ -274,12 +276,15 @@ def _long_running(
     groups: list[Group], s: Settings, engines: tuple[str, ...], workloads: tuple[str, ...]
 ) -> None:
     """Add the measurements of a log that ran a while (issue 9): states, bytes, rolls."""
+    # The segmented log with its default sync method, and with fdatasync when asked.
+    committers = [SEGMENTED, *(e for e in engines if e == SEGMENTED_FDATASYNC)]
     for workload in COMMIT_STATE_WORKLOADS:
         if workload in workloads:
-            case = Case(
-                workload, SEGMENTED, 256, count=s.commit_state_commits, depth_scale=s.depth_scale
+            cases = tuple(
+                Case(workload, e, 256, count=s.commit_state_commits, depth_scale=s.depth_scale)
+                for e in committers
             )
-            groups.append(Group(workload, (), (Stage((case,), s.reps),)))
+            groups.append(Group(workload, (), (Stage(cases, s.reps),)))
     peers = [e for e in (BASELINE, SEGMENTED, PLAINFILE) if e == SEGMENTED or e in engines]
     records = s.disk_bytes // 264
     sync_every = max(1, s.disk_sync_bytes // 264)

@@ -69,8 +69,8 @@ def test_commit_syscalls_runs_every_method_and_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``perf.commit_syscalls`` on a few commits: every method, one table row each."""
-    commit_syscalls.main(["--commits", "10", "--dir", str(tmp_path)])
+    commit_syscalls.main(["--commits", "10", "--dir", str(tmp_path), "--wal"])
     out = capsys.readouterr().out
-    for method in commit_syscalls.METHODS:
+    for method in commit_syscalls.METHODS + commit_syscalls.WAL_METHODS:
         assert f"| {method} |" in out
     assert not any(tmp_path.iterdir()), "scratch files left behind"
