@@ -381,6 +381,13 @@ class ChunkedStore(Store):
         self._released_below = max(self._released_below, below)
         if self._writable_from != sys.maxsize:
             self._writable_from = max(self._writable_from, below)
+        if self._reloads_chunks:
+            # Chunks the writer created stay mapped until here: sealed now, those
+            # beyond the limit are let go as reloaded ones are (a mapping and a
+            # descriptor each), so a writer that rolls for months keeps a bounded
+            # number, not one per segment it made.
+            with self._mapping_lock:
+                self._let_go_beyond_limit(self._end_chunk - 1)
 
     def discard_after(self, end: int) -> None:
         self._check_open()

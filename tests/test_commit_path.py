@@ -1,13 +1,18 @@
-"""What the commit path keeps between commits: the flushed chunk's address, the published ends."""
+"""The commit path: what a flush keeps between commits, the published ends, the sync methods."""
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 from pathlib import Path
 
-from mmwal import SegmentStore, Syscalls, Wal
+import pytest
+
+from mmwal import FileStore, SegmentStore, Syscalls, Wal, WalBrokenError, WalConfig
 from mmwal._published import ENDS_FILE_NAME, Ends, EndsPublisher, _encode, _latest
 from mmwal._syscalls import mapping_address
+from mmwal.testing import Layout, PowerLossSimulator
 
 SEGMENT = 16 * 1024
 
@@ -85,3 +90,172 @@ def test_published_slots_hold_the_ends_and_cuts_and_skip_what_was_said(tmp_path:
     reopened.publish(written=400, durable=400, head=0)
     reopened.close()
     assert Path(path).read_bytes() == before
+
+
+# -- sync methods ---------------------------------------------------------------------
+
+needs_proc = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="names descriptors through /proc"
+)
+
+
+class FlushRecorder(Syscalls):
+    """Real syscalls (on Linux) recording the data flushes a faked platform would make."""
+
+    def __init__(self, platform: str = "linux", *, failing: bool = False) -> None:
+        self.platform = platform
+        self.failing = failing
+        self.calls: list[tuple[str, str]] = []
+
+    def msync(self, address: int, length: int) -> None:
+        self.calls.append(("msync", ""))
+        super().msync(address, length)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
+        if self.failing:
+            raise OSError(errno.EIO, "injected fdatasync failure")
+        super().fdatasync(fd)
+
+    def full_fsync(self, fd: int) -> None:
+        self.calls.append(("full_fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        os.fsync(fd)
+
+    def data_flushes(self) -> list[tuple[str, str]]:
+        return [call for call in self.calls if call[0] in ("msync", "fdatasync")]
+
+
+@needs_proc
+@pytest.mark.parametrize("method", ["msync", "fdatasync"])
+def test_each_sync_method_flushes_every_segment_it_covers_its_own_way(
+    tmp_path: Path, method: str
+) -> None:
+    calls = FlushRecorder()
+    directory = tmp_path / "log"
+    store = SegmentStore(directory, 4096, syscalls=calls, sync_method=method)
+    with Wal.with_store(store) as wal:
+        wal.append(b"a" * 100)
+        wal.sync()
+        calls.calls.clear()
+        wal.append(b"b" * 9000)  # from segment 0 through segment 1 into segment 2
+        wal.sync()
+        flushes = calls.data_flushes()
+    segments = [str(directory / f"{i:020d}.wal") for i in range(3)]
+    if method == "msync":
+        assert flushes == [("msync", "")] * 3
+    else:
+        assert flushes == [("fdatasync", path) for path in segments]
+
+
+@needs_proc
+def test_fdatasync_on_a_single_file_log_flushes_that_file(tmp_path: Path) -> None:
+    calls = FlushRecorder()
+    path = tmp_path / "log"
+    store = FileStore(path, window_size=1 << 16, syscalls=calls, sync_method="fdatasync")
+    with Wal.with_store(store) as wal:
+        wal.append_and_sync(b"x")
+        calls.calls.clear()
+        wal.append_and_sync(b"y")
+        assert calls.data_flushes() == [("fdatasync", str(path))]
+
+
+@needs_proc
+def test_on_macos_fdatasync_is_msync_then_full_fsync(tmp_path: Path) -> None:
+    # macOS has no fdatasync, and its msync leaves data in the drive's cache.
+    calls = FlushRecorder("darwin")
+    directory = tmp_path / "log"
+    store = SegmentStore(directory, 4096, syscalls=calls, sync_method="fdatasync")
+    with Wal.with_store(store) as wal:
+        wal.append_and_sync(b"x")
+        calls.calls.clear()
+        wal.append_and_sync(b"y")
+        segment = str(directory / f"{0:020d}.wal")
+        assert calls.calls[:2] == [("msync", ""), ("full_fsync", segment)]
+        assert "fdatasync" not in [name for name, _ in calls.calls]
+
+
+@needs_proc
+def test_a_failed_fdatasync_breaks_the_log(tmp_path: Path) -> None:
+    calls = FlushRecorder()
+    store = SegmentStore(tmp_path / "log", 4096, syscalls=calls, sync_method="fdatasync")
+    with Wal.with_store(store) as wal:
+        wal.append_and_sync(b"before")
+        calls.failing = True
+        with pytest.raises(WalBrokenError):
+            wal.append_and_sync(b"in doubt")
+        calls.failing = False
+        with pytest.raises(WalBrokenError):
+            wal.append(b"after")
+        with pytest.raises(WalBrokenError):
+            wal.sync()
+
+
+@needs_proc
+@pytest.mark.parametrize("method", ["msync", "fdatasync"])
+def test_a_writer_keeps_bounded_descriptors_however_many_segments_it_made(
+    tmp_path: Path, method: str
+) -> None:
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    # The flush keeps the descriptor of the segment it flushed last and closes
+    # the one before; the writer lets sealed segments go beyond its mapping
+    # limit (16 here). Both plateau, whatever the number of segments made.
+    config = WalConfig(sync_method=method)
+    with Wal.open_segmented(tmp_path / "log", 4096, config) as wal:
+        wal.append_and_sync(b"first")
+        for _ in range(30):  # a segment per commit
+            wal.append_and_sync(b"r" * 4000)
+        plateau = open_descriptors()
+        for _ in range(30):
+            wal.append_and_sync(b"r" * 4000)
+        assert open_descriptors() <= plateau
+    with Wal.open_segmented(tmp_path / "log", readonly=True) as reader:
+        assert len(list(reader)) == 61
+
+
+def test_a_sync_method_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync_method"):
+        WalConfig(sync_method="fsync")
+    with pytest.raises(ValueError, match="sync_method"):
+        SegmentStore(tmp_path / "log", 4096, sync_method="O_DSYNC")
+    assert not (tmp_path / "log").exists()
+
+
+class CountingSimulator(PowerLossSimulator):
+    """The power-loss simulator, counting the data flushes it modelled."""
+
+    fdatasyncs = 0
+    msyncs = 0
+
+    def fdatasync(self, fd: int) -> None:
+        self.fdatasyncs += 1
+        super().fdatasync(fd)
+
+    def msync(self, address: int, length: int) -> None:
+        self.msyncs += 1
+        super().msync(address, length)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        Layout(segment_size=512, sync_method="fdatasync"),
+        Layout(window_size=8192, sync_method="fdatasync"),
+    ],
+    ids=str,
+)
+def test_what_fdatasync_made_durable_survives_a_power_loss(tmp_path: Path, layout: Layout) -> None:
+    simulator = CountingSimulator(tmp_path / "disk", layout)
+    records = [bytes([n]) * (n * 37 % 900) for n in range(1, 40)]
+    with Wal.with_store(simulator.open_store()) as wal:
+        for record in records:
+            wal.append_and_sync(record)
+        wal.append(b"not synced")
+        image = simulator.durable_image()
+    assert simulator.fdatasyncs >= len(records)
+    assert simulator.msyncs == 0
+    with image.open(tmp_path / "after") as reopened:
+        found = [record.data for record in reopened]
+    assert found[: len(records)] == records
+    assert len(found) <= len(records) + 1

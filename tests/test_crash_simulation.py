@@ -180,6 +180,10 @@ LAYOUTS = [
     Layout(segment_size=8192),
     Layout(segment_size=1024),
     Layout(segment_size=512),
+    # Every sync method offered keeps the same proofs.
+    Layout(window_size=8192, sync_method="fdatasync"),
+    Layout(segment_size=4096, sync_method="fdatasync"),
+    Layout(segment_size=512, sync_method="fdatasync"),
 ]
 
 

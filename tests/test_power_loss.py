@@ -27,7 +27,14 @@ from mmwal.testing import Layout, PowerLossSimulator
 from mmwal.testing._simdisk import Inode
 
 CONFIG = WalConfig(max_record_size=1 << 16)
-LAYOUTS = [Layout(segment_size=512), Layout(segment_size=4096), Layout(window_size=8192)]
+LAYOUTS = [
+    Layout(segment_size=512),
+    Layout(segment_size=4096),
+    Layout(window_size=8192),
+    # Every sync method offered keeps the same proofs.
+    Layout(segment_size=512, sync_method="fdatasync"),
+    Layout(window_size=8192, sync_method="fdatasync"),
+]
 RANDOM_CRASHES = 5
 
 Commit = Callable[[Wal], None]

@@ -45,7 +45,12 @@ HEADER = 8
 CONFIG = WalConfig(max_record_size=1 << 16)
 
 # records span segments freely
-LAYOUTS = [Layout(segment_size=512), Layout(segment_size=4096), Layout(window_size=8192)]
+LAYOUTS = [
+    Layout(segment_size=512),
+    Layout(segment_size=4096),
+    Layout(window_size=8192),
+    Layout(segment_size=512, sync_method="fdatasync"),
+]
 
 sizes = st.one_of(
     st.just(0),
