@@ -69,7 +69,7 @@ def test_published_slots_hold_the_ends_and_cuts_and_skip_what_was_said(tmp_path:
     # _encode's, cuts included after a truncation, and a publisher opened over
     # an existing file must not rewrite the state it already says.
     path = str(tmp_path / ENDS_FILE_NAME)
-    publisher = EndsPublisher.create(path)
+    publisher = EndsPublisher.create(path, Syscalls(), 0o600)
     assert publisher is not None
     mapping = publisher._mapping
     publisher.publish(written=300, durable=200, head=0)
@@ -85,7 +85,7 @@ def test_published_slots_hold_the_ends_and_cuts_and_skip_what_was_said(tmp_path:
     assert _latest(mapping) == Ends(3, 400, 400, 0, 1, ((1, 100),))
     publisher.close()
     before = Path(path).read_bytes()
-    reopened = EndsPublisher.create(path)
+    reopened = EndsPublisher.create(path, Syscalls(), 0o600)
     assert reopened is not None
     reopened.publish(written=400, durable=400, head=0)
     reopened.close()
