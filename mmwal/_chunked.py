@@ -45,30 +45,15 @@ from ._files import (
 )
 from ._pipeline import ChunkPipeline
 from ._store import Buffer, Store
-from ._syscalls import PAGE_SIZE, Syscalls
+from ._syscalls import DEFAULT_SYNC_METHOD, PAGE_SIZE, Syscalls, check_sync_method
 
-__all__ = ["DEFAULT_SYNC_METHOD", "SYNC_METHODS", "ChunkedStore", "check_sync_method"]
+__all__ = ["ChunkedStore"]
 
 _ZERO_BLOCK = bytes(16 * PAGE_SIZE)
 
 #: Default bytes of chunks kept mapped besides the last one (at least one chunk,
 #: at most 16): a log's older segments cost no descriptor and no mapping.
 DEFAULT_MAPPED_BYTES = 64 << 20
-
-#: How a file store makes a flushed range durable: ``msync`` of the range or
-#: ``fdatasync`` of the file (every dirty page of it, the range among them).
-#: Both keep the same contract; ``fdatasync`` costs less per commit on Linux
-#: (``perf/commit_syscalls.py``; docs/DESIGN.md, "Costs that remain"). macOS
-#: uses msync then ``F_FULLFSYNC`` either way.
-SYNC_METHODS = ("fdatasync", "msync")
-DEFAULT_SYNC_METHOD = "msync"
-
-
-def check_sync_method(method: object) -> str:
-    """Return ``method`` if it names a sync method, else raise ``ValueError``."""
-    if not isinstance(method, str) or method not in SYNC_METHODS:
-        raise ValueError(f"sync_method must be one of {', '.join(SYNC_METHODS)}; got {method!r}")
-    return method
 
 
 #: Chunks at least this large are made ahead by default. Smaller ones roll more

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ._syscalls import DEFAULT_SYNC_METHOD, check_sync_method
+
 __all__ = ["DEFAULT_MAX_RECORD_SIZE", "RecoveryPolicy", "WalConfig"]
 
 DEFAULT_MAX_RECORD_SIZE = 64 * 1024 * 1024
@@ -61,7 +63,7 @@ class WalConfig:
     max_record_size: int = DEFAULT_MAX_RECORD_SIZE
     recovery_policy: RecoveryPolicy = RecoveryPolicy.STOP_AT_FIRST_ERROR
     allow_copy_on_write: bool = False
-    sync_method: str = "msync"
+    sync_method: str = DEFAULT_SYNC_METHOD
 
     def __post_init__(self) -> None:
         if isinstance(self.max_record_size, bool) or not isinstance(self.max_record_size, int):
@@ -73,10 +75,7 @@ class WalConfig:
                 f"max_record_size must be between 0 and {_LENGTH_FIELD_MAX} "
                 f"(the length field is a u32), got {self.max_record_size}"
             )
-        if self.sync_method not in ("fdatasync", "msync"):
-            raise ValueError(
-                f"sync_method must be 'fdatasync' or 'msync', got {self.sync_method!r}"
-            )
+        check_sync_method(self.sync_method)
         if not isinstance(self.recovery_policy, RecoveryPolicy):
             raise TypeError(
                 f"recovery_policy must be a RecoveryPolicy, not {self.recovery_policy!r}"

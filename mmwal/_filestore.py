@@ -6,7 +6,7 @@ import mmap
 import os
 import threading
 
-from ._chunked import DEFAULT_SYNC_METHOD, ChunkedStore
+from ._chunked import ChunkedStore
 from ._files import (
     DEFAULT_FILE_MODE,
     advise_writing,
@@ -19,7 +19,7 @@ from ._files import (
 )
 from ._filesystems import SpaceReservation
 from ._format import RECOVERY_FILE_NAME
-from ._syscalls import Syscalls, mapping_address
+from ._syscalls import DEFAULT_SYNC_METHOD, Syscalls, mapping_address
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
 

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 
-from ._chunked import DEFAULT_SYNC_METHOD, ChunkedStore, check_sync_method
+from ._chunked import ChunkedStore
 from ._errors import CorruptionError
 from ._files import (
     DEFAULT_FILE_MODE,
@@ -35,7 +35,7 @@ from ._format import (
     parse_segment_name,
     segment_name,
 )
-from ._syscalls import Syscalls, mapping_address
+from ._syscalls import DEFAULT_SYNC_METHOD, Syscalls, check_sync_method, mapping_address
 
 __all__ = ["DEFAULT_SEGMENT_SIZE", "SegmentStore", "infer_segment_size"]
 

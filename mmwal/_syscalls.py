@@ -23,9 +23,32 @@ import os
 import struct
 import sys
 
-__all__ = ["PAGE_SIZE", "Syscalls", "mapping_address"]
+__all__ = [
+    "DEFAULT_SYNC_METHOD",
+    "PAGE_SIZE",
+    "SYNC_METHODS",
+    "Syscalls",
+    "check_sync_method",
+    "mapping_address",
+]
 
 PAGE_SIZE = mmap.PAGESIZE
+
+#: How a file store makes a flushed range durable: ``msync`` of the range or
+#: ``fdatasync`` of the file (every dirty page of it, the range among them).
+#: Both keep the same contract; ``fdatasync`` costs less per commit on Linux
+#: (``perf/commit_syscalls.py``; docs/DESIGN.md, "Costs that remain"). macOS
+#: uses msync then ``F_FULLFSYNC`` either way.
+SYNC_METHODS = ("fdatasync", "msync")
+DEFAULT_SYNC_METHOD = "msync"
+
+
+def check_sync_method(method: object) -> str:
+    """Return ``method`` if it names a sync method, else raise ``ValueError``."""
+    if not isinstance(method, str) or method not in SYNC_METHODS:
+        raise ValueError(f"sync_method must be one of {', '.join(SYNC_METHODS)}; got {method!r}")
+    return method
+
 
 _MS_SYNC = getattr(mmap, "MS_SYNC", 4)
 _F_FULLFSYNC = 51  # <sys/fcntl.h> on macOS; not exposed by every Python's fcntl

@@ -27,11 +27,11 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from mmwal._chunked import DEFAULT_SYNC_METHOD, ChunkedStore
+from mmwal._chunked import ChunkedStore
 from mmwal._config import WalConfig
 from mmwal._filestore import FileStore
 from mmwal._segstore import SegmentStore
-from mmwal._syscalls import Syscalls
+from mmwal._syscalls import DEFAULT_SYNC_METHOD, Syscalls
 from mmwal._wal import Wal
 
 from ._simdisk import Inode, MetadataOrder, Namespace
