@@ -16,6 +16,9 @@ Rules kept here (and in C):
   asked for the next record again by its LSN, so the log checks that it survived
   before it is made. A run during which ``release_views()`` ran is asked again
   from its first record.
+- A run whose view is found released (a truncation or close in another thread
+  released the reader's batch and has not reached ``release_views()`` yet) is
+  treated as a release: the feed is asked for the next record by its LSN.
 - A feed that raises or returns None ends the iteration (as a generator ends).
 """
 
@@ -96,6 +99,10 @@ class RecordViewsPython:
                 continue
             view, lsns, offsets, lengths, _, _ = run
             i = self._next
+            if _released(view):
+                self._resume_at = lsns[i]
+                self._run = None
+                continue
             offset = offsets[i]
             length = lengths[i]
             if offset < 0 or length < 0 or offset + length > len(view):
@@ -125,6 +132,11 @@ class RecordViewsPython:
         view, lsns, offsets, lengths, remote, seen = got
         if not isinstance(view, memoryview):
             raise TypeError("a feed returns (view, lsns, offsets, lengths, remote, seen) or None")
+        if _released(view):
+            # Released before the walk took it: ask again from the run's first record.
+            first = memoryview(lsns).cast("B").cast("q")
+            self._resume_at = first[0] if len(first) else None
+            return True
         if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous or view.format != "B":
             raise TypeError("a run's view must be a 1-D memoryview of bytes")
         arrays = [memoryview(array).cast("B") for array in (lsns, offsets, lengths)]
@@ -171,6 +183,15 @@ class RecordViewsPython:
             self._release_held()
         finally:
             self._finish()
+
+
+def _released(view: memoryview) -> bool:
+    """Return whether ``view`` was released (memoryview has no public flag for it)."""
+    try:
+        len(view)
+    except ValueError:
+        return True
+    return False
 
 
 RecordViews: type[RecordViewsPython]

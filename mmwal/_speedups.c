@@ -607,6 +607,9 @@ encode_frame(PyObject *module, PyObject *payload)
  *  - remote, when the feed gives one, is a buffer of one uint64 (a writer's
  *    truncation counter in another process): when it no longer holds `seen`
  *    the next record is asked of the feed too, before it is made.
+ *  - A run whose view is found released (a truncation or close in another
+ *    thread released the reader's batch and has not reached release_views()
+ *    yet) is a release too: the next record is asked of the feed by its LSN.
  *  - A feed that raises, or returns None, ends the iteration.
  *  - No I/O here: the feed does that.
  */
@@ -631,6 +634,15 @@ typedef struct {
     int finished;
     PyObject *weakrefs;
 } RecordViews;
+
+/* Whether a run's memoryview was released (its own flag, or its managed buffer's). */
+static int
+run_released(PyObject *view)
+{
+    PyMemoryViewObject *memory = (PyMemoryViewObject *)view;
+    return (memory->flags & _Py_MEMORYVIEW_RELEASED) != 0 ||
+           (memory->mbuf->flags & _Py_MANAGED_BUFFER_RELEASED) != 0;
+}
 
 static int64_t
 index_at(const Py_buffer *buffer, Py_ssize_t i)
@@ -718,6 +730,20 @@ views_refill(RecordViews *self)
         return -1;
     }
     PyObject *view = PyTuple_GET_ITEM(run, 0);
+    if (run_released(view)) {
+        /* Released before the walk took it: ask again from the run's first record. */
+        Py_buffer lsns;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(run, 1), &lsns, PyBUF_SIMPLE) != 0) {
+            Py_DECREF(run);
+            return -1;
+        }
+        if (lsns.len >= (Py_ssize_t)sizeof(int64_t)) {
+            self->resume_at = index_at(&lsns, 0);
+        }
+        PyBuffer_Release(&lsns);
+        Py_DECREF(run);
+        return 1;
+    }
     PyObject *remote = PyTuple_GET_ITEM(run, 4);
     unsigned long long seen = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(run, 5));
     if (seen == (unsigned long long)-1 && PyErr_Occurred()) {
@@ -817,6 +843,11 @@ views_next(RecordViews *self)
             continue;
         }
         Py_ssize_t i = self->next;
+        if (run_released(self->view)) {
+            self->resume_at = index_at(&self->index[0], i);
+            views_drop_run(self);
+            continue;
+        }
         int64_t offset = index_at(&self->index[1], i);
         int64_t length = index_at(&self->index[2], i);
         if (offset < 0 || length < 0 || offset > self->view_length ||

@@ -348,3 +348,37 @@ def test_a_read_only_walk_without_the_state_file_finds_a_removed_segment_truncat
                 got.extend(walk)
     assert caught.value.lsn > first.lsn
     assert [(r.lsn, r.data) for r in got] == list(zip(lsns, data, strict=False))[: len(got)]
+
+
+@pytest.mark.parametrize("cut", ["before", "after"])
+def test_a_walk_meeting_a_batch_released_mid_truncation_reports_the_truncation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    # Catches: a truncation in another thread that has released the reader's
+    # batch but not yet the walk itself (the log releases its holders one by one,
+    # and the GIL may pass to the reader between them) making the reader's next
+    # step raise a bare ValueError on the released view, where the record it
+    # stands at was removed: it must be WalTruncatedError.
+    data = payloads(COUNT)
+    with Wal.open_segmented(tmp_path / "log", SEGMENT) as wal:
+        lsns = wal.append_many(data)
+        wal.sync()
+        walk = wal.iter(copy=False)
+        assert bytes(next(walk).data) == data[0]
+        lifetime = wal._lifetime
+        batches_only = mmwal._lifetime.Lifetime.release_views
+
+        def release_batches_only(self: mmwal._lifetime.Lifetime) -> None:
+            for holder in list(self._holders):
+                if isinstance(holder, _batches._Views):
+                    holder.release_views()
+
+        monkeypatch.setattr(mmwal._lifetime.Lifetime, "release_views", release_batches_only)
+        if cut == "before":
+            wal.truncate_before(lsns[5])
+        else:
+            wal.truncate_after(lsns[0])
+        monkeypatch.setattr(mmwal._lifetime.Lifetime, "release_views", batches_only)
+        with pytest.raises(WalTruncatedError):
+            next(walk)
+        lifetime.release_views()
