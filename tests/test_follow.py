@@ -311,6 +311,29 @@ def test_a_follower_of_an_empty_log_waits_for_the_first_record(tmp_path: Path) -
         assert got == [b"first", b"second"]
 
 
+def test_a_follower_started_before_the_writer_made_the_log_sees_its_records(
+    tmp_path: Path,
+) -> None:
+    # Catches: a read-only follower of a directory with no log in it yet (a reader
+    # started before its writer) that never sees the segments and the state file
+    # the writer then creates.
+    directory = tmp_path / "log"
+    directory.mkdir()
+    with mmwal.open(directory, readonly=True) as reader:
+        got: list[bytes] = []
+        thread = threading.Thread(
+            target=lambda: got.extend(bytes(r.data) for r in _first(reader.follow(timeout=5), 2))
+        )
+        thread.start()
+        time.sleep(0.05)
+        with Wal.open_segmented(directory, SEGMENT) as wal:
+            wal.append(b"first")
+            wal.append(b"second")
+            wal.sync()
+            thread.join(10)
+        assert got == [b"first", b"second"]
+
+
 def _first(records: Iterator[Record], count: int) -> Iterator[Record]:
     for index, record in enumerate(records):
         yield record
