@@ -38,6 +38,7 @@ import mmap
 import os
 import random
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,11 +58,19 @@ def _fixed_rng() -> random.Random:
 
 @dataclasses.dataclass(frozen=True)
 class _Mapping:
-    mapping: mmap.mmap
+    # Weak: a store lets go of a mapping by dropping it (its descriptor closes with
+    # it); a strong reference here kept every such descriptor open, so a long
+    # campaign ran out of them.
+    mapping: weakref.ReferenceType[mmap.mmap]
     address: int
     length: int
     inode: int
     offset: int
+
+    def live(self) -> mmap.mmap | None:
+        """Return the mapping while it is mapped, else None."""
+        mapping = self.mapping()
+        return None if mapping is None or mapping.closed else mapping
 
 
 class PowerLossSimulator(Syscalls):
@@ -207,10 +216,12 @@ class PowerLossSimulator(Syscalls):
             self._step("map")
             inode = self._resolve(fd)
             mapping = super().map(fd, length, offset, writable=writable)
-            self._mappings = [m for m in self._mappings if not m.mapping.closed]
+            self._mappings = [m for m in self._mappings if m.live() is not None]
             if writable:
                 address = mapping_address(mapping)
-                self._mappings.append(_Mapping(mapping, address, length, inode.number, offset))
+                self._mappings.append(
+                    _Mapping(weakref.ref(mapping), address, length, inode.number, offset)
+                )
             return mapping
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
@@ -237,17 +248,18 @@ class PowerLossSimulator(Syscalls):
                 (
                     m
                     for m in self._mappings
-                    if not m.mapping.closed and m.address <= address < m.address + m.length
+                    if m.address <= address < m.address + m.length and m.live() is not None
                 ),
                 None,
             )
-            if found is None:
+            mapping = None if found is None else found.live()
+            if found is None or mapping is None:
                 raise OSError(errno.ENOMEM, "msync: not a mapped address (simulated)")
             page = self.options.page_size
             local = address - found.address
             low = local - local % page
             high = min(found.length, -(-(local + length) // page) * page)
-            self._write_back(self._inodes[found.inode], found.offset + low, found.mapping[low:high])
+            self._write_back(self._inodes[found.inode], found.offset + low, mapping[low:high])
 
     def fsync(self, fd: int) -> None:
         with self._lock:
