@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import weakref
 
 from ._chunked import ChunkedStore
 from ._files import (
@@ -126,6 +127,10 @@ class FileStore(ChunkedStore):
             os.close(fd)
             raise
         self._fd = fd
+        # A store dropped without close must not keep the file, and with it the
+        # writer lock, for the life of the process: the descriptor is closed when
+        # the store is collected, or at close, once either way.
+        self._close_file = weakref.finalize(self, os.close, fd)
         # The file's size and, for a new file, its directory entry are metadata a
         # later flush must make durable before it may report success.
         self._file_dirty = writable
@@ -246,4 +251,4 @@ class FileStore(ChunkedStore):
         return f"{self.path}.quarantine-{offset:020d}"
 
     def _close_resources(self) -> None:
-        os.close(self._fd)
+        self._close_file()

@@ -8,6 +8,7 @@ import mmap
 import os
 import threading
 import time
+import weakref
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
@@ -158,6 +159,10 @@ class SegmentStore(ChunkedStore):
                 self._load_consistently(segment_size, syscalls, mapped_chunks)
             self.file_mode = file_mode
             self._directory_fd = directory_fd
+            # A store dropped without close must not keep the directory, and with it
+            # the writer lock, for the life of the process: the descriptor is closed
+            # when the store is collected, or at close, once either way.
+            self._close_directory = weakref.finalize(self, os.close, directory_fd)
             self._directory_dirty = created
         except BaseException:
             self._unmap_all()
@@ -604,4 +609,4 @@ class SegmentStore(ChunkedStore):
 
     def _close_resources(self) -> None:
         self._forget_flush_target()
-        os.close(self._directory_fd)
+        self._close_directory()

@@ -203,3 +203,21 @@ def test_lock_is_per_log(tmp_path: Path) -> None:
         first.append(b"a")
         second.append(b"b")
         third.append(b"c")
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+def test_a_log_dropped_without_close_can_be_opened_again(tmp_path: Path, segmented: bool) -> None:
+    # Catches: a writer dropped without close (an exception before close, a
+    # forgotten ``with``) keeping its directory or file descriptor, and with it the
+    # writer lock, for the life of the process: every later open of the log in
+    # this process raised WalLockedError with no Wal left to close.
+    import gc
+
+    path = tmp_path / ("log" if segmented else "a.wal")
+    size = 4096 if segmented else None
+    wal = mmwal.open(path, segment_size=size)
+    lsns = wal.append_many([b"kept"] * 50)  # not synced: still in the page cache
+    del wal
+    gc.collect()
+    with mmwal.open(path, segment_size=size) as again:
+        assert [record.lsn for record in again] == lsns
