@@ -587,7 +587,10 @@ class Wal:
         ``WalBrokenError`` is raised. On a log that was already broken, close
         releases everything without a flush and does not raise: the call that met
         the failure reported it. A close that finds another close running waits
-        for it and shares its outcome.
+        for it and shares its outcome. A log dropped without ``close`` syncs
+        nothing: once collected it lets go of its files and the writer lock, and
+        what it appended since its last sync is lost in a machine crash (a process
+        crash keeps it, in the page cache).
         """
         close(self)
 
