@@ -99,7 +99,7 @@ def _describe(wal: mmwal.Wal, path: str) -> tuple[dict[str, Any], mmwal.Corrupti
     segment_size = store.segment_size if isinstance(store, mmwal.SegmentStore) else None
     if segment_size is not None:
         # A live writer makes the next segment ahead of need: a zero file wholly past
-        # the end (a LSN is its offset in the segment sequence), holding no record.
+        # the end (an LSN is its offset in the segment sequence), holding no record.
         last_in_use = wal.next_lsn // segment_size
         for file in files:
             file["made_ahead"] = int(file["name"].split(".")[0]) > last_in_use
