@@ -247,6 +247,24 @@ read_u32(const unsigned char *p)
            ((uint32_t)p[3] << 24);
 }
 
+/* The payload length of the frame at data + pos when it is good (its length at
+ * most max_record_size, its payload within limit, its CRC-32C right), else -1:
+ * a walk stops there. The caller has checked that a header fits below limit.
+ * One check for every walk here (scan and frames). */
+static inline Py_ssize_t
+good_frame_length(const unsigned char *data, Py_ssize_t pos, Py_ssize_t limit,
+                  long long max_record_size)
+{
+    uint32_t crc = read_u32(data + pos);
+    uint32_t length = read_u32(data + pos + 4);
+    if ((long long)length > max_record_size ||
+        (Py_ssize_t)length > limit - pos - HEADER_SIZE) {
+        return -1;
+    }
+    uint32_t state = crc_update(0xFFFFFFFFu, data + pos + 4, 4 + (size_t)length);
+    return (state ^ 0xFFFFFFFFu) == crc ? (Py_ssize_t)length : -1;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(buffer, start, limit, base, max_record_size, record_type, max_records,\n"
 "     max_bytes)\n"
@@ -313,19 +331,13 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         type == NULL && limit - pos >= RELEASE_GIL_BYTES ? PyEval_SaveThread() : NULL;
     while (walked != max_records && limit - pos >= HEADER_SIZE &&
            (max_bytes < 0 || decoded_bytes < max_bytes)) {
-        uint32_t crc = read_u32(data + pos);
-        uint32_t length = read_u32(data + pos + 4);
-        if ((long long)length > max_record_size ||
-            (Py_ssize_t)length > limit - pos - HEADER_SIZE) {
-            break;
-        }
-        uint32_t state = crc_update(0xFFFFFFFFu, data + pos + 4, 4 + (size_t)length);
-        if ((state ^ 0xFFFFFFFFu) != crc) {
+        Py_ssize_t length = good_frame_length(data, pos, limit, max_record_size);
+        if (length < 0) {
             break;
         }
         if (type != NULL) {
             PyObject *payload = PyBytes_FromStringAndSize(
-                (const char *)data + pos + HEADER_SIZE, (Py_ssize_t)length);
+                (const char *)data + pos + HEADER_SIZE, length);
             PyObject *lsn = payload ? PyLong_FromSsize_t(base + pos) : NULL;
             PyObject *record = lsn ? type->tp_alloc(type, 2) : NULL;
             if (record == NULL) {
@@ -345,8 +357,8 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 return NULL;
             }
         }
-        pos += HEADER_SIZE + (Py_ssize_t)length;
-        decoded_bytes += HEADER_SIZE + (Py_ssize_t)length;
+        pos += HEADER_SIZE + length;
+        decoded_bytes += HEADER_SIZE + length;
         walked++;
     }
     if (released != NULL) {
@@ -433,14 +445,8 @@ frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int64_t *lengths = (int64_t *)PyBytes_AS_STRING(arrays[2]);
     while (walked != max_records && limit - pos >= HEADER_SIZE &&
            (max_bytes < 0 || decoded_bytes < max_bytes)) {
-        uint32_t crc = read_u32(data + pos);
-        uint32_t length = read_u32(data + pos + 4);
-        if ((long long)length > max_record_size ||
-            (Py_ssize_t)length > limit - pos - HEADER_SIZE) {
-            break;
-        }
-        uint32_t state = crc_update(0xFFFFFFFFu, data + pos + 4, 4 + (size_t)length);
-        if ((state ^ 0xFFFFFFFFu) != crc) {
+        Py_ssize_t length = good_frame_length(data, pos, limit, max_record_size);
+        if (length < 0) {
             break;
         }
         if (walked == capacity) {
@@ -454,8 +460,8 @@ frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         lsns[walked] = (int64_t)(base + pos);
         offsets[walked] = (int64_t)(pos + HEADER_SIZE);
         lengths[walked] = (int64_t)length;
-        pos += HEADER_SIZE + (Py_ssize_t)length;
-        decoded_bytes += HEADER_SIZE + (Py_ssize_t)length;
+        pos += HEADER_SIZE + length;
+        decoded_bytes += HEADER_SIZE + length;
         walked++;
     }
     PyBuffer_Release(&view);
