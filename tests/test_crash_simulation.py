@@ -39,10 +39,11 @@ from test_crash_scenarios import (
     NoMetadataSimulator,
     UnflushingSimulator,
     discarding_marked,
+    records_of,
+    simulator_of,
 )
 
 from mmwal import Wal, WalConfig
-from mmwal._chunked import ChunkedStore
 from mmwal.testing import CrashImage, Layout, MetadataOrder, PowerLossSimulator
 
 SOAK = os.environ.get("MMWAL_SOAK") == "1"
@@ -305,17 +306,6 @@ def refusal(error: Exception) -> str:
     """Name a refusal by its type and reason, numbers left out, to count alike ones."""
     reason = str(getattr(error, "reason", error))
     return f"{type(error).__name__}: {re.sub(r'[0-9]+', 'N', reason)[:70]}"
-
-
-def records_of(wal: Wal) -> list[tuple[int, bytes]]:
-    return [(record.lsn, record.data) for record in wal]
-
-
-def simulator_of(wal: Wal) -> PowerLossSimulator:
-    store = wal.store
-    assert isinstance(store, ChunkedStore)
-    assert isinstance(store.syscalls, PowerLossSimulator)
-    return store.syscalls
 
 
 def recover(
