@@ -141,16 +141,15 @@ def _info(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps(described, default=str))
         return status
+    records = described["records"]
     rows = [
         ("path", described["path"]),
         ("layout", described["layout"]),
         ("head LSN", described["head_lsn"]),
         ("end LSN", described["next_lsn"]),
         ("durable LSN", described["durable_lsn"]),
-        ("records", described["records"]),
+        ("records", records if damage is None else f"{records} before the damage"),
     ]
-    if damage is not None:
-        rows[-1] = ("records", f"{described['records']} before the damage")
     if described["segment_size"] is not None:
         rows.append(("segment size", f"{described['segment_size']} bytes"))
         ahead = described["segments_made_ahead"]
