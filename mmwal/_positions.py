@@ -25,8 +25,8 @@ import bisect
 import threading
 
 from ._errors import CorruptionError, InvalidLSNError
-from ._format import Scan, Stop
-from ._reading import _scan_step, frame_at
+from ._format import HEADER_SIZE, Scan, Stop
+from ._reading import _scan_step, _skippable, frame_at
 from ._store import Store
 
 __all__ = ["WALK_LIMIT", "RecordStarts"]
@@ -106,13 +106,17 @@ class RecordStarts:
         end: int,
         end_allowed: bool,
         max_record_size: int,
+        damaged_allowed: bool = False,
     ) -> int:
         """Return the end of the intact record at ``lsn`` (``lsn`` itself for ``end``).
 
         ``lsn`` must lie in ``[head, end]``; ``end`` is a valid answer only when
         ``end_allowed``. Raises ``InvalidLSNError`` when no record starts at
         ``lsn``, ``CorruptionError`` when one does and its frame is damaged (or
-        damage before it hides whether one does).
+        damage before it hides whether one does). ``damaged_allowed`` (a walk
+        under ``SKIP_BAD_RECORDS``) accepts a proven record start whose frame
+        fails its checksum with a length that fits before ``end``: the walk steps
+        over it, so the end of that damaged frame is returned.
         """
         head = store.head_lsn
         if lsn == end:
@@ -128,7 +132,10 @@ class RecordStarts:
         start = self._nearest_known(lsn, head)
         reached, crossing = self._walk(store, start, lsn, end, max_record_size)
         if reached == lsn:
-            raise _damage_at(store, frame, lsn)
+            steppable = _skippable(frame, end)
+            if damaged_allowed and steppable:
+                return lsn + HEADER_SIZE + frame.length
+            raise _damage_at(store, frame, lsn, steppable=steppable)
         if crossing is None:
             raise InvalidLSNError(
                 lsn,
@@ -203,14 +210,23 @@ def _describe(scan: Scan) -> str:
     return scan.stop.value if scan.stop is not None else "intact"
 
 
-def _damage_at(store: Store, frame: Scan, lsn: int) -> CorruptionError:
+def _damage_at(store: Store, frame: Scan, lsn: int, *, steppable: bool) -> CorruptionError:
+    if steppable:
+        hint = (
+            "nothing was changed; iterate from it with "
+            "WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS), which steps over the "
+            "damaged record (its data is lost), or run mmwal.repair() to cut the log at the damage"
+        )
+    else:
+        # A length that cannot be trusted (or runs past the end) tells no policy
+        # where the next record starts.
+        hint = (
+            "nothing was changed; no policy can step over a record whose length cannot be "
+            "trusted: run mmwal.repair() to cut the log at the damage"
+        )
     return CorruptionError(
         lsn,
         f"the record at LSN {lsn} is damaged ({_describe(frame)})",
         path=store.location,
-        # Not "iterate from it under SKIP_BAD_RECORDS": no policy starts at a
-        # damaged record, it is stepped over from a record before it.
-        hint="nothing was changed; iterate from an LSN before it with "
-        "WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS), which steps over the "
-        "damaged record (its data is lost), or run mmwal.repair() to cut the log at the damage",
+        hint=hint,
     )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from ._batches import RecordBatch, read_batches, read_views
 from ._closing import close
 from ._commit import GroupCommit
-from ._config import WalConfig
+from ._config import RecoveryPolicy, WalConfig
 from ._errors import CorruptionError, RecordTooLargeError, WalClosedError
 from ._files import DEFAULT_FILE_MODE
 from ._filestore import FileStore
@@ -323,7 +323,7 @@ class Wal:
         with self._reserve:
             end = self._written_lsn()
         if start < end:
-            self._check_record_start(start, end)
+            self._check_record_start(start, end, walk=True)
         return self._walk(min(start, end), end, stop, copy=copy)
 
     def iter_from(self, lsn: int) -> WalIterator:
@@ -343,7 +343,7 @@ class Wal:
         self._check_lsn(lsn, next_lsn)
         if lsn >= end:
             return self._walk(end, end)
-        self._check_record_start(lsn, end, end_allowed=True)
+        self._check_record_start(lsn, end, end_allowed=True, walk=True)
         return self._walk(lsn, end)
 
     def batches(
@@ -364,7 +364,7 @@ class Wal:
         if start is None:
             start = self._store.head_lsn
         elif start < end:
-            self._check_record_start(start, end)
+            self._check_record_start(start, end, walk=True)
         batches = read_batches(
             self._store,
             start=min(start, end),
@@ -407,7 +407,7 @@ class Wal:
             with self._reserve:
                 end = self._written_lsn()
             if start < end:
-                self._check_record_start(start, end)
+                self._check_record_start(start, end, walk=True)
         return follow(self, start, timeout=timeout, durable=durable, copy=copy)
 
     def refresh(self) -> int:
@@ -460,12 +460,15 @@ class Wal:
             self._store, lsn, end, end_allowed=end_allowed, max_record_size=self._max_record_size
         )
 
-    def _check_record_start(self, lsn: int, end: int, *, end_allowed: bool = True) -> int:
+    def _check_record_start(
+        self, lsn: int, end: int, *, end_allowed: bool = True, walk: bool = False
+    ) -> int:
         """Return the end of the intact record at ``lsn`` (``end`` itself if allowed).
 
         Raises ``InvalidLSNError`` when no record starts at ``lsn`` (with the nearest
         that do), or it lies below the head or past ``end``, and ``CorruptionError``
-        when the record there is damaged.
+        when the record there is damaged, unless ``walk`` (a read starting there)
+        and the policy steps over it (``SKIP_BAD_RECORDS``).
         """
         self._check_lsn(lsn, end, end_allowed=end_allowed)
         return self._record_starts.check(
@@ -474,6 +477,8 @@ class Wal:
             end=end,
             end_allowed=end_allowed,
             max_record_size=self._max_record_size,
+            damaged_allowed=walk
+            and self._config.recovery_policy is RecoveryPolicy.SKIP_BAD_RECORDS,
         )
 
     # -- truncation ---------------------------------------------------------------

@@ -10,7 +10,8 @@ One set of rules for every method that takes an LSN (``iter(start=)``, ``iter_fr
   a mistake for ``truncate_after`` (no record starts there);
 - past ``next_lsn``: ``InvalidLSNError`` naming ``next_lsn`` (``truncate_after``:
   the last record's start);
-- a damaged record at a real record start: ``CorruptionError`` at that LSN.
+- a damaged record at a real record start: ``CorruptionError`` at that LSN, except
+  for a reader under ``SKIP_BAD_RECORDS``, which steps over it when its length fits.
 
 Every refused call leaves the log as it was.
 """
@@ -163,7 +164,7 @@ def test_damage_at_a_real_record_start_stays_corruption(wal: Wal) -> None:
         assert "checksum mismatch" in caught.value.reason
         assert not isinstance(caught.value, ValueError)
         hint = caught.value.hint or ""
-        assert "iterate from an LSN before it with " in hint
+        assert "iterate from it with " in hint
         assert "WalConfig(recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)" in hint
         assert "steps over the damaged record (its data is lost)" in hint
     # Past the damage a record start cannot be told from a mistake: damage again.
@@ -178,8 +179,10 @@ def test_damage_at_a_real_record_start_stays_corruption(wal: Wal) -> None:
 
 
 def test_the_way_forward_the_damage_hint_names_holds(tmp_path: Path) -> None:
-    # From a damaged record's own LSN no policy reads on; from an LSN before it,
-    # SKIP_BAD_RECORDS steps over it and loses that record only.
+    # Under SKIP_BAD_RECORDS every reader started at a damaged record's own LSN
+    # steps over it (listed in ``skipped`` where the reader has that list) and loses
+    # that record only; truncations still refuse it. Catches a reader that refuses
+    # the start its own hint names, or one that yields the damaged record.
     with open_log("seg4k", tmp_path) as wal:
         wal.append_many(PAYLOADS)
         records = list(wal)
@@ -188,11 +191,49 @@ def test_the_way_forward_the_damage_hint_names_holds(tmp_path: Path) -> None:
     with open_log("seg4k", tmp_path) as wal:
         wal.store.write(victim.lsn + 8, bytes([victim.data[0] ^ 0xFF]))
     skipping = WalConfig(max_record_size=1024, recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)
+    after = records[18:]
     with Wal.open_segmented(tmp_path / "log", 4096, skipping) as wal:
-        with pytest.raises(CorruptionError) as caught:
-            list(wal.iter(victim.lsn))
-        assert "iterate from an LSN before it" in (caught.value.hint or "")
-        assert list(wal.iter(records[16].lsn)) == [records[16], *records[18:]]
+        for walk in (wal.iter(victim.lsn), wal.iter_from(victim.lsn)):
+            assert list(walk) == after
+            assert [error.offset for error in walk.skipped] == [victim.lsn]
+        views = wal.iter(victim.lsn, copy=False)
+        assert [(lsn, bytes(data)) for lsn, data in views] == after
+        assert [error.offset for error in views.skipped] == [victim.lsn]
+        bounded = wal.iter(victim.lsn, records[20].lsn)
+        assert list(bounded) == records[18:20]
+        batched = [
+            (record.lsn, bytes(record.data))
+            for batch in wal.batches(victim.lsn)
+            for record in batch
+        ]
+        assert batched == after
+        assert list(wal.follow(victim.lsn, timeout=0)) == after
+        assert list(wal.iter(records[16].lsn)) == [records[16], *after]
+        for cut in (wal.truncate_after, wal.truncate_before):
+            with pytest.raises(CorruptionError):
+                cut(victim.lsn)
+        assert list(wal) == [*records[:17], *after]
+
+
+def test_a_length_no_policy_trusts_is_refused_from_its_own_lsn(tmp_path: Path) -> None:
+    # A damaged length tells no reader where the next record starts: even under
+    # SKIP_BAD_RECORDS the walk refuses to start there, and the hint does not
+    # promise a step it cannot take.
+    with open_log("seg4k", tmp_path) as wal:
+        wal.append_many(PAYLOADS)
+        records = list(wal)
+    victim = records[17]
+    with open_log("seg4k", tmp_path) as wal:
+        wal.store.write(victim.lsn + 4, (4000).to_bytes(4, "little"))
+    skipping = WalConfig(max_record_size=1024, recovery_policy=RecoveryPolicy.SKIP_BAD_RECORDS)
+    with Wal.open_segmented(tmp_path / "log", 4096, skipping) as wal:
+        for call in (wal.iter, wal.iter_from, wal.batches):
+            with pytest.raises(CorruptionError) as caught:
+                call(victim.lsn)
+            assert caught.value.offset == victim.lsn
+            hint = caught.value.hint or ""
+            assert "no policy can step over" in hint
+            assert "SKIP_BAD_RECORDS" not in hint
 
 
 def test_lsns_that_are_not_ints_are_type_errors(wal: Wal) -> None:
