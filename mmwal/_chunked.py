@@ -65,6 +65,8 @@ PRECREATE_MIN_CHUNK = 1 << 20
 class ChunkedStore(Store):
     """A store of equal chunks, each one mapping; subclasses make and release chunks."""
 
+    #: A piece is a chunk's mapping itself: slice assignment into it is ``write``.
+    writes_into_pieces = True
     #: The mode of the files the store creates (less the umask).
     file_mode: int = DEFAULT_FILE_MODE
     #: Whether the subclass implements ``_precreate_chunk``.

@@ -24,6 +24,9 @@ Rules this module keeps:
   no piece yet, just truncated); only ``place`` raises it again, after the log's
   ``check_writable`` passed in the same critical section. Breaking the log and
   starting to close it zero it in the critical section that sets their flag.
+- Over a store that does not declare ``Store.writes_into_pieces`` (read once,
+  here at construction) ``fast_limit`` stays 0: every frame goes through
+  ``Store.write``, never into a piece.
 - A failed copy breaks the log with ``lock`` held (``GroupCommit.break_locked``).
 - Lock order: ``lock`` before the commit lock (``GroupCommit.lock``), and ``lock``
   before ``arrivals``; nothing is taken while ``arrivals`` is held.
@@ -72,6 +75,7 @@ class Reservations:
 
     __slots__ = (
         "_store",
+        "_writes_into_pieces",
         "appends",
         "arrivals",
         "bytes_dropped",
@@ -90,6 +94,7 @@ class Reservations:
     def __init__(self, store: Store, end: int) -> None:
         """Start at ``end``, the end recovery found; the fast path stays shut."""
         self._store = store
+        self._writes_into_pieces = bool(store.writes_into_pieces)
         # A bare lock, not a Condition: the append path takes it directly, in C.
         self.lock = threading.Lock()
         self.copies_done = threading.Condition(self.lock)
@@ -161,7 +166,7 @@ class Reservations:
                 self.in_flight[lsn] = end
             self.appends += count
             self.next_lsn = end
-            if end < store.capacity:
+            if end < store.capacity and self._writes_into_pieces:
                 self.piece, self.piece_base, self.fast_limit = store.piece(end)
             else:
                 self.fast_limit = 0

@@ -17,9 +17,20 @@ Rules every store keeps (``mmwal.testing.StoreTests`` checks them):
 - ``save_side_file`` replaces a small file beside the log whole and durably (a
   crash leaves the old or the new one); side files never hold log bytes, and a
   store may keep none.
+- Growth runs while a flush runs: ``ensure_capacity`` (new segments, windows,
+  chunks) may run concurrently with ``flush`` of earlier bytes, and with
+  ``release`` and the side-file calls; the log's flush leader holds no lock while
+  appends grow the log. A flush owes nothing for growth that started after it:
+  the next flush covers the new bytes and the files that hold them.
+- Direct writes into pieces are a capability a store declares
+  (``writes_into_pieces``). A store that declares it hands out pieces that take
+  slice assignment, and bytes written that way are the store's bytes (``read``,
+  ``flush`` and a reopen see them, as after ``write``). A store that does not is
+  only ever written through ``write``.
 - Thread safety: ``write``, ``read`` and ``piece`` may run concurrently with each
-  other and with ``flush``; the log serialises ``ensure_capacity``,
-  ``discard_after``, ``drop_before`` and ``close`` against everything else.
+  other, with ``flush`` and with ``ensure_capacity``; the log serialises
+  ``ensure_capacity`` with itself, and ``discard_after``, ``drop_before`` and
+  ``close`` against everything else.
 """
 
 from __future__ import annotations
@@ -44,6 +55,12 @@ class Store(abc.ABC):
     #: Whether the store may be written; a read-only store never changes a byte.
     writable: bool = True
 
+    #: Whether the log may copy bytes straight into the buffers ``piece`` returns
+    #: (slice assignment) instead of calling ``write``. Off unless a store says
+    #: so: a store whose pieces are copies, or that must see every write (to
+    #: encrypt, count or forward it), gets every frame through ``write``.
+    writes_into_pieces: bool = False
+
     @property
     @abc.abstractmethod
     def head_lsn(self) -> int:
@@ -65,8 +82,9 @@ class Store(abc.ABC):
 
         ``buffer[i]`` is log offset ``base + i``, valid for offsets below ``limit``.
         Slicing the buffer copies; it holds no export, so it never blocks a close.
-        A writable store's buffer takes slice assignment: the log copies a frame
-        that fits one piece straight into it, as ``write`` would.
+        When the store declares ``writes_into_pieces``, a writable store's buffer
+        takes slice assignment: the log copies a frame that fits one piece
+        straight into it, as ``write`` would. Otherwise the log only reads it.
         Raises ``ValueError`` for an offset outside ``[head_lsn, capacity)``.
         """
 
@@ -80,7 +98,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def ensure_capacity(self, end: int) -> None:
-        """Back every offset below ``end``; on ``OSError`` nothing changed."""
+        """Back every offset below ``end``; on ``OSError`` nothing changed.
+
+        May run while a ``flush`` of earlier bytes runs (see the module's rules).
+        """
 
     @abc.abstractmethod
     def flush(self, start: int, end: int) -> None:
@@ -88,6 +109,8 @@ class Store(abc.ABC):
 
         Crash cost: what ``flush`` has not covered may be lost, or reach the disk
         only in part, pages in any order. Raises ``OSError``; never retries.
+        Growth (``ensure_capacity``) may run meanwhile; what it adds is the next
+        flush's to make durable.
         """
 
     @abc.abstractmethod

@@ -16,6 +16,9 @@ from typing import ClassVar
 
 from mmwal._errors import WalClosedError
 from mmwal._store import Store
+from mmwal._wal import Wal
+
+from ._storetools import HOLD_DEADLINE, FlushHold, PieceWritesRefused
 
 __all__ = ["StoreTests"]
 
@@ -45,7 +48,8 @@ class StoreTests(abc.ABC):
     Each test makes its stores through ``store()``, which closes them afterwards.
     Optional hooks widen the suite: ``reopen`` (a store over what the first one made
     durable) enables the durability tests, ``make_store_with_space`` the full-disk
-    tests. ``drops_prefix`` says whether ``drop_before`` forgets whole units.
+    tests, ``make_held_store`` the test of growth during a flush. ``drops_prefix``
+    says whether ``drop_before`` forgets whole units.
     """
 
     #: Whether ``drop_before`` really forgets a prefix (segmented stores).
@@ -65,6 +69,16 @@ class StoreTests(abc.ABC):
     def make_store_with_space(self, space: int) -> Store | None:
         """Return a new store that can back about ``space`` bytes; None: unsupported."""
         del space
+        return None
+
+    def make_held_store(self, hold: FlushHold) -> Store | None:
+        """Return a new, empty, writable store whose data flushes call ``hold.reached()``.
+
+        A file store takes ``held_syscalls(Syscalls, hold)()`` (or the simulator's
+        class in place of ``Syscalls``); a store with no seam calls it where its
+        flush would write back. None: unsupported.
+        """
+        del hold
         return None
 
     # -- plumbing -----------------------------------------------------------------------
@@ -389,3 +403,110 @@ class StoreTests(abc.ABC):
         store.write(capacity - 1, b"z")
         store.flush(0, capacity)
         assert store.read(capacity - 1, 1) == b"z"
+
+    # -- growth during a flush, writes into pieces ---------------------------------------
+
+    def _durable(self, store: Store) -> Store:
+        """Return a store over what ``store`` made durable, or ``store`` itself with no reopen."""
+        again = self.reopen(store)
+        if again is None:
+            return store
+        self._made.append(again)
+        return again
+
+    def test_growth_runs_while_a_flush_runs(self) -> None:
+        # The log's flush leader holds no lock while appends roll the log: a store
+        # whose growth waits for a flush stalls every append behind the disk (or
+        # deadlocks), and one whose flush and growth share state unguarded loses
+        # the growth's files or bytes from the next flush.
+        hold = FlushHold()
+        store = self.make_held_store(hold)
+        if store is None:
+            raise unittest.SkipTest(f"{type(self).__name__} cannot hold a flush")
+        self._made.append(store)
+        unit = self._unit(store)
+        first = _pattern(unit + unit // 2, seed=21)
+        store.ensure_capacity(len(first))
+        store.write(0, first)
+        errors: list[BaseException] = []
+
+        def run(step: Callable[[], object]) -> threading.Thread:
+            def target() -> None:
+                try:
+                    step()
+                except BaseException as error:  # noqa: BLE001 - re-raised by the test
+                    errors.append(error)
+
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            return thread
+
+        grown_to = store.capacity + 2 * unit + 7  # past at least two more boundaries
+        second = _pattern(grown_to - len(first), seed=22)
+
+        def grow() -> None:
+            store.ensure_capacity(grown_to)
+            store.write(len(first), second)
+
+        hold.arm()
+        try:
+            flushing = run(lambda: store.flush(0, len(first)))
+            assert hold.entered.wait(HOLD_DEADLINE), "the flush never reached the seam"
+            growing = run(grow)
+            growing.join(HOLD_DEADLINE)
+            assert not growing.is_alive(), "growth waited for the flush running meanwhile"
+            assert flushing.is_alive(), "the flush returned while held"
+            assert not errors, errors
+        finally:
+            hold.release()
+        flushing.join(HOLD_DEADLINE)
+        assert not flushing.is_alive()
+        assert not errors, errors
+        assert store.capacity >= grown_to
+        assert store.read(0, grown_to) == first + second
+        store.flush(len(first), grown_to)
+        assert self._durable(store).read(0, grown_to) == first + second
+
+    def test_pieces_take_writes_when_the_store_declares_it(self) -> None:
+        store = self.store()
+        if not store.writes_into_pieces:
+            raise unittest.SkipTest(f"{type(store).__name__} takes writes only through write")
+        unit = self._unit(store)
+        store.ensure_capacity(3 * unit + 1)
+        end = store.capacity
+        data = _pattern(end, seed=41)
+        position = 0
+        step = max(1, unit // 3)
+        while position < end:
+            buffer, base, limit = store.piece(position)
+            stop = min(limit, position + step)
+            buffer[position - base : stop - base] = data[position:stop]  # type: ignore[index]
+            position = stop
+        assert store.read(0, end) == data
+        assert store.nonzero_extent(0) == (0, end)
+        store.flush(0, end)
+        assert self._durable(store).read(0, end) == data
+
+    def test_a_log_over_a_store_without_piece_writes_copies_through_write(self) -> None:
+        # A store that does not declare ``writes_into_pieces`` hands out pieces the
+        # log must not write into (copies, here refusing assignment): the log's
+        # append fast path must stay shut and every frame go through ``write``.
+        inner = self.store()
+        unit = self._unit(inner)
+        refusing = PieceWritesRefused(inner)
+        # Enough records (frames of 9-48 bytes) to cross a piece boundary.
+        records = [_pattern(1 + (7 * n) % 40, seed=n) for n in range(unit // 24 + 8)]
+        with Wal.with_store(refusing) as wal:
+            lsns = [wal.append(record) for record in records[:4]]
+            wal.sync()
+            lsns += [wal.append(record) for record in records[4:-4]]
+            lsns += wal.append_many(records[-4:])
+            wal.sync()
+            assert [(r.lsn, r.data) for r in wal] == list(zip(lsns, records, strict=True))
+        assert refusing.writes == len(records) - 3  # one per append, one for append_many
+        again = self.reopen(inner)
+        if again is None:
+            return
+        with Wal.with_store(PieceWritesRefused(again)) as wal:
+            assert [(r.lsn, r.data) for r in wal] == list(zip(lsns, records, strict=True))
+            wal.append_and_sync(b"after the reopen")
