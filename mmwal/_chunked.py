@@ -130,6 +130,11 @@ class ChunkedStore(Store):
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         """Write back ``length`` bytes of chunk ``index`` from page-aligned ``start``."""
 
+    def _flush_spans(self, spans: list[tuple[int, int, int]]) -> None:
+        """Write back each ``(index, start, length)`` span; a subclass may merge them."""
+        for index, start, length in spans:
+            self._flush_chunk(index, start, length)
+
     def _precreate_chunk(self, index: int) -> mmap.mmap:
         """Make chunk ``index`` ahead of need, durably, on a background thread.
 
@@ -331,6 +336,7 @@ class ChunkedStore(Store):
         size = self.chunk_size
         start = max(start, self._head_lsn)
         end = min(end, self.capacity)
+        spans: list[tuple[int, int, int]] = []
         position = start
         while position < end:
             index = position // size
@@ -338,8 +344,9 @@ class ChunkedStore(Store):
             stop = min(end, base + size)
             local = position - base
             aligned = local - local % PAGE_SIZE
-            self._flush_chunk(index, aligned, stop - base - aligned)
+            spans.append((index, aligned, stop - base - aligned))
             position = stop
+        self._flush_spans(spans)
 
     def release(self, end: int) -> None:
         self._check_open()

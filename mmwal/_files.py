@@ -35,9 +35,11 @@ from ._syscalls import Syscalls, mapping_address
 __all__ = [
     "DEFAULT_FILE_MODE",
     "LARGEST_FOLIO",
+    "KeptDescriptor",
     "advise_reading",
     "advise_writing",
     "check_file_mode",
+    "close_descriptors",
     "close_mapping",
     "create_file",
     "create_unique_file",
@@ -310,3 +312,26 @@ def close_mapping(mapping: mmap.mmap) -> None:
     """
     with contextlib.suppress(BufferError):
         mapping.close()
+
+
+class KeptDescriptor:
+    """The one segment descriptor a store keeps between flushes (fdatasync needs one)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self) -> None:
+        self.fd = -1
+
+    def replace(self, fd: int) -> None:
+        """Keep ``fd`` (-1: none) and close the one kept before."""
+        old, self.fd = self.fd, fd
+        if old >= 0:
+            os.close(old)
+
+
+def close_descriptors(directory_fd: int, kept: KeptDescriptor) -> None:
+    """Close a store's directory descriptor and the descriptor it kept (at close or collection)."""
+    try:
+        kept.replace(-1)
+    finally:
+        os.close(directory_fd)

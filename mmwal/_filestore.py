@@ -238,11 +238,23 @@ class FileStore(ChunkedStore):
         if chunk is not None:
             address = mapping_address(chunk) + start
             if self.sync_method == "fdatasync":
-                # One fdatasync covers the whole file: a flush across two windows
-                # makes two, the second finding little left to write.
                 self.syscalls.sync_file_data(self._fd, address, length, self.path)
             else:
                 self.syscalls.sync_mapping(address, length, self._fd, self.path)
+
+    def _flush_spans(self, spans: list[tuple[int, int, int]]) -> None:
+        if self.sync_method != "fdatasync" or len(spans) < 2:
+            super()._flush_spans(spans)
+            return
+        # One fdatasync covers the whole file: one call for every window the flush
+        # spans, not one each. The local references keep the mappings alive.
+        chunks = [(self._mapped(index), start, length) for index, start, length in spans]
+        ranges = [
+            (mapping_address(chunk) + start, length)
+            for chunk, start, length in chunks
+            if chunk is not None
+        ]
+        self.syscalls.sync_file_ranges(self._fd, ranges, self.path)
 
     def _side_path(self, name: str) -> str | None:
         return f"{self.path}.{name}"

@@ -14,8 +14,10 @@ from ._chunked import ChunkedStore
 from ._errors import CorruptionError
 from ._files import (
     DEFAULT_FILE_MODE,
+    KeptDescriptor,
     advise_writing,
     check_file_mode,
+    close_descriptors,
     close_mapping,
     create_file,
     directory_mode,
@@ -160,9 +162,12 @@ class SegmentStore(ChunkedStore):
             self.file_mode = file_mode
             self._directory_fd = directory_fd
             # A store dropped without close must not keep the directory, and with it
-            # the writer lock, for the life of the process: the descriptor is closed
-            # when the store is collected, or at close, once either way.
-            self._close_directory = weakref.finalize(self, os.close, directory_fd)
+            # the writer lock, for the life of the process, nor the segment
+            # descriptor a flush kept: both are closed when the store is collected,
+            # or at close, once either way.
+            self._close_directory = weakref.finalize(
+                self, close_descriptors, directory_fd, self._flush_descriptor
+            )
             self._directory_dirty = created
         except BaseException:
             self._unmap_all()
@@ -200,8 +205,9 @@ class SegmentStore(ChunkedStore):
         # index, not descriptor, so many new segments hold no descriptor.
         self._pending_files: set[int] = set()
         # (mapping, address, path, descriptor or -1) of the chunk the last flush
-        # wrote back.
+        # wrote back; the descriptor is owned by ``_flush_descriptor``.
         self._flush_target: tuple[mmap.mmap, int, str, int] | None = None
+        self._flush_descriptor = KeptDescriptor()
         self._metadata_lock = threading.Lock()
         self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
         self._head_lsn = self._read_head()
@@ -549,7 +555,8 @@ class SegmentStore(ChunkedStore):
             fd = -1
             if self.sync_method == "fdatasync":
                 fd = self._open_segment(index, writable=False)
-            self._forget_flush_target()
+            self._flush_target = None
+            self._flush_descriptor.replace(fd)
             target = (chunk, mapping_address(chunk), self.segment_path(index), fd)
             self._flush_target = target
         if target[3] >= 0:
@@ -558,9 +565,8 @@ class SegmentStore(ChunkedStore):
             self.syscalls.sync_mapping(target[1] + start, length, None, target[2])
 
     def _forget_flush_target(self) -> None:
-        target, self._flush_target = self._flush_target, None
-        if target is not None and target[3] >= 0:
-            os.close(target[3])
+        self._flush_target = None
+        self._flush_descriptor.replace(-1)
 
     def _release_chunk(self, index: int) -> bool:
         # The caller unmaps the chunk once this returns True.

@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 import sys
+from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_SYNC_METHOD",
@@ -167,10 +168,22 @@ class Syscalls:
         less than ``msync`` of the range (``perf/commit_syscalls.py``). Where there
         is no ``fdatasync`` (macOS), ``sync_mapping``: msync, then ``F_FULLFSYNC``.
         """
-        if self.platform == "darwin" or not hasattr(os, "fdatasync"):
-            self.sync_mapping(address, length, fd, path)
+        self.sync_file_ranges(fd, [(address, length)], path)
+
+    def sync_file_ranges(self, fd: int, ranges: Sequence[tuple[int, int]], path: str) -> None:
+        """Make a mapped file's data durable: all of it, each ``(address, length)`` among it.
+
+        One ``fdatasync`` of the file on Linux, however many mappings of it the
+        ranges lie in. Where there is none (macOS), msync of each range, then one
+        ``F_FULLFSYNC`` of the file for all of them.
+        """
+        if self.platform != "darwin" and hasattr(os, "fdatasync"):
+            self.fdatasync(fd)
             return
-        self.fdatasync(fd)
+        for address, length in ranges:
+            self.msync(address, length)
+        if self.platform == "darwin" and any(length > 0 for _, length in ranges):
+            self.full_fsync(fd)
 
     def fsync(self, fd: int) -> None:
         """Make a file's data and metadata durable (F_FULLFSYNC on macOS)."""

@@ -221,3 +221,30 @@ def test_a_log_dropped_without_close_can_be_opened_again(tmp_path: Path, segment
     gc.collect()
     with mmwal.open(path, segment_size=size) as again:
         assert [record.lsn for record in again] == lsns
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+@pytest.mark.parametrize("method", ["msync", "fdatasync"])
+@pytest.mark.parametrize("segmented", [False, True])
+def test_a_log_dropped_without_close_keeps_no_descriptor(
+    tmp_path: Path, segmented: bool, method: str
+) -> None:
+    # Catches: a descriptor the store keeps beside its files and directory (with
+    # fdatasync, the segment flushed last) that only ``close`` closed, so each
+    # writer dropped without close leaked one for the life of the process.
+    import gc
+    import os
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    config = WalConfig(sync_method=method)
+    path = tmp_path / ("log" if segmented else "a.wal")
+    gc.collect()
+    before = open_descriptors()
+    wal = Wal.open_segmented(path, 4096, config) if segmented else Wal.open(path, config)
+    wal.append_and_sync(b"x" * 5000)  # into a second segment
+    assert open_descriptors() > before
+    del wal
+    gc.collect()
+    assert open_descriptors() == before

@@ -160,6 +160,42 @@ def test_fdatasync_on_a_single_file_log_flushes_that_file(tmp_path: Path) -> Non
 
 
 @needs_proc
+def test_fdatasync_flushes_a_single_file_once_however_many_windows_it_spans(
+    tmp_path: Path,
+) -> None:
+    # Catches: a flush across windows of one file making an fdatasync per window,
+    # each writing back the whole file (the second finds little left but still
+    # costs a call and the device's cache flush).
+    calls = FlushRecorder()
+    path = tmp_path / "log"
+    window = mmap.ALLOCATIONGRANULARITY
+    store = FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+    with Wal.with_store(store) as wal:
+        wal.append_and_sync(b"x")
+        calls.calls.clear()
+        wal.append(b"y" * (2 * window))  # from window 0 through window 1 into window 2
+        wal.sync()
+        assert calls.data_flushes() == [("fdatasync", str(path))]
+
+
+@needs_proc
+def test_on_macos_a_flush_across_windows_makes_one_full_fsync(tmp_path: Path) -> None:
+    # msync of each window, then one F_FULLFSYNC of the file, which empties the
+    # drive's cache for all of them; not one F_FULLFSYNC per window.
+    calls = FlushRecorder("darwin")
+    path = tmp_path / "log"
+    window = mmap.ALLOCATIONGRANULARITY
+    store = FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+    with Wal.with_store(store) as wal:
+        wal.append_and_sync(b"x")
+        wal.append(b"y" * (2 * window))
+        calls.calls.clear()
+        wal.sync()
+        flushed = calls.calls[calls.calls.index(("msync", "")) :]
+        assert flushed == [("msync", "")] * 3 + [("full_fsync", str(path))]
+
+
+@needs_proc
 def test_on_macos_fdatasync_is_msync_then_full_fsync(tmp_path: Path) -> None:
     # macOS has no fdatasync, and its msync leaves data in the drive's cache.
     calls = FlushRecorder("darwin")

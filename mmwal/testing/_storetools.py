@@ -1,4 +1,4 @@
-"""What ``StoreTests`` uses to reach inside a store: a held flush, a store that refuses piece writes.
+"""What ``StoreTests`` uses to reach into a store: a held flush, a store refusing piece writes.
 
 ``FlushHold`` stops a store's flush inside the ``Syscalls`` seam (``held_syscalls``
 makes a ``Syscalls`` class, the power-loss simulator too, whose data flushes wait
