@@ -108,9 +108,15 @@ class TestMemStoreDefaultChunks(StoreTests):
 class TestFileStore(_InTmp):
     window = mmap.ALLOCATIONGRANULARITY
     sync_method = "msync"
+    precreate = False
 
     def make_store(self) -> Store:
-        return FileStore(self.fresh_path(), window_size=self.window, sync_method=self.sync_method)
+        return FileStore(
+            self.fresh_path(),
+            window_size=self.window,
+            sync_method=self.sync_method,
+            precreate=self.precreate,
+        )
 
     def reopen(self, store: Store) -> Store | None:
         assert isinstance(store, FileStore)
@@ -131,6 +137,7 @@ class TestFileStore(_InTmp):
             window_size=self.window,
             syscalls=held_syscalls(Syscalls, hold)(),
             sync_method=self.sync_method,
+            precreate=self.precreate,
         )
 
     def test_new_window_and_file_are_durable_before_flush_returns(self) -> None:
@@ -150,13 +157,25 @@ class TestFileStoreFdatasync(TestFileStore):
     sync_method = "fdatasync"
 
 
+class TestFileStorePrecreated(TestFileStore):
+    """Windows made ahead by the pipeline (the default for windows of 1 MiB or more)."""
+
+    precreate = True
+
+
 class _SegmentTests(_InTmp):
     drops_prefix = True
     segment_size = 4096
     sync_method = "msync"
+    precreate = False
 
     def make_store(self) -> Store:
-        return SegmentStore(self.fresh_path(), self.segment_size, sync_method=self.sync_method)
+        return SegmentStore(
+            self.fresh_path(),
+            self.segment_size,
+            sync_method=self.sync_method,
+            precreate=self.precreate,
+        )
 
     def reopen(self, store: Store) -> Store | None:
         assert isinstance(store, SegmentStore)
@@ -177,6 +196,7 @@ class _SegmentTests(_InTmp):
             self.segment_size,
             syscalls=held_syscalls(Syscalls, hold)(),
             sync_method=self.sync_method,
+            precreate=self.precreate,
         )
 
     def test_new_segments_are_durable_before_flush_returns(self) -> None:
@@ -230,6 +250,12 @@ class TestSegmentStore32(_SegmentTests):
 
 class TestSegmentStoreFdatasync(_SegmentTests):
     sync_method = "fdatasync"
+
+
+class TestSegmentStorePrecreated(_SegmentTests):
+    """Segments made ahead by the pipeline (the default for segments of 1 MiB or more)."""
+
+    precreate = True
 
 
 class _Simulated(_InTmp):

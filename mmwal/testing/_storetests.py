@@ -425,9 +425,15 @@ class StoreTests(abc.ABC):
             raise unittest.SkipTest(f"{type(self).__name__} cannot hold a flush")
         self._made.append(store)
         unit = self._unit(store)
-        first = _pattern(unit + unit // 2, seed=21)
-        store.ensure_capacity(len(first))
-        store.write(0, first)
+        # A commit before, as the leader makes it: flush, then release (which may
+        # start making the next unit ahead); then bytes the held flush is for.
+        committed = unit + unit // 2
+        store.ensure_capacity(2 * unit)
+        first = _pattern(2 * unit - 1, seed=21)
+        store.write(0, first[:committed])
+        store.flush(0, committed)
+        store.release(committed)
+        store.write(committed, first[committed:])
         errors: list[BaseException] = []
 
         def run(step: Callable[[], object]) -> threading.Thread:
@@ -450,7 +456,7 @@ class StoreTests(abc.ABC):
 
         hold.arm()
         try:
-            flushing = run(lambda: store.flush(0, len(first)))
+            flushing = run(lambda: store.flush(committed, len(first)))
             assert hold.entered.wait(HOLD_DEADLINE), "the flush never reached the seam"
             growing = run(grow)
             growing.join(HOLD_DEADLINE)
