@@ -63,6 +63,9 @@ DISPLAY: dict[str, tuple[tuple[str, str], ...]] = {
         ("p999_us", "µs p99.9"),
         ("p9999_us", "µs p99.99"),
         ("over_1ms", "appends over 1 ms"),
+        ("max_less_wait_us", "µs worst append less its window's run-queue wait"),
+        ("run_queue_ms", "ms runnable, waiting for a CPU"),
+        ("involuntary_switches", "preemptions"),
         ("segments_created", "segments"),
     ),
     "resources": (
@@ -318,6 +321,14 @@ def _long_running_targets(summary: dict[Key, dict[str, Stat]]) -> list[Target]:
             Target(
                 f"worst single append over rolls, {engine} (µs)",
                 median("roll_latency", engine, "max_us"),
+                5000,
+                at_most=True,
+            )
+        )
+        found.append(
+            Target(
+                f"worst single append less run-queue wait, {engine} (µs)",
+                median("roll_latency", engine, "max_less_wait_us"),
                 5000,
                 at_most=True,
             )

@@ -12,6 +12,7 @@ ground truth, but every process on the machine counts).
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,11 +215,37 @@ def disk_bytes_written(case: Case) -> Metrics:
     }
 
 
+def run_queue_wait_ns() -> int | None:
+    """Return the time the calling thread has waited runnable for a CPU, or None.
+
+    The second field of ``/proc/thread-self/schedstat`` (Linux): time spent on a
+    run queue, ready to run, while another task had the CPU (preemption).
+    """
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as stats:
+            return int(stats.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _involuntary_switches() -> int:
+    return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_nivcsw
+
+
 def roll_latency(case: Case) -> Metrics:
-    """Time every single append over ``count`` appends (several rolls), syncing as a log does."""
+    """Time every single append over ``count`` appends (several rolls), syncing as a log does.
+
+    The run-queue wait of the appending thread is read at every sync: an append
+    that took milliseconds in a window whose thread waited as long for a CPU was
+    preempted, which no log can prevent (``max_less_wait_us``; docs/BENCHMARKS.md).
+    """
     pool = payloads(case.size, POOL)
     latencies = [0] * case.count
     clock = time.perf_counter_ns
+    sync_every = case.sync_every
+    # Run-queue wait at the start of each window of ``sync_every`` appends (and its sync).
+    waits: list[int | None] = [run_queue_wait_ns()]
+    switches = _involuntary_switches()
     with opened(case) as engine:
         append = engine.append
         for i in range(case.count):
@@ -226,10 +253,13 @@ def roll_latency(case: Case) -> Metrics:
             began = clock()
             append(data)
             latencies[i] = clock() - began
-            if (i + 1) % case.sync_every == 0:
+            if (i + 1) % sync_every == 0:
                 engine.sync()
+                waits.append(run_queue_wait_ns())
         engine.sync()
+        waits.append(run_queue_wait_ns())
         counters = engine.counters()
+    switches = _involuntary_switches() - switches
     ordered = sorted(latencies)
     # The appends whose frame crossed into a new 64 MiB segment or window (a fresh
     # log, so append i starts at i * frame); for a log that does not roll, the
@@ -249,7 +279,27 @@ def roll_latency(case: Case) -> Metrics:
         "p9999_us": quantile(ordered, 0.9999) / 1e3,
         "over_1ms": float(sum(1 for value in ordered if value > 1_000_000)),
         "segments_created": counters.get("segments_created", 0.0),
+        "involuntary_switches": float(switches),
+        **_less_run_queue_wait(latencies, waits, sync_every),
     }
+
+
+def _less_run_queue_wait(latencies: list[int], waits: list[int | None], window: int) -> Metrics:
+    """Return the worst append less the run-queue wait of its window, and the total wait.
+
+    A window's wait may have fallen outside its appends (in the loop or the sync),
+    so this can understate an append's own cost, never overstate it; the run that
+    wants the whole truth is traced (docs/BENCHMARKS.md, "Roll latency").
+    """
+    if any(wait is None for wait in waits):
+        return {}
+    known = [wait for wait in waits if wait is not None]
+    worst = 0
+    for start in range(0, len(latencies), window):
+        index = start // window
+        waited = known[min(index + 1, len(known) - 1)] - known[index]
+        worst = max(worst, max(latencies[start : start + window]) - waited)
+    return {"max_less_wait_us": worst / 1e3, "run_queue_ms": (known[-1] - known[0]) / 1e6}
 
 
 def _count_open() -> tuple[int, int]:
