@@ -11,12 +11,19 @@ Rules this module keeps:
 - ``lock`` (the reservation lock, a bare ``threading.Lock`` the append fast path
   takes directly) guards ``next_lsn``, ``fast_limit``, ``piece``, ``piece_base``,
   ``in_flight``, ``hole``, ``closing``, ``appends`` and ``bytes_dropped``.
+- The fields the append fast path reads and moves live in ``ReservationsBase``:
+  with the C extension, C members its ``Appender`` (``_appendpath.c``) reaches
+  with no Python call; without it, plain slots. Python reads and writes them the
+  same either way.
 - LSNs are reserved in one short critical section; a frame is built before it
   and, when larger than ``INLINE_COPY_LIMIT``, copied after it: then it is in
   ``in_flight`` until its copy ends, and ``copies_done`` (a condition over
   ``lock``) is notified when it leaves. Those who wait on ``copies_done``: a
   flush leader (for the copies below its target) and ``GroupCommit.exclusive``
-  (for all of them).
+  (for all of them). The C fast path builds its frames in the critical section,
+  straight into ``piece``, and copies a batch there whatever its size: it holds
+  the GIL from the reservation to the publication, so no thread could run in
+  between anyway.
 - ``written_lsn()`` (the contiguous-written watermark) never passes a byte that
   is not copied yet: not the lowest copy in flight, not a copy that failed
   (``hole``). Whoever reads the log (iteration, sync, followers) stops there.
@@ -45,12 +52,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ._store import Buffer, Store
+from ._format import SPEEDUPS
+from ._store import Store
 
 if TYPE_CHECKING:
     from ._commit import GroupCommit
 
-__all__ = ["INLINE_COPY_LIMIT", "Reservations"]
+__all__ = ["INLINE_COPY_LIMIT", "Reservations", "ReservationsBase"]
 
 # Frames up to this size are copied while the reservation lock is held: for them
 # a second lock round trip to publish completion costs more than the copy.
@@ -59,6 +67,24 @@ INLINE_COPY_LIMIT = 64 * 1024
 # How often a thread that finds the reservation lock taken yields before it
 # blocks on it (see ``Reservations.acquire_contended``).
 _SPINS_BEFORE_BLOCKING = 64
+
+
+if TYPE_CHECKING or SPEEDUPS:
+    from ._speedups import ReservationsBase
+else:
+
+    class ReservationsBase:
+        """The fields the append fast path reads and moves (C members with the extension)."""
+
+        __slots__ = (
+            "appends",
+            "fast_limit",
+            "followers_waiting",
+            "lock",
+            "next_lsn",
+            "piece",
+            "piece_base",
+        )
 
 
 @contextmanager
@@ -70,25 +96,18 @@ def _held(lock: threading.Lock) -> Iterator[None]:
         lock.release()
 
 
-class Reservations:
+class Reservations(ReservationsBase):
     """The end of the log: reserves room for frames and tracks their copies."""
 
     __slots__ = (
         "_store",
         "_writes_into_pieces",
-        "appends",
         "arrivals",
         "bytes_dropped",
         "closing",
         "copies_done",
-        "fast_limit",
-        "followers_waiting",
         "hole",
         "in_flight",
-        "lock",
-        "next_lsn",
-        "piece",
-        "piece_base",
     )
 
     def __init__(self, store: Store, end: int) -> None:
@@ -110,7 +129,7 @@ class Reservations:
         # The append fast path copies a frame straight into the store's piece that
         # holds the end, while the frame fits below ``fast_limit``: the end of that
         # piece while the log accepts appends, 0 when it must take the slow path.
-        self.piece: Buffer = b""
+        self.piece = b""
         self.piece_base = 0
         self.fast_limit = 0
         # Followers on the log's handle wait on ``arrivals``; appends, flushes,

@@ -19,6 +19,7 @@
  *
  * CRC-32C: Castagnoli, reflected polynomial 0x82F63B78, init and xorout
  * 0xFFFFFFFF. SSE4.2 instructions where the CPU has them, else slicing-by-8.
+ * The append fast path (_appendpath.c, the same extension) shares crc_update.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define HEADER_SIZE 8
+#include "_speedups.h"
 
 static uint32_t crc_table[8][256];
 
@@ -226,7 +227,7 @@ crc_update_hardware(uint32_t crc, const unsigned char *data, size_t length)
 
 static int use_hardware = 0;
 
-static uint32_t
+uint32_t
 crc_update(uint32_t crc, const unsigned char *data, size_t length)
 {
 #ifdef HAVE_HARDWARE_CRC
@@ -1076,7 +1077,8 @@ PyInit__speedups(void)
         Py_DECREF(module);
         return NULL;
     }
-    if (PyModule_AddIntConstant(module, "HARDWARE_CRC", use_hardware) != 0) {
+    if (PyModule_AddIntConstant(module, "HARDWARE_CRC", use_hardware) != 0 ||
+        add_append_types(module) != 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,4 +1,5 @@
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._store import Buffer
@@ -43,3 +44,25 @@ class RecordViews:
 def crc32c(data: Buffer, value: int = 0, /) -> int: ...
 def encode_frame(payload: bytes, /) -> bytes: ...
 def encode_frames(payloads: list[bytes], /) -> bytes: ...
+
+class ReservationsBase:
+    appends: int
+    fast_limit: int
+    followers_waiting: int
+    lock: threading.Lock
+    next_lsn: int
+    piece: Buffer
+    piece_base: int
+
+class Appender:
+    def __init__(
+        self,
+        reservations: ReservationsBase,
+        max_record_size: int,
+        inline_copy_limit: int,
+        fallback_one: Callable[[Buffer], int],
+        fallback_many: Callable[[Iterable[Buffer]], list[int]],
+        /,
+    ) -> None: ...
+    def append(self, data: Buffer, /) -> int: ...
+    def append_many(self, records: Iterable[Buffer], /) -> list[int]: ...

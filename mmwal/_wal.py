@@ -8,10 +8,10 @@ space appends reserve, copies in flight, the written watermark), ``_commit``
 
 Rules this module keeps:
 
-- On a writer's handle the append fast path is the one place outside
-  ``Reservations`` that moves the end: under the reservation lock, and only while
-  the frame ends at or below ``fast_limit``; every other append takes
-  ``Reservations.place``.
+- On a writer's handle the append fast path (``_appending``, in C
+  ``_appendpath.c``) is the one place outside ``Reservations`` that moves the end:
+  under the reservation lock, and only while the frame ends at or below
+  ``fast_limit``; every other append takes ``Reservations.place``.
 - ``_reserve`` is the reservation lock itself; reading takes it to read the
   written watermark (``_written_lsn``) and never looks past it.
 """
@@ -19,7 +19,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -27,15 +26,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
+from ._appending import append_record, append_records, as_bytes, fast_appender
 from ._batches import RecordBatch, read_batches, read_views
 from ._closing import close
 from ._commit import GroupCommit
 from ._config import RecoveryPolicy, WalConfig
-from ._errors import CorruptionError, RecordTooLargeError, WalClosedError
+from ._errors import CorruptionError, WalClosedError
 from ._files import DEFAULT_FILE_MODE
 from ._filestore import FileStore
 from ._follow import follow, refresh, start_following
-from ._format import HEADER_SIZE, Record, encode_frame, encode_frames
+from ._format import HEADER_SIZE, Record
 from ._iteration import WalIterator, batches_before
 from ._lifetime import Lifetime, Watch
 from ._opening import explain_permission, open_segmented
@@ -43,7 +43,7 @@ from ._positions import RecordStarts
 from ._reading import read_records
 from ._recovery import recover
 from ._recovery_point import PointKeeper
-from ._reservations import INLINE_COPY_LIMIT, Reservations
+from ._reservations import Reservations
 from ._store import Buffer, Store
 from ._truncation import truncate_after, truncate_before
 from ._typed import TypedWal
@@ -69,19 +69,6 @@ class WalStats:
     flushes: int
     flush_seconds: float
     segments_created: int
-
-
-def _as_bytes(data: object) -> bytes:
-    if type(data) is bytes:
-        return data
-    if isinstance(data, bytes | bytearray | mmap.mmap):
-        return bytes(data)
-    if isinstance(data, memoryview):
-        return data.tobytes()
-    raise TypeError(
-        f"a record must be bytes, bytearray, memoryview or mmap, not {type(data).__name__}"
-        + (" (hint: encode text first, e.g. text.encode())" if isinstance(data, str) else "")
-    )
 
 
 class Wal:
@@ -128,6 +115,12 @@ class Wal:
         # The reservation lock under the name reading uses for it (the same object).
         self._reserve = self._reservations.lock
         self._group_commit = GroupCommit(store, self._reservations, self._points, end)
+        appender = fast_appender(self._reservations, self._group_commit, self._max_record_size)
+        if appender is not None:
+            # The C append path, called with no Python frame: these instance
+            # attributes shadow the methods below, which are its reference.
+            self.__dict__["append"] = appender.append
+            self.__dict__["append_many"] = appender.append_many
         #: The background archiver when opened with ``archive=`` (see ``_archiver``).
         self._archiver: Archiver | None = None
         self._poll = start_following(self, end)
@@ -209,30 +202,7 @@ class Wal:
         Crash cost: the record is in the page cache when this returns; a process
         crash keeps it, a machine crash before the next ``sync`` may lose it.
         """
-        payload = data if type(data) is bytes else _as_bytes(data)
-        length = len(payload)
-        if length > self._max_record_size:
-            raise RecordTooLargeError(length, self._max_record_size)
-        frame = encode_frame(payload)
-        if length < INLINE_COPY_LIMIT:
-            reservations = self._reservations
-            reserve = reservations.lock
-            if not reserve.acquire(False):
-                reservations.acquire_contended()
-            try:
-                lsn = reservations.next_lsn
-                end = lsn + length + HEADER_SIZE
-                if end <= reservations.fast_limit:
-                    base = reservations.piece_base
-                    reservations.piece[lsn - base : end - base] = frame  # type: ignore[index]
-                    reservations.next_lsn = end
-                    reservations.appends += 1
-                    if reservations.followers_waiting:
-                        reservations.wake_followers()
-                    return lsn
-            finally:
-                reserve.release()
-        return self._reservations.place(frame, 1, self._group_commit)
+        return append_record(self._reservations, self._group_commit, self._max_record_size, data)
 
     def append_many(self, records: Iterable[Buffer]) -> list[int]:
         """Append records in order, all or none; return their LSNs.
@@ -241,22 +211,9 @@ class Wal:
         before anything is written: one bad item rejects the whole batch. Crash
         cost: as ``append``; a crash may keep a prefix of the batch.
         """
-        if isinstance(records, bytes | bytearray | memoryview | mmap.mmap | str):
-            raise TypeError("append_many takes an iterable of records, not one record")
-        payloads = [_as_bytes(record) for record in records]
-        limit = self._max_record_size
-        offsets: list[int] = []
-        position = 0
-        for payload in payloads:
-            if len(payload) > limit:
-                raise RecordTooLargeError(len(payload), limit)
-            offsets.append(position)
-            position += HEADER_SIZE + len(payload)
-        if not payloads:
-            self._check_writable()
-            return []
-        first = self._reservations.place(encode_frames(payloads), len(payloads), self._group_commit)
-        return [first + offset for offset in offsets]
+        return append_records(
+            self._reservations, self._group_commit, self._max_record_size, records
+        )
 
     def append_and_sync(self, data: Buffer) -> int:
         """Append one record and make it durable; return its LSN.
@@ -265,7 +222,7 @@ class Wal:
         raises only when the record is not known durable: a ``close`` that flushed
         it meanwhile does not make it raise.
         """
-        payload = data if type(data) is bytes else _as_bytes(data)
+        payload = data if type(data) is bytes else as_bytes(data)
         lsn = self.append(payload)
         self._group_commit.sync_to(lsn + HEADER_SIZE + len(payload))
         return lsn
