@@ -1,11 +1,14 @@
-"""The C frame walk under AddressSanitizer: hostile bytes never make it read out of bounds.
+"""The C extension under AddressSanitizer: hostile bytes never make it read out of bounds.
 
-``mmwal/_speedups.c`` is built with ``-fsanitize=address`` into a temporary
-directory and ``tests/hostile_walk.py`` walks hostile bytes through it (random,
+``mmwal/_speedups.c`` (with ``_appendpath.c``) is built with ``-fsanitize=address``
+into a temporary directory and ``tests/hostile_walk.py`` walks hostile bytes through it (random,
 truncated, huge lengths, frames ending at the buffer's end) in a subprocess with
 the ASan runtime preloaded, each buffer an exact-size ``malloc`` block with a red
 zone after it and, separately, flush against a ``PROT_NONE`` page. Skipped where
-there is no C compiler, no ASan runtime or no Python headers.
+there is no C compiler, no ASan runtime or no Python headers. ``tests/asan_append.py``
+drives the append path of the same build: payloads in exact-size ``malloc``
+blocks, then ``tests/test_append_path.py`` with every Python object a ``malloc``
+block (``PYTHONMALLOC=malloc``).
 
 Checked by hand: a build whose length check lets a frame claim one byte more than
 the buffer holds fails here with "heap-buffer-overflow ... in crc_update".
@@ -23,8 +26,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "mmwal" / "_speedups.c"
+SOURCES = [ROOT / "mmwal" / "_speedups.c", ROOT / "mmwal" / "_appendpath.c"]
 HOSTILE_WALK = Path(__file__).with_name("hostile_walk.py")
+APPEND_DRIVE = Path(__file__).with_name("asan_append.py")
 
 
 def _asan_runtime(compiler: str) -> str | None:
@@ -66,11 +70,11 @@ def run_walk(environment: dict[str, str], *arguments: str) -> subprocess.Complet
     )
 
 
-def test_hostile_bytes_under_address_sanitizer(
-    asan: tuple[str, dict[str, str]], tmp_path: Path
-) -> None:
-    compiler, environment = asan
-    extension = tmp_path / "_speedups.so"
+@pytest.fixture(scope="module")
+def asan_build(asan: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return the extension built with AddressSanitizer."""
+    compiler, _ = asan
+    extension = tmp_path_factory.mktemp("asan") / "_speedups.so"
     build = subprocess.run(
         [
             compiler,
@@ -81,7 +85,7 @@ def test_hostile_bytes_under_address_sanitizer(
             "-fsanitize=address",
             "-fno-omit-frame-pointer",
             f"-I{sysconfig.get_paths()['include']}",
-            str(SOURCE),
+            *map(str, SOURCES),
             "-o",
             str(extension),
         ],
@@ -90,10 +94,36 @@ def test_hostile_bytes_under_address_sanitizer(
         check=False,
     )
     assert build.returncode == 0, build.stderr
-    done = run_walk(environment, "--heap", "--extension", str(extension))
+    return extension
+
+
+def test_hostile_bytes_under_address_sanitizer(
+    asan: tuple[str, dict[str, str]], asan_build: Path
+) -> None:
+    _, environment = asan
+    done = run_walk(environment, "--heap", "--extension", str(asan_build))
     assert "AddressSanitizer" not in done.stderr, done.stderr[-4000:]
     assert done.returncode == 0, (done.returncode, done.stderr[-4000:])
     assert int(done.stdout.split()[0]) > 20_000
+
+
+def test_the_append_path_under_address_sanitizer(
+    asan: tuple[str, dict[str, str]], asan_build: Path
+) -> None:
+    # Catches: a read past a payload or a write past a frame on the append path
+    # (a length off by one, a view's length taken from the wrong field).
+    _, environment = asan
+    done = subprocess.run(
+        [sys.executable, str(APPEND_DRIVE), str(asan_build)],
+        capture_output=True,
+        text=True,
+        env={**environment, "PYTHONMALLOC": "malloc"},
+        timeout=600,
+        check=False,
+    )
+    assert "AddressSanitizer" not in done.stderr, done.stderr[-4000:]
+    assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-4000:])
+    assert int(done.stdout.split()[0]) > 200
 
 
 def test_the_sanitizer_catches_a_read_past_a_buffer(asan: tuple[str, dict[str, str]]) -> None:
