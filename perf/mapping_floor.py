@@ -1,0 +1,126 @@
+"""What a bulk append through a file mapping costs before any log code runs.
+
+``python -m perf.mapping_floor [--records N] [--size B] [--reps R] [--dir PATH]``
+
+Three loops write N frames of ``8 + B`` bytes, one call per frame, then make
+them durable, each timed in the same process, alternating, R times:
+
+- ``mapped``: a slice copy of each frame into fresh 64 MiB preallocated
+  (``posix_fallocate``) files mapped ``MADV_RANDOM``, as mmwal maps a log's tail,
+  then ``msync`` of each: every new page costs a write fault (allocate, zero,
+  ``page_mkwrite``) and is written back as its own 4 KiB folio;
+- ``mapped-resident``: the same copies into pages already faulted in (and
+  still dirty, so writable): the copy and the loop alone, no fault;
+- ``plain``: ``write`` of each frame to a file opened ``"ab"`` with a 1 MiB
+  buffer, then ``fdatasync`` (the ``plainfile`` engine's I/O, without its CRC).
+
+The frames are prebuilt, so no checksum or header is computed: what remains is
+what the kernel charges each way. ``mapped`` less ``mapped-resident`` is the
+fault cost per record; docs/BENCHMARKS.md ("The append path in C") uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import tempfile
+import time
+from pathlib import Path
+
+SEGMENT = 64 << 20
+PLAIN_BUFFER = 1 << 20
+
+
+def _frames(size: int, count: int) -> list[bytes]:
+    pool = [os.urandom(8 + size) for _ in range(1024)]
+    return [pool[i % len(pool)] for i in range(count)]
+
+
+def _mapped(directory: Path, frames: list[bytes], *, resident: bool) -> tuple[float, float]:
+    """Return (seconds of copies, seconds of msync) through fresh or resident mappings."""
+    size = len(frames[0])
+    per_segment = SEGMENT // size
+    segments = -(-len(frames) // per_segment)
+    maps: list[mmap.mmap] = []
+    descriptors: list[int] = []
+    try:
+        for index in range(segments):
+            fd = os.open(directory / f"map{index}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            descriptors.append(fd)
+            os.posix_fallocate(fd, 0, SEGMENT)
+            mapping = mmap.mmap(fd, SEGMENT)
+            mapping.madvise(mmap.MADV_RANDOM)
+            maps.append(mapping)
+        if resident:
+            # Faulted in and left dirty: msync would write-protect them again.
+            for mapping in maps:
+                mapping[:] = bytes(SEGMENT)
+        started = time.perf_counter()
+        for index, mapping in enumerate(maps):
+            position = 0
+            for frame in frames[index * per_segment : (index + 1) * per_segment]:
+                end = position + size
+                mapping[position:end] = frame
+                position = end
+        copied = time.perf_counter()
+        for mapping in maps:
+            mapping.flush()
+        return copied - started, time.perf_counter() - copied
+    finally:
+        for mapping in maps:
+            mapping.close()
+        for fd in descriptors:
+            os.close(fd)
+        for index in range(segments):
+            (directory / f"map{index}").unlink(missing_ok=True)
+
+
+def _plain(directory: Path, frames: list[bytes]) -> tuple[float, float]:
+    """Return (seconds of writes, seconds of flush + fdatasync) of a buffered file."""
+    path = directory / "plain"
+    try:
+        with path.open("ab", buffering=PLAIN_BUFFER) as file:
+            write = file.write
+            started = time.perf_counter()
+            for frame in frames:
+                write(frame)
+            written = time.perf_counter()
+            file.flush()
+            os.fdatasync(file.fileno())
+            return written - started, time.perf_counter() - written
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def main() -> None:
+    """Run the loops, alternating, and print a Markdown table of medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--dir", default=None)
+    arguments = parser.parse_args()
+    frames = _frames(arguments.size, arguments.records)
+    samples: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(dir=arguments.dir) as scratch:
+        directory = Path(scratch)
+        for _ in range(arguments.reps):
+            samples.setdefault("mapped", []).append(_mapped(directory, frames, resident=False))
+            samples.setdefault("mapped-resident", []).append(
+                _mapped(directory, frames, resident=True)
+            )
+            samples.setdefault("plain", []).append(_plain(directory, frames))
+    count = arguments.records
+    print(f"{count} frames of {8 + arguments.size} B, {arguments.reps} runs, medians")
+    print("| loop | ns per frame | sync s | frames/s with the sync |")
+    print("|---|--:|--:|--:|")
+    for name, runs in samples.items():
+        loop = sorted(run[0] for run in runs)[len(runs) // 2]
+        sync = sorted(run[1] for run in runs)[len(runs) // 2]
+        total = sorted(run[0] + run[1] for run in runs)[len(runs) // 2]
+        print(f"| {name} | {loop / count * 1e9:.0f} | {sync:.3f} | {count / total / 1e6:.2f}M |")
+
+
+if __name__ == "__main__":
+    main()
