@@ -116,9 +116,11 @@ class Wal:
         self._reserve = self._reservations.lock
         self._group_commit = GroupCommit(store, self._reservations, self._points, end)
         appender = fast_appender(self._reservations, self._group_commit, self._max_record_size)
-        if appender is not None:
+        cls = type(self)
+        if appender is not None and (cls.append, cls.append_many) == (Wal.append, Wal.append_many):
             # The C append path, called with no Python frame: these instance
-            # attributes shadow the methods below, which are its reference.
+            # attributes shadow the methods below, which are its reference (a
+            # subclass that overrides either keeps its own).
             self.__dict__["append"] = appender.append
             self.__dict__["append_many"] = appender.append_many
         #: The background archiver when opened with ``archive=`` (see ``_archiver``).

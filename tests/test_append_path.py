@@ -566,3 +566,20 @@ def test_help_states_the_crash_cost(tmp_path: Path) -> None:
     with segmented(tmp_path / "log", 4096) as wal:
         assert "Crash cost" in words(wal.append)
         assert "Crash cost" in words(wal.append_many)
+
+
+def test_a_subclass_that_overrides_append_keeps_its_own(tmp_path: Path) -> None:
+    # Catches: the C binding shadowing a subclass's append (its override never
+    # called, silently).
+    class Counting(Wal):
+        calls = 0
+
+        def append(self, data: Buffer) -> int:
+            Counting.calls += 1
+            return super().append(data)
+
+    with Counting.open_segmented(tmp_path / "log", 4096) as wal:
+        assert isinstance(wal, Counting)
+        wal.append(b"x")
+        assert Counting.calls == 1
+        assert wal.append_many([b"y"]) == [9]
