@@ -195,7 +195,8 @@ place_frames(ReservationsBase *reservations, const Payload *payloads, Py_ssize_t
     }
     long long end = lsn + total;
     Py_buffer piece;
-    if (PyObject_GetBuffer(reservations->piece, &piece, PyBUF_WRITABLE) != 0) {
+    if (reservations->piece == NULL ||
+        PyObject_GetBuffer(reservations->piece, &piece, PyBUF_WRITABLE) != 0) {
         PyErr_Clear();
         return 0;
     }
@@ -216,15 +217,15 @@ place_frames(ReservationsBase *reservations, const Payload *payloads, Py_ssize_t
     }
     unsigned char *out = start;
     for (Py_ssize_t i = 0; i < count; i++) {
-        uint32_t length = (uint32_t)payloads[i].length;
-        unsigned char length_field[4];
-        write_u32(length_field, length);
-        uint32_t state = crc_update(0xFFFFFFFFu, length_field, 4);
-        state = crc_update(state, payloads[i].data, (size_t)length);
+        /* The CRC is taken over the bytes as copied, not over the source: a
+         * source another process changes meanwhile (a shared mmap) cannot leave
+         * a frame whose checksum disagrees with its payload. */
+        size_t length = (size_t)payloads[i].length;
+        write_u32(out + 4, (uint32_t)length);
+        memcpy(out + HEADER_SIZE, payloads[i].data, length);
+        uint32_t state = crc_update(0xFFFFFFFFu, out + 4, 4 + length);
         write_u32(out, state ^ 0xFFFFFFFFu);
-        memcpy(out + 4, length_field, 4);
-        memcpy(out + HEADER_SIZE, payloads[i].data, (size_t)length);
-        out += HEADER_SIZE + (size_t)length;
+        out += HEADER_SIZE + length;
     }
     PyBuffer_Release(&piece);
     reservations->next_lsn = end;
@@ -423,6 +424,11 @@ appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->fallback_one = Py_NewRef(fallback_one);
     self->fallback_many = Py_NewRef(fallback_many);
     PyObject *lock = self->reservations->lock;
+    if (lock == NULL) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_AttributeError, "reservations has no lock");
+        return NULL;
+    }
     self->acquire = PyObject_GetAttrString(lock, "acquire");
     self->release = self->acquire ? PyObject_GetAttrString(lock, "release") : NULL;
     self->contended =
