@@ -16,7 +16,12 @@ them durable, each timed in the same process, alternating, R times:
 
 The frames are prebuilt, so no checksum or header is computed: what remains is
 what the kernel charges each way. ``mapped`` less ``mapped-resident`` is the
-fault cost per record; docs/BENCHMARKS.md ("The append path in C") uses it.
+fault cost per record. Then what mmwal's append path adds on the CPU, over a
+``MemStore`` already faulted in (no fault, no disk): ``wal.append`` and
+``wal.append_many`` (batches of 1,024) as a writer's handle binds them (the C
+path when the extension is built) and ``Wal.append(wal, ...)``, the Python path,
+each appending the payloads of the same frames. docs/BENCHMARKS.md ("The append
+path in C") uses both.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+from mmwal import MemStore, Wal
 
 SEGMENT = 64 << 20
 PLAIN_BUFFER = 1 << 20
@@ -93,6 +100,23 @@ def _plain(directory: Path, frames: list[bytes]) -> tuple[float, float]:
         path.unlink(missing_ok=True)
 
 
+def _appends(payloads: list[bytes], how: str) -> tuple[float, float]:
+    """Return (seconds, 0) to append ``payloads`` to a resident MemStore ``how``."""
+    chunk = 1 << (sum(8 + len(payload) for payload in payloads) * 2).bit_length()
+    with Wal.with_store(MemStore(chunk)) as wal:
+        wal.append(b"")  # the chunk is made and faulted in here, outside the timing
+        started = time.perf_counter()
+        if how == "append_many":
+            append_many = wal.append_many
+            for start in range(0, len(payloads), 1024):
+                append_many(payloads[start : start + 1024])
+        else:
+            append = wal.append if how == "append" else lambda data: Wal.append(wal, data)
+            for payload in payloads:
+                append(payload)
+        return time.perf_counter() - started, 0.0
+
+
 def main() -> None:
     """Run the loops, alternating, and print a Markdown table of medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,6 +135,10 @@ def main() -> None:
                 _mapped(directory, frames, resident=True)
             )
             samples.setdefault("plain", []).append(_plain(directory, frames))
+        payloads = [frame[8:] for frame in frames]
+        for _ in range(arguments.reps):
+            for how in ("append", "append_many", "python-append"):
+                samples.setdefault(f"wal {how}, resident", []).append(_appends(payloads, how))
     count = arguments.records
     print(f"{count} frames of {8 + arguments.size} B, {arguments.reps} runs, medians")
     print("| loop | ns per frame | sync s | frames/s with the sync |")
@@ -119,7 +147,8 @@ def main() -> None:
         loop = sorted(run[0] for run in runs)[len(runs) // 2]
         sync = sorted(run[1] for run in runs)[len(runs) // 2]
         total = sorted(run[0] + run[1] for run in runs)[len(runs) // 2]
-        print(f"| {name} | {loop / count * 1e9:.0f} | {sync:.3f} | {count / total / 1e6:.2f}M |")
+        synced = f"{sync:.3f}" if sync else "-"
+        print(f"| {name} | {loop / count * 1e9:.0f} | {synced} | {count / total / 1e6:.2f}M |")
 
 
 if __name__ == "__main__":
