@@ -1,5 +1,6 @@
 /*
- * mmwal._speedups: the frame walk of mmwal._format in C.
+ * mmwal._speedups: the frame walk of mmwal._format in C (the append path is in
+ * _appendpath.c, built into the same extension).
  *
  * scan() does what the pure-Python loops of _format.iter_frames and
  * _format._verify do: walk wal-db 1.x frames from an offset, check each length
@@ -1044,7 +1045,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_definition = {
     PyModuleDef_HEAD_INIT,
     "mmwal._speedups",
-    "The frame walk of mmwal._format in C; see _speedups.c.",
+    "The frame walk of mmwal._format and the append path in C; see _speedups.c, _appendpath.c.",
     -1,
     methods,
 };
