@@ -237,6 +237,8 @@ place_frames(ReservationsBase *reservations, const Payload *payloads, Py_ssize_t
 typedef struct {
     PyObject_HEAD
     ReservationsBase *reservations;
+    PyObject *lock;          /* reservations.lock */
+    int c_lock;              /* lock is a ReservationLock: tried and let go in C */
     PyObject *acquire;       /* reservations.lock.acquire */
     PyObject *release;       /* reservations.lock.release */
     PyObject *contended;     /* reservations.acquire_contended */
@@ -247,10 +249,27 @@ typedef struct {
     long long inline_copy_limit;
 } Appender;
 
+static int
+call_quietly(PyObject *callable)
+{
+    PyObject *done = PyObject_CallNoArgs(callable);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return 0;
+}
+
 /* Take the reservation lock as Reservations.place does: 0 held, -1 an exception. */
 static int
 take_lock(Appender *self)
 {
+    if (self->c_lock) {
+        if (reservation_lock_try(self->lock)) {
+            return 0;
+        }
+        return call_quietly(self->contended);
+    }
     PyObject *arguments[1] = {Py_False};
     PyObject *taken = PyObject_Vectorcall(self->acquire, arguments, 1, NULL);
     if (taken == NULL) {
@@ -270,14 +289,13 @@ take_lock(Appender *self)
 }
 
 static int
-call_quietly(PyObject *callable)
+let_go(Appender *self)
 {
-    PyObject *done = PyObject_CallNoArgs(callable);
-    if (done == NULL) {
-        return -1;
+    if (self->c_lock) {
+        reservation_lock_release(self->lock);
+        return 0;
     }
-    Py_DECREF(done);
-    return 0;
+    return call_quietly(self->release);
 }
 
 /* Place the frames under the lock, the first at *first; 1 placed, 0 for the
@@ -290,7 +308,7 @@ place_locked(Appender *self, const Payload *payloads, Py_ssize_t count, long lon
         return -1;
     }
     int placed = place_frames(self->reservations, payloads, count, total, first);
-    if (call_quietly(self->release) != 0) {
+    if (let_go(self) != 0) {
         return -1;
     }
     if (placed && self->reservations->followers_waiting && call_quietly(self->wake) != 0) {
@@ -429,6 +447,8 @@ appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_AttributeError, "reservations has no lock");
         return NULL;
     }
+    self->lock = Py_NewRef(lock);
+    self->c_lock = is_reservation_lock(lock);
     self->acquire = PyObject_GetAttrString(lock, "acquire");
     self->release = self->acquire ? PyObject_GetAttrString(lock, "release") : NULL;
     self->contended =
@@ -445,6 +465,7 @@ static int
 appender_traverse(Appender *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->reservations);
+    Py_VISIT(self->lock);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
     Py_VISIT(self->contended);
@@ -458,6 +479,7 @@ static int
 appender_clear(Appender *self)
 {
     Py_CLEAR(self->reservations);
+    Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
     Py_CLEAR(self->contended);

@@ -14,7 +14,10 @@ Rules this module keeps:
 - The fields the append fast path reads and moves live in ``ReservationsBase``:
   with the C extension, C members its ``Appender`` (``_appendpath.c``) reaches
   with no Python call; without it, plain slots. Python reads and writes them the
-  same either way.
+  same either way. ``lock`` is then a ``_speedups.ReservationLock`` (``_lock.c``),
+  which behaves as a ``threading.Lock`` (Conditions over it, a blocking acquire
+  that lets the GIL go and that a signal interrupts) and which the fast path
+  tries and lets go in C.
 - LSNs are reserved in one short critical section; a frame is built before it
   and, when larger than ``INLINE_COPY_LIMIT``, copied after it: then it is in
   ``in_flight`` until its copy ends, and ``copies_done`` (a condition over
@@ -70,8 +73,9 @@ _SPINS_BEFORE_BLOCKING = 64
 
 
 if TYPE_CHECKING or SPEEDUPS:
-    from ._speedups import ReservationsBase
+    from ._speedups import ReservationLock, ReservationsBase
 else:
+    ReservationLock = threading.Lock
 
     class ReservationsBase:
         """The fields the append fast path reads and moves (C members with the extension)."""
@@ -114,8 +118,10 @@ class Reservations(ReservationsBase):
         """Start at ``end``, the end recovery found; the fast path stays shut."""
         self._store = store
         self._writes_into_pieces = bool(store.writes_into_pieces)
-        # A bare lock, not a Condition: the append path takes it directly, in C.
-        self.lock = threading.Lock()
+        # A bare lock, not a Condition: the append path takes it directly, in C
+        # (with the extension a ReservationLock, a threading.Lock it can try and
+        # let go without a Python call).
+        self.lock = ReservationLock()
         self.copies_done = threading.Condition(self.lock)
         self.next_lsn = end
         # Copies running outside the lock: their LSN and end.

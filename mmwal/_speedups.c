@@ -1079,7 +1079,7 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddIntConstant(module, "HARDWARE_CRC", use_hardware) != 0 ||
-        add_append_types(module) != 0) {
+        add_lock_type(module) != 0 || add_append_types(module) != 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,7 +1,7 @@
 /*
  * What the C files of mmwal._speedups share: the frame header size, the CRC-32C
- * of _speedups.c, and the registration of the append fast path's types
- * (_appendpath.c). Names stay internal to the extension.
+ * of _speedups.c, the append fast path's types (_appendpath.c) and the
+ * reservation lock (_lock.c). Names stay internal to the extension.
  */
 #ifndef MMWAL_SPEEDUPS_H
 #define MMWAL_SPEEDUPS_H
@@ -23,5 +23,12 @@ MMWAL_INTERNAL uint32_t crc_update(uint32_t crc, const unsigned char *data, size
 
 /* Add ReservationsBase and Appender to the module; -1 with an exception on failure. */
 MMWAL_INTERNAL int add_append_types(PyObject *module);
+
+/* The reservation lock (_lock.c): add its type; whether an object is one; take
+ * it if free (1) or not (0), never waiting; let it go (it must be held). */
+MMWAL_INTERNAL int add_lock_type(PyObject *module);
+MMWAL_INTERNAL int is_reservation_lock(PyObject *object);
+MMWAL_INTERNAL int reservation_lock_try(PyObject *lock);
+MMWAL_INTERNAL void reservation_lock_release(PyObject *lock);
 
 #endif

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "mmwal" / "_speedups.c", ROOT / "mmwal" / "_appendpath.c"]
+SOURCES = [ROOT / "mmwal" / name for name in ("_speedups.c", "_appendpath.c", "_lock.c")]
 HOSTILE_WALK = Path(__file__).with_name("hostile_walk.py")
 APPEND_DRIVE = Path(__file__).with_name("asan_append.py")
 
