@@ -56,7 +56,7 @@ def close(wal: Wal) -> None:
             with group.exclusive():
                 if group.broken is None and wal._store.writable:
                     wal._points.save_durable_end(group.durable_lsn)
-                group.closed = True
+                group.mark_closed()
                 wal._lifetime.close()
                 if group.publisher is not None:
                     group.publish(group.durable_lsn)

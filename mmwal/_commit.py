@@ -5,33 +5,44 @@ and becomes the leader, the rest wait as followers and return without flushing
 again when the leader's flush covered them. A flush that fails breaks the log for
 good.
 
+The decisions are ``CommitMachine``'s (``_commit_machine``: the state, the rules
+for who returns, raises, leads or waits, and who must be woken); this object
+holds the lock, asks the machine once per critical section, and waits, notifies
+and flushes as it answers. A lone commit takes the commit lock twice: once to
+count itself and take the token, once to move the durable end and give the
+token back (and a third time only when a recovery point is due).
+
 Rules this module keeps:
 
-- ``lock`` (the commit lock, a ``threading.Condition``) guards ``flushing``, the
-  counters and every wait here. Whoever changes what a waiter waits for
-  (``durable_lsn``, ``broken``, ``flushing``, ``closed``) notifies ``lock``
-  afterwards: at once, or for a change made inside ``exclusive``, when
-  ``exclusive`` hands the token back.
-- ``flushing`` is the one-flusher token: a leader, a truncation and close (both
-  through ``exclusive``) each hold it, so no two of them run at once. Whoever
-  sets it clears it and notifies, on every path out.
-- ``durable_lsn`` only grows under ``lock``, after a flush that covered it
-  returned without error. Otherwise only the token's holder sets it (a truncation
-  inside ``exclusive``), or, on a read-only handle, ``refresh`` under the
-  reservation lock (the writer's published durable end).
-- Waiters check, in this order: their target durable (then they return, whatever
-  happened since), broken (``WalBrokenError``), closed (``WalClosedError``).
+- ``_mutex`` (the commit lock; ``_condition`` is the condition over it) guards
+  the machine: every read that decides and every transition is made holding
+  it. Whoever makes a transition that answers "notify" notifies ``_condition``
+  before letting the lock go; nobody notifies when nobody waits.
+- The token (``CommitMachine.holder``) is the one-flusher token: a leader, a
+  truncation and close (both through ``exclusive``) each hold it, so no two of
+  them run at once. Whoever takes it gives it back, on every path out.
+- ``durable_lsn`` only grows after a flush that covered it returned without
+  error. Otherwise only the token's holder moves it (a truncation inside
+  ``exclusive``), or, on a read-only handle, ``refresh`` under the reservation
+  lock (the writer's published durable end).
+- Waiters are answered in this order: their target durable (then they return,
+  whatever happened since), broken (``WalBrokenError``), closed
+  (``WalClosedError``).
 - A failed flush breaks the log for good (fail-stop): every later append and sync
   raises ``WalBrokenError``. No flush is retried. ``broken`` is set only by
-  ``break_locked``, with the reservation lock held, ``fast_limit`` zeroed first
-  and then under ``lock``, so no append slips past on the fast path.
+  ``break_locked`` and a failed flush, with the reservation lock held,
+  ``fast_limit`` zeroed first and then under the commit lock, so no append
+  slips past on the fast path.
 - ``closed`` is set once, by close, inside ``exclusive``.
-- Lock order: the reservation lock (``Reservations.lock``) before ``lock``. The
-  leader takes the reservation lock without ``lock`` to wait for the copies in
-  flight below its target (``Reservations.copies_done``, notified as each copy
-  ends) and to read the written watermark, flushes holding neither lock, and
-  after the flush wakes the followers waiting on the handle
-  (``Reservations.wake_followers``), again holding neither.
+- The ends are published to other processes and the recovery point is noted by
+  the leader while it holds the token (so no truncation or close interleaves),
+  outside the commit lock.
+- Lock order: the reservation lock (``Reservations.lock``) before the commit
+  lock. The leader takes the reservation lock without the commit lock to wait
+  for the copies in flight below its target (``Reservations.copies_done``,
+  notified as each copy ends) and to read the written watermark, flushes
+  holding neither lock, and after the flush wakes the followers waiting on the
+  handle (``Reservations.wake_followers``), again holding neither.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ._commit_machine import Action, CommitMachine
 from ._errors import WalBrokenError, WalClosedError, WalReadOnlyError
 from ._published import EndsPublisher
 from ._recovery_point import PointKeeper
@@ -50,25 +62,24 @@ from ._store import Store
 __all__ = ["GroupCommit"]
 
 
+_RETURN = Action.RETURN
+_LEAD = Action.LEAD
+_WAIT = Action.WAIT
+_RAISE_BROKEN = Action.RAISE_BROKEN
+
+
 class GroupCommit:
     """The durable end of a log and the protocol that moves it."""
 
     __slots__ = (
+        "_condition",
+        "_machine",
+        "_mutex",
         "_points",
         "_readonly",
         "_reservations",
         "_store",
-        "broken",
-        "broken_by",
-        "closed",
-        "durable_lsn",
-        "flush_seconds",
-        "flushes",
-        "flushing",
-        "lock",
         "publisher",
-        "sync_callers",
-        "syncs_requested",
     )
 
     def __init__(
@@ -80,30 +91,60 @@ class GroupCommit:
         self._points = points
         # A read-only handle flushes nothing: what it sees is the writer's to flush.
         self._readonly = not store.writable
-        self.lock = threading.Condition(threading.Lock())
-        self.durable_lsn = durable_lsn
-        self.flushing = False
-        self.closed = False
-        # Fail-stop state: the error that broke the log and what it interrupted.
-        self.broken: BaseException | None = None
-        self.broken_by = ""
+        # The bare lock is taken directly (a Condition's ``with`` costs a Python
+        # call); the condition over it is used only to wait and notify.
+        self._mutex = threading.Lock()
+        self._condition = threading.Condition(self._mutex)
+        self._machine = CommitMachine(durable_lsn)
         #: Publishes the ends to followers in other processes (a writer with a state file).
         self.publisher: EndsPublisher | None = None
-        self.syncs_requested = 0
-        # Threads inside sync right now: the leader gives way to the others before
-        # it flushes only when there are others.
-        self.sync_callers = 0
-        self.flushes = 0
-        self.flush_seconds = 0.0
+
+    # -- the state, read (each field is one attribute: no lock needed to read it) --
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The commit lock (after the reservation lock in the lock order)."""
+        return self._mutex
+
+    @property
+    def durable_lsn(self) -> int:
+        """The end of what the last completed flush covered."""
+        return self._machine.durable_lsn
+
+    @property
+    def broken(self) -> BaseException | None:
+        """The error that broke the log, or None."""
+        return self._machine.broken
+
+    @property
+    def closed(self) -> bool:
+        """Whether close has run (set inside ``exclusive``)."""
+        return self._machine.closed
+
+    @property
+    def syncs_requested(self) -> int:
+        """How many syncs were asked for (read holding ``lock`` for a consistent set)."""
+        return self._machine.syncs_requested
+
+    @property
+    def flushes(self) -> int:
+        """How many flushes a leader completed."""
+        return self._machine.flushes
+
+    @property
+    def flush_seconds(self) -> float:
+        """The time the leaders' flushes took, in seconds."""
+        return self._machine.flush_seconds
 
     def check_writable(self) -> None:
         """Refuse a log that is closing, broken or read-only.
 
         Call with the reservation lock held, or inside ``exclusive``.
         """
-        if self.closed or self._reservations.closing:
+        machine = self._machine
+        if machine.closed or self._reservations.closing:
             raise WalClosedError()
-        if self.broken is not None:
+        if machine.broken is not None:
             self.raise_broken()
         if not self._store.writable:
             raise WalReadOnlyError(self._store.location)
@@ -115,120 +156,152 @@ class GroupCommit:
         moment ``broken`` is set, in the same critical section.
         """
         self._reservations.fast_limit = 0
-        with self.lock:
-            if self.broken is None:
-                self.broken = error
-                self.broken_by = operation
-            self.lock.notify_all()
+        with self._mutex:
+            if self._machine.break_(error, operation):
+                self._condition.notify_all()
 
     def raise_broken(self) -> None:
         """Raise ``WalBrokenError`` naming what broke the log, chained to its cause."""
-        raise WalBrokenError(self.broken_by) from self.broken
+        machine = self._machine
+        raise WalBrokenError(machine.broken_by) from machine.broken
 
     def publish(self, written: int) -> None:
         """Publish the ends for followers in other processes (no-op without a state file)."""
         if self.publisher is not None:
             self.publisher.publish(
-                written=written, durable=self.durable_lsn, head=self._store.head_lsn
+                written=written, durable=self._machine.durable_lsn, head=self._store.head_lsn
             )
+
+    # -- moves of the durable end by others than a leader ----------------------------
+
+    def truncated(self, end: int) -> None:
+        """Make ``end`` the durable end after a truncation; call inside ``exclusive``."""
+        with self._mutex:
+            self._machine.truncated(end)
+
+    def flushed_exclusively(self, end: int) -> None:
+        """Note a flush made inside ``exclusive`` that covered everything below ``end``."""
+        with self._mutex:
+            self._machine.flushed_exclusively(end)
+
+    def mark_closed(self) -> None:
+        """Close: later syncs whose target is not durable raise; call inside ``exclusive``."""
+        with self._mutex:
+            self._machine.close()
+
+    def refreshed(self, durable: int) -> None:
+        """Take the writer's published durable end (a read-only handle, which never flushes)."""
+        with self._mutex:
+            self._machine.refreshed(durable)
+
+    # -- group commit ----------------------------------------------------------------
 
     def sync_to(self, target: int) -> None:
         """Return once every byte below ``target`` is durable (group commit)."""
         if self._readonly:
             return  # read-only: what refresh found is the writer's to flush
-        lock = self.lock
-        with lock:
-            self.syncs_requested += 1
-            self.sync_callers += 1
-        try:
-            self._await_durable(target)
-        finally:
-            with lock:
-                self.sync_callers -= 1
-
-    def _await_durable(self, target: int) -> None:
-        """Return once ``target`` is durable: as a follower, or as the leader."""
-        lock = self.lock
-        with lock:
-            while True:
-                # Durable first: a commit whose record is durable never raises, even
-                # when a close flushed it or a later flush failed meanwhile. Then
-                # broken before closed: a waiter whose flush failed hears of the
-                # failure even when a close finished meanwhile.
-                if self.durable_lsn >= target:
-                    return
-                if self.broken is not None:
-                    self.raise_broken()
-                if self.closed:
-                    raise WalClosedError()
-                if not self.flushing:
-                    self.flushing = True
-                    break
-                lock.wait()
-        self._lead_flush(target)
+        machine = self._machine
+        with self._mutex:
+            action = machine.request(target)
+            while action is _WAIT:
+                try:
+                    self._condition.wait()
+                except BaseException:
+                    machine.abandon_wait()
+                    raise
+                action = machine.recheck(target)
+        if action is _RETURN:
+            return
+        if action is _LEAD:
+            self._lead_flush(target)
+            return
+        if action is _RAISE_BROKEN:
+            self.raise_broken()
+        raise WalClosedError()
 
     def _lead_flush(self, target: int) -> None:
         """Flush as the one leader: up to the watermark, at least up to ``target``."""
+        machine = self._machine
         reservations = self._reservations
+        store = self._store
         try:
-            if self.sync_callers > 1:
+            if machine.callers > 1:
                 # Other threads are committing too: let those a previous flush
                 # just released append before this flush takes its range, so one
                 # flush covers their commits as well. (Alone, a thread never
                 # waits: sleep(0) costs a timer slack, tens of microseconds.)
                 time.sleep(0)
             with reservations.lock:
-                while (
-                    reservations.in_flight
-                    and min(reservations.in_flight) < target
-                    and not self.broken
-                ):
+                in_flight = reservations.in_flight
+                while in_flight and min(in_flight) < target and machine.broken is None:
                     reservations.copies_done.wait()
-                if self.broken is not None:
+                if machine.broken is not None:
                     self.raise_broken()
                 flush_to = reservations.written_lsn()
-            start = self.durable_lsn
+            start = machine.durable_lsn
             began = time.perf_counter()
-            self._store.flush(start, flush_to)
+            store.flush(start, flush_to)
             elapsed = time.perf_counter() - began
             # Still the one flusher, so no truncation or close runs meanwhile.
-            self._store.release(flush_to)
+            store.release(flush_to)
         except OSError as error:
             with reservations.lock:
-                self.break_locked(error, "a flush")
-            with self.lock:
-                self.flushing = False
-                self.lock.notify_all()
+                reservations.fast_limit = 0
+                with self._mutex:
+                    if machine.flush_failed(error, "a flush"):
+                        self._condition.notify_all()
             raise WalBrokenError("a flush") from error
         except BaseException:
-            with self.lock:
-                self.flushing = False
-                self.lock.notify_all()
+            with self._mutex:
+                if machine.flush_abandoned():
+                    self._condition.notify_all()
             raise
-        with self.lock:
-            self.durable_lsn = max(self.durable_lsn, flush_to)
-            self.flushes += 1
-            self.flush_seconds += elapsed
-            self.publish(flush_to)
-            # The waiters this flush covered return now; the leader stays the one
-            # flusher (no truncation or close) while it may write a recovery point.
-            self.lock.notify_all()
-        try:
-            self._points.flushed(start, flush_to)
-        finally:
-            with self.lock:
-                self.flushing = False
-                self.lock.notify_all()
+        self._finish_flush(start, flush_to, elapsed)
         if reservations.followers_waiting:
             reservations.wake_followers()
+
+    def _finish_flush(self, start: int, flush_to: int, elapsed: float) -> None:
+        """Publish, move the durable end, give the token back: the leader's flush returned."""
+        machine = self._machine
+        # Still the token's holder: no truncation or close publishes or moves the
+        # point meanwhile. Both run outside the commit lock.
+        writing_point = False
+        try:
+            publisher = self.publisher
+            if publisher is not None:
+                publisher.publish(
+                    written=flush_to,
+                    durable=max(machine.durable_lsn, flush_to),
+                    head=self._store.head_lsn,
+                )
+            writing_point = self._points.note_flushed(start, flush_to)
+        finally:
+            with self._mutex:
+                if machine.flush_done(flush_to, elapsed, writing_point=writing_point):
+                    self._condition.notify_all()
+        if writing_point:
+            # The waiters this flush covered have returned; the leader stays the
+            # one flusher (no truncation or close) while it writes the point.
+            try:
+                self._points.save(start, flush_to)
+            finally:
+                with self._mutex:
+                    if machine.point_written():
+                        self._condition.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the log still: no flush running, no copy in flight, no new reservation."""
-        with self.lock:
-            while self.flushing:
-                self.lock.wait()
-            self.flushing = True
+        machine = self._machine
+        with self._mutex:
+            action = machine.request_exclusive()
+            while action is _WAIT:
+                try:
+                    self._condition.wait()
+                except BaseException:
+                    machine.abandon_exclusive_wait()
+                    raise
+                action = machine.recheck_exclusive()
         reservations = self._reservations
         try:
             with reservations.lock:
@@ -236,6 +309,6 @@ class GroupCommit:
                     reservations.copies_done.wait()
                 yield
         finally:
-            with self.lock:
-                self.flushing = False
-                self.lock.notify_all()
+            with self._mutex:
+                if machine.end_exclusive():
+                    self._condition.notify_all()

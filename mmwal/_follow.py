@@ -72,7 +72,7 @@ def start_following(wal: Wal, end: int) -> PollState | None:
         # found them: the writer's published durable end is the truth.
         ends = poll.reader.read()
         if ends is not None:
-            wal._group_commit.durable_lsn = max(min(ends.durable, end), store.head_lsn)
+            wal._group_commit.refreshed(max(min(ends.durable, end), store.head_lsn))
         return poll
     if path is not None:
         wal._group_commit.publisher = EndsPublisher.for_store(store)
@@ -196,7 +196,7 @@ def refresh(wal: Wal, state: PollState) -> int:
     lifetime.seen = seen
     wal._reservations.next_lsn = end
     durable = min(ends.durable, end) if ends is not None else wal._end_at_open
-    wal._group_commit.durable_lsn = max(min(durable, end), store.head_lsn)
+    wal._group_commit.refreshed(max(min(durable, end), store.head_lsn))
     return end
 
 

@@ -110,22 +110,32 @@ class PointKeeper:
 
     def flushed(self, start: int, end: int) -> None:
         """Note that ``[start, end)`` (``start`` a record start) is durable; maybe save."""
+        if self.note_flushed(start, end):
+            self.save(start, end)
+
+    def note_flushed(self, start: int, end: int) -> bool:
+        """Note that ``[start, end)`` is durable; return whether a point is due there.
+
+        The caller then writes it with ``save(start, end)``, still as the one
+        flusher. Cheap (one clock read): every commit's flush comes here.
+        """
         if end <= start:
-            return
+            return False
         self._flushed = (start, end)
-        if not self._enabled or time.monotonic() < self._quiet_until:
-            return
+        if not self._enabled:
+            return False
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return False
         saved = self.saved_end
         unit = self._store.unit_size
-        due = (
+        return bool(
             saved is None
             or saved > end
             or end - saved >= POINT_INTERVAL_BYTES
             or (unit and end // unit != saved // unit)
-            or time.monotonic() - self._saved_at >= POINT_INTERVAL_SECONDS
+            or now - self._saved_at >= POINT_INTERVAL_SECONDS
         )
-        if due:
-            self.save(start, end)
 
     def save_durable_end(self, end: int) -> None:
         """Write a point at ``end``, the durable end, if the last durable range ends there."""

@@ -4,9 +4,9 @@ Rules this module keeps:
 
 - Each truncation runs inside ``GroupCommit.exclusive``: it holds the one-flusher
   token and the reservation lock, with no copy in flight, for all of its steps,
-  so it may move ``next_lsn`` and ``durable_lsn`` (``truncate_before`` still
-  raises the latter under the commit lock, taken inside: the reservation lock
-  comes before the commit lock).
+  so it may move ``next_lsn`` and ``durable_lsn`` (the latter through
+  ``GroupCommit.truncated`` and ``flushed_exclusively``, which take the commit
+  lock inside: the reservation lock comes before the commit lock).
 - A caller's mistake is refused before anything changes. Then ``fast_limit`` is
   zeroed: the next append takes the slow path, which maps the piece at the end.
 - Readers learn of a cut (``Lifetime.truncated``, the published ends) before a
@@ -79,7 +79,7 @@ def truncate_after(wal: Wal, lsn: int) -> None:
             raise WalBrokenError("the flush of truncate_after") from error
         reservations.bytes_dropped += reservations.next_lsn - new_end
         reservations.next_lsn = new_end
-        group.durable_lsn = new_end
+        group.truncated(new_end)
         group.publish(new_end)
     if reservations.followers_waiting:
         reservations.wake_followers()
@@ -105,8 +105,7 @@ def truncate_before(wal: Wal, lsn: int) -> int:
             # head file names them, or a crash leaves a head on a torn record.
             start = group.durable_lsn
             wal._store.flush(start, end)
-            with group.lock:
-                group.durable_lsn = max(group.durable_lsn, end)
+            group.flushed_exclusively(end)
             wal._points.flushed(start, end)
             if not isinstance(wal._store, FileStore | MemStore):
                 # Readers learn of the cut before any mapping is closed.
