@@ -1,0 +1,559 @@
+"""The group commit's decisions, driven directly: no thread, lock, I/O or clock.
+
+``CommitMachine`` decides for ``GroupCommit`` who returns, raises, leads or
+waits, and whether a transition must wake the waiters. The first tests walk
+every transition by hand; the hypothesis state machine at the end drives
+simulated threads through random interleavings and checks each answer against
+``RulesModel``, an independent statement of the rules (it shares no code with
+mmwal), including the one a lock-and-condition protocol most easily breaks: no
+waiter that could go on is left without a notify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from mmwal._commit_machine import Action, CommitMachine, CommitProtocolError, Holder
+
+RETURN, RAISE_BROKEN, RAISE_CLOSED, LEAD, WAIT = (
+    Action.RETURN,
+    Action.RAISE_BROKEN,
+    Action.RAISE_CLOSED,
+    Action.LEAD,
+    Action.WAIT,
+)
+
+
+def state(machine: CommitMachine) -> tuple[object, ...]:
+    return (
+        machine.durable_lsn,
+        machine.holder,
+        machine.broken,
+        machine.broken_by,
+        machine.closed,
+        machine.callers,
+        machine.waiting,
+        machine.syncs_requested,
+        machine.flushes,
+        machine.flush_seconds,
+    )
+
+
+# -- each transition by hand --------------------------------------------------------
+
+
+def test_a_target_already_durable_returns_without_the_token() -> None:
+    machine = CommitMachine(100)
+    assert machine.request(100) is RETURN
+    assert machine.request(40) is RETURN
+    assert (machine.holder, machine.callers, machine.syncs_requested) == (Holder.NONE, 0, 2)
+
+
+def test_a_lone_commit_leads_then_returns_the_token_with_nobody_to_notify() -> None:
+    machine = CommitMachine(0)
+    assert machine.request(10) is LEAD
+    assert (machine.holder, machine.callers) == (Holder.LEADER, 1)
+    # Nobody waits: the leader's finish must not notify (the lone commit's saving).
+    assert machine.flush_done(16, 0.5, writing_point=False) is False
+    assert (machine.durable_lsn, machine.holder, machine.callers) == (16, Holder.NONE, 0)
+    assert (machine.flushes, machine.flush_seconds) == (1, 0.5)
+
+
+def test_a_second_caller_waits_and_the_leaders_flush_notifies_and_covers_it() -> None:
+    machine = CommitMachine(0)
+    assert machine.request(10) is LEAD
+    assert machine.request(20) is WAIT
+    assert (machine.callers, machine.waiting) == (2, 1)
+    assert machine.flush_done(20, 0.0, writing_point=False) is True
+    assert machine.recheck(20) is RETURN
+    assert (machine.callers, machine.waiting, machine.flushes) == (0, 0, 1)
+
+
+def test_a_waiter_the_flush_did_not_cover_becomes_the_next_leader() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    machine.request(30)
+    assert machine.flush_done(10, 0.0, writing_point=False) is True
+    assert machine.recheck(30) is LEAD
+    assert machine.holder is Holder.LEADER
+
+
+def test_a_waiter_woken_while_the_token_is_held_waits_again() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    machine.request(30)
+    assert machine.recheck(30) is WAIT  # a spurious wake-up
+    assert machine.waiting == 1
+
+
+def test_the_leader_keeps_the_token_while_it_writes_a_recovery_point() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    machine.request(10)
+    assert machine.flush_done(10, 0.0, writing_point=True) is True
+    assert machine.recheck(10) is RETURN  # covered: returns while the point is written
+    assert machine.holder is Holder.POINT
+    assert machine.request_exclusive() is WAIT  # no truncation or close meanwhile
+    assert machine.request(20) is WAIT  # nor another leader
+    assert machine.point_written() is True
+    assert machine.recheck_exclusive() is LEAD
+    assert machine.recheck(20) is WAIT
+
+
+def test_a_failed_flush_breaks_the_log_and_every_uncovered_waiter_raises() -> None:
+    machine = CommitMachine(0)
+    error = OSError(5, "EIO")
+    machine.request(10)
+    machine.request(20)
+    assert machine.flush_failed(error, "a flush") is True
+    assert (machine.broken, machine.broken_by, machine.holder) == (error, "a flush", Holder.NONE)
+    assert machine.recheck(20) is RAISE_BROKEN
+    assert machine.request(30) is RAISE_BROKEN
+    assert machine.request(0) is RETURN  # durable first, broken or not
+    assert machine.callers == 0
+
+
+def test_the_first_break_is_kept() -> None:
+    machine = CommitMachine(0)
+    first, second = OSError("first"), OSError("second")
+    machine.request(5)
+    machine.request(5)
+    assert machine.break_(first, "a copy into the log") is True  # one waits
+    assert machine.flush_failed(second, "a flush") is True
+    assert (machine.broken, machine.broken_by) == (first, "a copy into the log")
+
+
+def test_an_abandoned_flush_gives_the_token_back_without_breaking() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    assert machine.flush_abandoned() is False
+    assert (machine.holder, machine.broken, machine.callers) == (Holder.NONE, None, 0)
+    assert machine.request(10) is LEAD
+
+
+def test_a_waiter_interrupted_in_its_wait_is_no_longer_counted() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    machine.request(10)
+    machine.abandon_wait()
+    assert (machine.callers, machine.waiting) == (1, 0)
+    assert machine.flush_done(10, 0.0, writing_point=False) is False
+
+
+def test_exclusive_waits_for_the_leader_and_is_announced_when_it_ends() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    assert machine.request_exclusive() is WAIT
+    assert machine.flush_done(10, 0.0, writing_point=False) is True
+    assert machine.recheck_exclusive() is LEAD
+    assert machine.holder is Holder.EXCLUSIVE
+    assert machine.request(50) is WAIT  # a commit waits for the truncation
+    machine.truncated(4)
+    assert machine.durable_lsn == 4  # a truncation may lower it
+    assert machine.end_exclusive() is True
+    assert machine.recheck(50) is LEAD
+
+
+def test_a_flush_inside_exclusive_only_raises_the_durable_end() -> None:
+    machine = CommitMachine(30)
+    assert machine.request_exclusive() is LEAD
+    machine.flushed_exclusively(20)
+    assert machine.durable_lsn == 30
+    machine.flushed_exclusively(40)
+    assert machine.durable_lsn == 40
+    assert machine.end_exclusive() is False
+
+
+def test_close_inside_exclusive_makes_uncovered_callers_raise_closed() -> None:
+    machine = CommitMachine(10)
+    machine.request_exclusive()
+    machine.close()
+    machine.end_exclusive()
+    assert machine.closed
+    assert machine.request(10) is RETURN
+    assert machine.request(11) is RAISE_CLOSED
+    machine.break_(OSError(), "a flush")
+    assert machine.request(11) is RAISE_BROKEN  # broken before closed
+    assert machine.request_exclusive() is LEAD  # close of a broken log still releases
+
+
+def test_a_read_only_refresh_sets_the_durable_end_either_way() -> None:
+    machine = CommitMachine(50)
+    machine.refreshed(80)
+    assert machine.durable_lsn == 80
+    machine.refreshed(20)  # the writer truncated
+    assert machine.durable_lsn == 20
+
+
+ILLEGAL = {
+    "flush_done without a leader": lambda m: m.flush_done(1, 0.0, writing_point=False),
+    "flush_failed without a leader": lambda m: m.flush_failed(OSError(), "a flush"),
+    "flush_abandoned without a leader": lambda m: m.flush_abandoned(),
+    "point_written without a point": lambda m: m.point_written(),
+    "a second leader": lambda m: m.begin_flush(),
+    "exclusive while the token is held": lambda m: m.begin_exclusive(),
+    "end_exclusive without exclusive": lambda m: m.end_exclusive(),
+    "truncated outside exclusive": lambda m: m.truncated(0),
+    "flushed_exclusively outside exclusive": lambda m: m.flushed_exclusively(0),
+    "close outside exclusive": lambda m: m.close(),
+    "recheck with nobody waiting": lambda m: m.recheck(1),
+    "recheck_exclusive with nobody waiting": lambda m: m.recheck_exclusive(),
+    "abandon_wait with nobody waiting": lambda m: m.abandon_wait(),
+    "abandon_exclusive_wait with nobody waiting": lambda m: m.abandon_exclusive_wait(),
+}
+
+
+#: Legal only while a leader holds the token (covered by the tests above).
+LEADER_EVENTS = {
+    "flush_done without a leader",
+    "flush_failed without a leader",
+    "flush_abandoned without a leader",
+}
+
+
+@pytest.mark.parametrize("event", sorted(set(ILLEGAL) - LEADER_EVENTS))
+def test_an_illegal_event_with_a_leader_flushing_raises_and_changes_nothing(event: str) -> None:
+    machine = CommitMachine(0)
+    assert machine.request(10) is LEAD
+    before = state(machine)
+    with pytest.raises(CommitProtocolError, match="not allowed in <CommitMachine"):
+        ILLEGAL[event](machine)
+    assert state(machine) == before
+
+
+# On an idle machine, begin_flush is refused for want of a caller (below) and
+# begin_exclusive is legal.
+@pytest.mark.parametrize(
+    "event", sorted(set(ILLEGAL) - {"a second leader", "exclusive while the token is held"})
+)
+def test_an_illegal_event_on_an_idle_machine_raises_and_changes_nothing(event: str) -> None:
+    machine = CommitMachine(0)
+    before = state(machine)
+    with pytest.raises(CommitProtocolError):
+        ILLEGAL[event](machine)
+    assert state(machine) == before
+
+
+def test_the_token_is_refused_to_a_leader_that_is_not_a_caller() -> None:
+    machine = CommitMachine(0)
+    with pytest.raises(CommitProtocolError, match="not a caller"):
+        machine.begin_flush()
+
+
+def test_a_second_close_is_refused() -> None:
+    machine = CommitMachine(0)
+    machine.request_exclusive()
+    machine.close()
+    with pytest.raises(CommitProtocolError, match="second close"):
+        machine.close()
+
+
+def test_exclusive_is_refused_while_a_leader_flushes() -> None:
+    machine = CommitMachine(0)
+    machine.request(1)
+    with pytest.raises(CommitProtocolError, match="while the leader holds the token"):
+        machine.begin_exclusive()
+
+
+def test_a_read_only_refresh_is_refused_on_a_handle_that_flushes() -> None:
+    machine = CommitMachine(0)
+    machine.request(1)
+    with pytest.raises(CommitProtocolError, match="read-only refresh"):
+        machine.refreshed(5)
+
+
+# -- an independent model of the rules ---------------------------------------------
+
+
+@dataclass
+class Thread:
+    """A simulated thread inside the protocol."""
+
+    kind: str  # "sync" or "exclusive"
+    target: int = 0
+    state: str = "waiting"  # "waiting", "leading", "point", "exclusive"
+    notified: bool = False
+
+
+@dataclass
+class RulesModel:
+    """The group commit's rules, restated: what each caller must be told."""
+
+    durable: int
+    holder: int | None = None  # the id of the thread holding the token
+    broken: object = None
+    closed: bool = False
+    threads: dict[int, Thread] = field(default_factory=dict)
+    next_id: int = 0
+
+    def answer_sync(self, target: int) -> str:
+        if self.durable >= target:
+            return "return"
+        if self.broken is not None:
+            return "raise broken"
+        if self.closed:
+            return "raise closed"
+        return "lead" if self.holder is None else "wait"
+
+    def waiters(self) -> list[int]:
+        return [key for key, thread in self.threads.items() if thread.state == "waiting"]
+
+    def announce(self) -> bool:
+        """Mark every waiter notified; return whether there was one (notify is due)."""
+        waiters = self.waiters()
+        for key in waiters:
+            self.threads[key].notified = True
+        return bool(waiters)
+
+    def could_go_on(self, thread: Thread) -> bool:
+        if thread.kind == "exclusive":
+            return self.holder is None
+        return self.answer_sync(thread.target) != "wait"
+
+    def callers(self) -> int:
+        return sum(1 for thread in self.threads.values() if thread.kind == "sync")
+
+
+HOLDERS = {
+    "leading": Holder.LEADER,
+    "point": Holder.POINT,
+    "exclusive": Holder.EXCLUSIVE,
+}
+
+
+class CommitRules(RuleBasedStateMachine):
+    """Random interleavings of simulated threads against the machine and the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine = CommitMachine(0)
+        self.model = RulesModel(durable=0)
+
+    # helpers
+
+    def _holder_thread(self, state: str) -> int | None:
+        holder = self.model.holder
+        if holder is not None and self.model.threads[holder].state == state:
+            return holder
+        return None
+
+    def _settle_sync(self, key: int, answer: str) -> None:
+        model = self.model
+        thread = model.threads[key]
+        if answer == "lead":
+            model.holder = key
+            thread.state = "leading"
+        elif answer == "wait":
+            thread.state = "waiting"
+            thread.notified = False
+        else:
+            del model.threads[key]
+
+    def _expect_illegal(self, event: Callable[[], object]) -> None:
+        before = state(self.machine)
+        with pytest.raises(CommitProtocolError):
+            event()
+        assert state(self.machine) == before
+
+    # callers
+
+    @rule(lsn=st.integers(0, 200))
+    def a_thread_syncs(self, lsn: int) -> None:
+        model = self.model
+        expected = model.answer_sync(lsn)
+        key = model.next_id
+        model.next_id += 1
+        model.threads[key] = Thread("sync", lsn)
+        assert self.machine.request(lsn).value == expected
+        self._settle_sync(key, expected)
+
+    @precondition(lambda self: self.model.waiters())
+    @rule(data=st.data())
+    def a_waiter_wakes(self, data: st.DataObject) -> None:
+        # Any waiter may wake at any time (spuriously too): it must decide right.
+        model = self.model
+        key = data.draw(st.sampled_from(model.waiters()))
+        thread = model.threads[key]
+        if thread.kind == "sync":
+            expected = model.answer_sync(thread.target)
+            assert self.machine.recheck(thread.target).value == expected
+            self._settle_sync(key, expected)
+        else:
+            expected = "lead" if model.holder is None else "wait"
+            assert self.machine.recheck_exclusive().value == expected
+            if expected == "lead":
+                model.holder = key
+                thread.state = "exclusive"
+            else:
+                thread.notified = False
+
+    @precondition(lambda self: self.model.waiters())
+    @rule(data=st.data())
+    def a_waiter_is_interrupted(self, data: st.DataObject) -> None:
+        model = self.model
+        key = data.draw(st.sampled_from(model.waiters()))
+        if model.threads[key].kind == "sync":
+            self.machine.abandon_wait()
+        else:
+            self.machine.abandon_exclusive_wait()
+        del model.threads[key]
+
+    # the leader
+
+    @rule(extra=st.integers(0, 50), point=st.booleans(), seconds=st.floats(0, 1))
+    def the_leader_flush_returns(self, extra: int, point: bool, seconds: float) -> None:
+        model = self.model
+        key = self._holder_thread("leading")
+        if key is None:
+            self._expect_illegal(lambda: self.machine.flush_done(1, 0.0, writing_point=point))
+            return
+        flush_to = max(model.threads[key].target, model.durable) + extra
+        flushes, spent = self.machine.flushes, self.machine.flush_seconds
+        model.durable = max(model.durable, flush_to)
+        if point:
+            model.threads[key].state = "point"
+        else:
+            del model.threads[key]
+            model.holder = None
+        expected_notify = model.announce()
+        assert self.machine.flush_done(flush_to, seconds, writing_point=point) is expected_notify
+        assert (self.machine.flushes, self.machine.flush_seconds) == (flushes + 1, spent + seconds)
+
+    @rule()
+    def the_leader_writes_its_point(self) -> None:
+        model = self.model
+        key = self._holder_thread("point")
+        if key is None:
+            self._expect_illegal(self.machine.point_written)
+            return
+        del model.threads[key]
+        model.holder = None
+        assert self.machine.point_written() is model.announce()
+
+    @rule()
+    def the_leader_flush_fails(self) -> None:
+        model = self.model
+        key = self._holder_thread("leading")
+        error = OSError("injected")
+        if key is None:
+            self._expect_illegal(lambda: self.machine.flush_failed(error, "a flush"))
+            return
+        if model.broken is None:
+            model.broken = error
+        del model.threads[key]
+        model.holder = None
+        assert self.machine.flush_failed(error, "a flush") is model.announce()
+        assert self.machine.broken is model.broken
+
+    @rule()
+    def the_leader_gives_up(self) -> None:
+        model = self.model
+        key = self._holder_thread("leading")
+        if key is None:
+            self._expect_illegal(self.machine.flush_abandoned)
+            return
+        del model.threads[key]
+        model.holder = None
+        assert self.machine.flush_abandoned() is model.announce()
+
+    @rule()
+    def a_second_leader_is_refused(self) -> None:
+        if self.model.holder is not None:
+            self._expect_illegal(self.machine.begin_flush)
+
+    @rule()
+    def a_copy_fails(self) -> None:
+        model = self.model
+        error = OSError("copy")
+        if model.broken is None:
+            model.broken = error
+        assert self.machine.break_(error, "a copy into the log") is model.announce()
+
+    # the exclusive section
+
+    @rule()
+    def a_thread_asks_for_exclusive(self) -> None:
+        model = self.model
+        key = model.next_id
+        model.next_id += 1
+        if model.holder is None:
+            model.threads[key] = Thread("exclusive", state="exclusive")
+            model.holder = key
+            assert self.machine.request_exclusive() is LEAD
+        else:
+            self._expect_illegal(self.machine.begin_exclusive)
+            model.threads[key] = Thread("exclusive")
+            assert self.machine.request_exclusive() is WAIT
+
+    @rule(end=st.integers(0, 250))
+    def a_truncation_moves_the_end(self, end: int) -> None:
+        if self._holder_thread("exclusive") is None:
+            self._expect_illegal(lambda: self.machine.truncated(end))
+            return
+        self.model.durable = end
+        self.machine.truncated(end)
+
+    @rule(end=st.integers(0, 250))
+    def a_flush_inside_exclusive(self, end: int) -> None:
+        if self._holder_thread("exclusive") is None:
+            self._expect_illegal(lambda: self.machine.flushed_exclusively(end))
+            return
+        self.model.durable = max(self.model.durable, end)
+        self.machine.flushed_exclusively(end)
+
+    @rule()
+    def close(self) -> None:
+        model = self.model
+        if self._holder_thread("exclusive") is None or model.closed:
+            self._expect_illegal(self.machine.close)
+            return
+        model.closed = True
+        self.machine.close()
+
+    @rule()
+    def the_exclusive_section_ends(self) -> None:
+        model = self.model
+        key = self._holder_thread("exclusive")
+        if key is None:
+            self._expect_illegal(self.machine.end_exclusive)
+            return
+        del model.threads[key]
+        model.holder = None
+        assert self.machine.end_exclusive() is model.announce()
+
+    # what must hold after every step
+
+    @invariant()
+    def the_machine_says_what_the_model_says(self) -> None:
+        machine, model = self.machine, self.model
+        assert machine.durable_lsn == model.durable
+        assert machine.closed == model.closed
+        assert machine.broken is model.broken
+        expected_holder = (
+            Holder.NONE if model.holder is None else HOLDERS[model.threads[model.holder].state]
+        )
+        assert machine.holder is expected_holder
+        assert machine.callers == model.callers()
+        assert machine.waiting == len(model.waiters())
+
+    @invariant()
+    def no_wakeup_is_lost(self) -> None:
+        # A waiter that could go on now was notified since it began to wait;
+        # changes made inside the exclusive section are announced when it ends.
+        model = self.model
+        if model.holder is not None and model.threads[model.holder].state == "exclusive":
+            return
+        for key in model.waiters():
+            thread = model.threads[key]
+            if model.could_go_on(thread):
+                assert thread.notified, f"thread {key} ({thread}) was never woken"
+
+
+CommitRules.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+test_the_machine_keeps_the_rules = CommitRules.TestCase
