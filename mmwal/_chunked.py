@@ -102,6 +102,16 @@ class ChunkedStore(Store):
         self._open_completed = not writable
         # Chunks below this index had their resident pages given back (release).
         self._released_below = 0
+        # ``release`` has nothing to do for an end below this while the store
+        # has ``_release_quiet_chunks`` chunks (every commit calls it):
+        # recomputed when it finds work, zeroed by whatever moves the released
+        # chunks or the pipeline back. Too low costs one slow call; it is never
+        # too high for that chunk count.
+        self._release_quiet_below = 0
+        self._release_quiet_chunks = -1
+        # The chunk index the pipeline was last asked to make (-1: none since
+        # it was last cancelled).
+        self._spare_asked = -1
         if precreate is None:
             precreate = chunk_size >= PRECREATE_MIN_CHUNK
         self._pipeline = (
@@ -131,7 +141,11 @@ class ChunkedStore(Store):
         """Write back ``length`` bytes of chunk ``index`` from page-aligned ``start``."""
 
     def _flush_spans(self, spans: list[tuple[int, int, int]]) -> None:
-        """Write back each ``(index, start, length)`` span; a subclass may merge them."""
+        """Write back each ``(index, start, length)`` span; a subclass may merge them.
+
+        ``flush`` comes here for two spans or more; one span (every commit's
+        flush) goes straight to ``_flush_chunk``.
+        """
         for index, start, length in spans:
             self._flush_chunk(index, start, length)
 
@@ -331,11 +345,19 @@ class ChunkedStore(Store):
             return chunk
 
     def flush(self, start: int, end: int) -> None:
-        self._check_open()
+        if self._closed:
+            raise WalClosedError(f"store {self.location}")
         self._before_flush()
         size = self.chunk_size
         start = max(start, self._head_lsn)
         end = min(end, self.capacity)
+        base = start - start % size
+        if start < end <= base + size:
+            # One chunk: every commit's flush.
+            local = start - base
+            aligned = local - local % PAGE_SIZE
+            self._flush_chunk(start // size, aligned, end - base - aligned)
+            return
         spans: list[tuple[int, int, int]] = []
         position = start
         while position < end:
@@ -349,23 +371,30 @@ class ChunkedStore(Store):
         self._flush_spans(spans)
 
     def release(self, end: int) -> None:
-        self._check_open()
+        if self._closed:
+            raise WalClosedError(f"store {self.location}")
+        if end < self._release_quiet_below and self._end_chunk == self._release_quiet_chunks:
+            return  # the common case: every commit comes here
+        size = self.chunk_size
         pipeline = self._pipeline
         last = self._end_chunk - 1
-        if (
-            pipeline is not None
-            and last >= 0
-            and end - last * self.chunk_size >= self.chunk_size // 2
-        ):
+        spare_at = sys.maxsize
+        if pipeline is not None and last >= 0 and self._spare_asked != self._end_chunk:
             # Once the durable end is halfway through the last chunk, not before:
             # a log that stays small, and an open that only reads, is refused or
-            # repaired, make no spare.
-            pipeline.start(self._end_chunk)
-        below = min(end // self.chunk_size, self._end_chunk)
+            # repaired, make no spare. Asked once per chunk (a job that failed
+            # leaves the inline creation to report it).
+            spare_at = last * size + size // 2
+            if end >= spare_at and pipeline.start(self._end_chunk):
+                self._spare_asked = self._end_chunk
+                spare_at = sys.maxsize
+        below = min(end // size, self._end_chunk)
         if below <= self._released_below:
-            # Nothing newly sealed, the common case (every commit comes here).
-            # ``_writable_from`` is never below ``_released_below`` (both move
-            # together here and in ``prepare_end``), so it has nothing to learn.
+            # Nothing newly sealed. ``_writable_from`` is never below
+            # ``_released_below`` (both move together here and in
+            # ``prepare_end``), so it has nothing to learn.
+            self._release_quiet_below = min(spare_at, (self._released_below + 1) * size)
+            self._release_quiet_chunks = self._end_chunk
             return
         for index in range(max(self._released_below, self._first_chunk), below):
             chunk = self._chunks.get(index)
@@ -373,6 +402,7 @@ class ChunkedStore(Store):
                 self._drop_resident(chunk)
                 advise_reading(chunk)
         self._released_below = max(self._released_below, below)
+        self._release_quiet_below = 0
         if self._writable_from != sys.maxsize:
             self._writable_from = max(self._writable_from, below)
         if self._reloads_chunks:
@@ -388,6 +418,8 @@ class ChunkedStore(Store):
         self._ensure_open_completed()
         if self._pipeline is not None:
             self._pipeline.cancel()
+        self._spare_asked = -1
+        self._release_quiet_below = 0
         size = self.chunk_size
         first_whole = -(-end // size)
         dirty: list[tuple[int, int, int]] = []
@@ -434,6 +466,7 @@ class ChunkedStore(Store):
         size = self.chunk_size
         first = max(end // size, self._first_chunk)
         self._released_below = min(self._released_below, first)
+        self._release_quiet_below = 0
         if self.writable:
             self._writable_from = first
         for index in range(first, self._end_chunk):

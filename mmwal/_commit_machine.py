@@ -154,7 +154,7 @@ class CommitMachine:
             self.callers -= 1
             return RAISE_CLOSED
         if self.holder is NONE:
-            self.begin_flush()
+            self.holder = LEADER  # ``begin_flush``, whose checks this call has made
             return LEAD
         self.waiting += 1
         return WAIT

@@ -134,6 +134,8 @@ class FileStore(ChunkedStore):
         # The file's size and, for a new file, its directory entry are metadata a
         # later flush must make durable before it may report success.
         self._file_dirty = writable
+        # The window flushed last and its address (see ``_flush_chunk``).
+        self._flush_target: tuple[mmap.mmap, int] | None = None
         self._directory_dirty = writable and not existed
 
     def _map(self, fd: int, index: int, length: int) -> mmap.mmap:
@@ -224,6 +226,10 @@ class FileStore(ChunkedStore):
         del index
 
     def _before_flush(self) -> None:
+        # Read without the lock first: a growth not seen here runs concurrently
+        # with this flush, which owes it nothing (``Store.flush``).
+        if not self._file_dirty and not self._directory_dirty:
+            return
         with self._metadata_lock:
             file_dirty, self._file_dirty = self._file_dirty, False
             directory_dirty, self._directory_dirty = self._directory_dirty, False
@@ -236,7 +242,12 @@ class FileStore(ChunkedStore):
         # The local reference keeps the mapping alive while msync runs on it.
         chunk = self._mapped(index)
         if chunk is not None:
-            address = mapping_address(chunk) + start
+            # Every commit flushes the same window: its address is kept (a ctypes
+            # export costs microseconds), with the mapping, so it cannot outlive it.
+            target = self._flush_target
+            if target is None or target[0] is not chunk:
+                target = self._flush_target = (chunk, mapping_address(chunk))
+            address = target[1] + start
             if self.sync_method == "fdatasync":
                 self.syscalls.sync_file_data(self._fd, address, length, self.path)
             else:
@@ -263,4 +274,7 @@ class FileStore(ChunkedStore):
         return f"{self.path}.quarantine-{offset:020d}"
 
     def _close_resources(self) -> None:
+        # A window let go and kept only here would hold a descriptor, and with
+        # it the writer's lock.
+        self._flush_target = None
         self._close_file()

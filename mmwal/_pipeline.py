@@ -45,18 +45,24 @@ class ChunkPipeline:
         self._spare: tuple[int, mmap.mmap] | None = None
         self._stopped = False
 
-    def start(self, index: int) -> None:
-        """Begin making chunk ``index`` in the background, unless it is made or being made."""
+    def start(self, index: int) -> bool:
+        """Begin making chunk ``index`` in the background, unless it is made already.
+
+        Return False when another job is still running: nothing started, ask again.
+        """
         with self._lock:
-            if self._stopped or self._job is not None:
-                return
+            if self._stopped:
+                return True
+            if self._job is not None:
+                return False
             if self._spare is not None and self._spare[0] == index:
-                return
+                return True
             job = threading.Thread(
                 target=self._run, args=(index,), name=f"mmwal-precreate-{index}", daemon=True
             )
             self._job = job
         job.start()
+        return True
 
     def _run(self, index: int) -> None:
         chunk = None

@@ -73,6 +73,9 @@ _SLOT_SIZE = 192
 _COUNTER_OFFSET = 512
 _BODY = struct.Struct(f"<4sIQQQQQ{2 * CUTS_KEPT}Q")
 _CRC = struct.Struct("<I")
+# The words of a slot that change at every flush: sequence, written, durable, head.
+_MOVING = struct.Struct("<QQQQ")
+_MOVING_OFFSET = 8
 assert _BODY.size + _CRC.size <= _SLOT_SIZE
 # How long a follower waits before it looks for a missing state file again.
 _REOPEN_SECONDS = 0.5
@@ -190,6 +193,11 @@ class EndsPublisher:
         self._epoch = last.epoch if last is not None else 0
         self._cuts: list[tuple[int, int]] = list(last.cuts) if last is not None else []
         self._flat = _flat_cuts(self._cuts)
+        # The next slot's bytes, body and CRC: what changes only with a cut is
+        # packed here once per cut, what changes at every flush in place.
+        self._slot = bytearray(_BODY.size + _CRC.size)
+        self._body = memoryview(self._slot)[: _BODY.size]
+        self._pack_constant_words()
         # What the file says now (written, durable, head, epoch; the cuts change
         # only with the epoch): an update that would say the same is not written
         # (an open and close of an unchanged log leave the file as it was).
@@ -221,29 +229,33 @@ class EndsPublisher:
             return None
         return cls(mapping, _latest(mapping))
 
+    def _pack_constant_words(self) -> None:
+        _BODY.pack_into(self._slot, 0, _MAGIC, _VERSION, 0, 0, 0, 0, self._epoch, *self._flat)
+
     def publish(self, *, written: int, durable: int, head: int) -> None:
         """Write the writer's current ends into the next slot."""
         mapping = self._mapping
         if mapping.closed:
             return
-        # Runs after every flush, on the commit path: one pack and one CRC, no
-        # intermediate objects (``_encode`` writes the same bytes).
-        epoch = self._epoch
-        said = (written, durable, head, epoch)
+        # Runs after every flush, on the commit path: four words packed, one CRC,
+        # one copy into the mapping (``_encode`` makes the same bytes).
+        said = (written, durable, head, self._epoch)
         if said == self._said:
             return
         self._said = said
         sequence = self._sequence = self._sequence + 1
-        slot = (sequence % 2) * _SLOT_SIZE
-        body = _BODY.pack(_MAGIC, _VERSION, sequence, written, durable, head, epoch, *self._flat)
-        mapping[slot : slot + _BODY.size] = body
-        _CRC.pack_into(mapping, slot + _BODY.size, crc32c(body))
+        position = (sequence % 2) * _SLOT_SIZE
+        slot = self._slot
+        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
+        _CRC.pack_into(slot, _BODY.size, crc32c(self._body))
+        mapping[position : position + len(slot)] = slot
 
     def cut(self, new_end: int, *, written: int, durable: int, head: int) -> None:
         """Publish a ``truncate_after`` cut at ``new_end``, before any byte changes."""
         self._epoch += 1
         self._cuts = [*self._cuts[-(CUTS_KEPT - 1) :], (self._epoch, new_end)]
         self._flat = _flat_cuts(self._cuts)
+        self._pack_constant_words()
         self.publish(written=written, durable=min(durable, new_end), head=head)
         self.announce()
 

@@ -541,9 +541,11 @@ class SegmentStore(ChunkedStore):
 
     def _flush_chunk(self, index: int, start: int, length: int) -> None:
         # The local reference keeps the mapping alive while msync runs on it.
-        chunk = self._mapped(index)
+        chunk = self._chunks.get(index)
         if chunk is None:
-            return
+            chunk = self._mapped(index)  # let go: map it again
+            if chunk is None:
+                return
         # Every commit flushes the same chunk: its address and path are kept, not
         # made again (a ctypes export and a formatted path cost microseconds). The
         # entry holds the mapping, so the address cannot outlive it; a new mapping

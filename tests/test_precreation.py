@@ -164,6 +164,41 @@ def test_truncate_after_discards_the_spare(tmp_path: Path) -> None:
         assert [r.data for r in wal] == [record(0)]
 
 
+def test_a_spare_is_asked_for_again_after_truncate_after_discarded_it(tmp_path: Path) -> None:
+    # ``release`` asks for the spare once per segment and then returns at once
+    # below a remembered end: the truncation must make it ask again.
+    directory = tmp_path / "log"
+    with open_log(directory) as wal:
+        count = fill_past_half(wal)
+        assert wait_for_spare(wal) == 1
+        wal.truncate_after(0)
+        assert wait_for_spare(wal) is None
+        fill_past_half(wal, count)
+        assert wait_for_spare(wal) == 1
+
+
+def test_a_spare_refused_by_a_busy_pipeline_is_asked_for_at_the_next_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals: list[int] = []
+    real_start = ChunkPipeline.start
+
+    def start(pipeline: ChunkPipeline, index: int) -> bool:
+        if not refusals:
+            refusals.append(index)
+            return False  # as when the job for the previous segment still runs
+        return real_start(pipeline, index)
+
+    monkeypatch.setattr(ChunkPipeline, "start", start)
+    with open_log(tmp_path / "log") as wal:
+        count = fill_past_half(wal)
+        assert refusals == [1]
+        assert wait_for_spare(wal) is None
+        wal.append(record(count))
+        wal.sync()
+        assert wait_for_spare(wal) == 1
+
+
 def test_a_single_file_grows_by_its_spare_window_only(tmp_path: Path) -> None:
     path = tmp_path / "wal.log"
     with Wal.with_store(FileStore(path, window_size=SEGMENT, precreate=True)) as wal:
