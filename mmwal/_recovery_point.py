@@ -98,7 +98,7 @@ class PointKeeper:
         self._enabled = True
         # The end the point on disk vouches for (None: there is none we trust).
         self.saved_end: int | None = None
-        self._saved_at = time.monotonic()
+        self._saved_at = time.perf_counter()
         # The last durable range that held records: a record starts at its start.
         self._flushed = recovered
         # After a failed write, flushes try again only once the interval passed.
@@ -110,22 +110,20 @@ class PointKeeper:
 
     def flushed(self, start: int, end: int) -> None:
         """Note that ``[start, end)`` (``start`` a record start) is durable; maybe save."""
-        if self.note_flushed(start, end):
+        if self.note_flushed(start, end, time.perf_counter()):
             self.save(start, end)
 
-    def note_flushed(self, start: int, end: int) -> bool:
-        """Note that ``[start, end)`` is durable; return whether a point is due there.
+    def note_flushed(self, start: int, end: int, now: float) -> bool:
+        """Note that ``[start, end)`` is durable at ``now``; return whether a point is due.
 
-        The caller then writes it with ``save(start, end)``, still as the one
-        flusher. Cheap (one clock read): every commit's flush comes here.
+        ``now`` is a ``time.perf_counter()`` reading. The caller then writes the
+        point with ``save(start, end)``, still as the one flusher. Cheap: every
+        commit's flush comes here.
         """
         if end <= start:
             return False
         self._flushed = (start, end)
-        if not self._enabled:
-            return False
-        now = time.monotonic()
-        if now < self._quiet_until:
+        if not self._enabled or now < self._quiet_until:
             return False
         saved = self.saved_end
         unit = self._store.unit_size
@@ -203,11 +201,11 @@ class PointKeeper:
                 raise
             # The previous point (or none) still holds: it vouches for less.
             _log.warning("could not write the recovery point of %s: %s", store.location, error)
-            self._quiet_until = time.monotonic() + POINT_INTERVAL_SECONDS
+            self._quiet_until = time.perf_counter() + POINT_INTERVAL_SECONDS
             return False
         if saved:
             self.saved_end = end
-            self._saved_at = time.monotonic()
+            self._saved_at = time.perf_counter()
         else:
             self._enabled = False
         return saved
