@@ -52,12 +52,12 @@ class WalConfig:
     ``OSError``; records synced before it stay durable.
 
     ``sync_method`` is how ``sync`` makes the flushed range of a file durable:
-    ``"msync"`` (the default: ``msync(MS_SYNC)`` of the range) or
-    ``"fdatasync"`` (every dirty page of the file, the range among them; a
-    segmented log keeps one descriptor open for it). Crash cost: the same for
-    both, nothing ``sync`` returned for is lost. ``fdatasync`` cost less per
-    commit where measured (Linux 6.18, ext4; docs/DESIGN.md). On macOS both are
-    ``msync`` then ``F_FULLFSYNC``.
+    ``"fdatasync"`` (the default: every dirty page of the file, the range among
+    them; a segmented log keeps one descriptor open for it) or ``"msync"``
+    (``msync(MS_SYNC)`` of the range). Crash cost: the same for both, nothing
+    ``sync`` returned for is lost. ``fdatasync`` cost less per commit where
+    measured (Linux 6.18, ext4; docs/DESIGN.md). On macOS both are ``msync``
+    then ``F_FULLFSYNC``.
     """
 
     max_record_size: int = DEFAULT_MAX_RECORD_SIZE

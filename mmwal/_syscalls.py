@@ -37,11 +37,12 @@ PAGE_SIZE = mmap.PAGESIZE
 
 #: How a file store makes a flushed range durable: ``msync`` of the range or
 #: ``fdatasync`` of the file (every dirty page of it, the range among them).
-#: Both keep the same contract; ``fdatasync`` costs less per commit on Linux
-#: (``perf/commit_syscalls.py``; docs/DESIGN.md, "Costs that remain"). macOS
-#: uses msync then ``F_FULLFSYNC`` either way.
+#: Both keep the same contract; ``fdatasync``, the default, costs less per commit
+#: on Linux (``perf/commit_syscalls.py``, ``perf.bench`` commit states;
+#: docs/DESIGN.md, "Costs that remain"). macOS uses msync then ``F_FULLFSYNC``
+#: either way.
 SYNC_METHODS = ("fdatasync", "msync")
-DEFAULT_SYNC_METHOD = "msync"
+DEFAULT_SYNC_METHOD = "fdatasync"
 
 
 def check_sync_method(method: object) -> str:

@@ -22,7 +22,10 @@ GATE_TIMEOUT = 10.0
 
 
 class GatedSyscalls(mmwal.Syscalls):
-    """msync waits for ``gate`` (open by default); ``entered`` says one is waiting."""
+    """A data flush (msync or fdatasync) waits for ``gate`` (open by default).
+
+    ``entered`` says one is waiting.
+    """
 
     def __init__(self) -> None:
         self.gate = threading.Event()
@@ -31,13 +34,20 @@ class GatedSyscalls(mmwal.Syscalls):
         self.allocating_threads: list[threading.Thread] = []
         self.fail_with: OSError | None = None
 
-    def msync(self, address: int, length: int) -> None:
+    def _gated(self) -> None:
         self.entered.set()
         # Bounded, so a loop that blocks on this fails the test instead of hanging it.
         self.gate.wait(GATE_TIMEOUT)
         if self.fail_with is not None:
             raise self.fail_with
+
+    def msync(self, address: int, length: int) -> None:
+        self._gated()
         super().msync(address, length)
+
+    def fdatasync(self, fd: int) -> None:
+        self._gated()
+        super().fdatasync(fd)
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
         self.allocating_threads.append(threading.current_thread())

@@ -42,7 +42,7 @@ def test_a_chunk_mapped_again_is_flushed_through_its_new_mapping(tmp_path: Path)
         wal.append_many([b"r" * 1000] * 40)  # three segments
         wal.sync()
     calls = MsyncRecorder()
-    store = SegmentStore(directory, syscalls=calls, mapped_chunks=1)
+    store = SegmentStore(directory, syscalls=calls, mapped_chunks=1, sync_method="msync")
     try:
         store.prepare_end(store.capacity)
         store.write(100, b"first")

@@ -72,11 +72,13 @@ def syncs_requested_is(wal: Wal, count: int) -> None:
 
 
 class ControlledSyscalls(Syscalls):
-    """Real syscalls, except that msync calls can be held on an Event or made to fail.
+    """Real syscalls, except that data flushes can be held on an Event or made to fail.
 
-    msync calls are numbered from 1 in the order they start; ``hold(n)`` returns the
-    Event that releases call ``n``, ``fail(n, error)`` makes call ``n`` raise
-    ``error`` (after its hold, if any) instead of flushing.
+    A data flush is an ``msync`` or an ``fdatasync``, whichever the log's
+    ``sync_method`` makes (the ``msync_*`` names below count both). They are
+    numbered from 1 in the order they start; ``hold(n)`` returns the Event that
+    releases call ``n``, ``fail(n, error)`` makes call ``n`` raise ``error``
+    (after its hold, if any) instead of flushing.
     """
 
     def __init__(self) -> None:
@@ -116,7 +118,7 @@ class ControlledSyscalls(Syscalls):
         for gate in gates:
             gate.set()
 
-    def msync(self, address: int, length: int) -> None:
+    def _controlled(self) -> None:
         with self._cond:
             self.msync_threads.append(threading.get_ident())
             call = len(self.msync_threads)
@@ -126,10 +128,17 @@ class ControlledSyscalls(Syscalls):
         if gate is not None and not gate.wait(DEADLINE):
             # Not an OSError: a test that forgot to release must not look like a
             # flush failure the log handled.
-            raise RuntimeError(f"msync call {call} was held and never released")
+            raise RuntimeError(f"data flush {call} was held and never released")
         if failure is not None:
             raise failure
+
+    def msync(self, address: int, length: int) -> None:
+        self._controlled()
         super().msync(address, length)
+
+    def fdatasync(self, fd: int) -> None:
+        self._controlled()
+        super().fdatasync(fd)
 
 
 @pytest.fixture
@@ -140,9 +149,18 @@ def calls() -> Iterator[ControlledSyscalls]:
     syscalls.release_all()
 
 
+@pytest.fixture(params=["msync", "fdatasync"])
+def sync_method(request: pytest.FixtureRequest) -> str:
+    """Each test of the protocol runs over both ways a flush reaches the disk."""
+    method: str = request.param
+    return method
+
+
 @pytest.fixture
-def wal(tmp_path: Path, calls: ControlledSyscalls) -> Iterator[Wal]:
-    log = Wal.with_store(FileStore(tmp_path / "log", window_size=WINDOW, syscalls=calls))
+def wal(tmp_path: Path, calls: ControlledSyscalls, sync_method: str) -> Iterator[Wal]:
+    log = Wal.with_store(
+        FileStore(tmp_path / "log", window_size=WINDOW, syscalls=calls, sync_method=sync_method)
+    )
     assert calls.msync_calls == 0, "opening an empty log flushes no data"
     yield log
     calls.release_all()
@@ -400,7 +418,7 @@ def test_no_append_succeeds_once_a_failed_flush_broke_the_log(
 
 
 def test_appenders_make_progress_while_the_leader_is_blocked_in_msync(
-    tmp_path: Path, calls: ControlledSyscalls
+    tmp_path: Path, calls: ControlledSyscalls, sync_method: str
 ) -> None:
     """The GIL point, without timing: N appends complete while a flush is parked in msync.
 
@@ -408,7 +426,9 @@ def test_appenders_make_progress_while_the_leader_is_blocked_in_msync(
     files and copy records larger than 64 KiB outside the reservation lock while the
     flush is in progress.
     """
-    wal = Wal.with_store(SegmentStore(tmp_path / "log", 4096, syscalls=calls))
+    wal = Wal.with_store(
+        SegmentStore(tmp_path / "log", 4096, syscalls=calls, sync_method=sync_method)
+    )
     try:
         first_end = append_end(wal, b"first")
         gate = calls.hold(1)
@@ -795,19 +815,23 @@ def test_a_commit_does_not_wait_for_a_copy_that_starts_at_its_end(
 
 
 class InterruptedSyscalls(ControlledSyscalls):
-    """The first msync is interrupted by an exception that is not an ``OSError``."""
+    """The first data flush is interrupted by an exception that is not an ``OSError``."""
 
-    def msync(self, address: int, length: int) -> None:
+    def _controlled(self) -> None:
         if not self.msync_threads:
             self.msync_threads.append(threading.get_ident())
             raise KeyboardInterrupt
-        super().msync(address, length)
+        super()._controlled()
 
 
-def test_a_flush_interrupted_by_a_non_os_error_leaves_the_log_usable(tmp_path: Path) -> None:
+def test_a_flush_interrupted_by_a_non_os_error_leaves_the_log_usable(
+    tmp_path: Path, sync_method: str
+) -> None:
     """Not a failed flush (the log is not broken), and the next sync can lead a flush."""
     calls = InterruptedSyscalls()
-    wal = Wal.with_store(FileStore(tmp_path / "log", window_size=WINDOW, syscalls=calls))
+    wal = Wal.with_store(
+        FileStore(tmp_path / "log", window_size=WINDOW, syscalls=calls, sync_method=sync_method)
+    )
     try:
         end = append_end(wal, b"record")
         with pytest.raises(KeyboardInterrupt):

@@ -1,8 +1,11 @@
 """Fail-stop: a failed flush breaks the log for good; a failed growth changes nothing.
 
 Faults come through the ``Syscalls`` seam: a subclass that raises ``OSError`` on
-demand from ``msync``, ``fsync``, ``fsync_directory`` or ``allocate``, passed to
-``FileStore``/``SegmentStore`` and wrapped with ``Wal.with_store``.
+demand from the data flush (``msync`` or ``fdatasync``, armed as ``"msync"``),
+``fsync``, ``fsync_directory`` or ``allocate``, passed to
+``FileStore``/``SegmentStore`` and wrapped with ``Wal.with_store``. Each layout
+runs with the default ``sync_method`` (``fdatasync``) and, marked ``+msync``,
+with ``msync``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from mmwal import (
     WalBrokenError,
     WalClosedError,
 )
+from mmwal._syscalls import DEFAULT_SYNC_METHOD
 
 GRANULE = 4096
-KINDS = ["file", "seg32", "seg64"]
+KINDS = ["file", "seg32", "seg64", "file+msync", "seg32+msync"]
 SEGMENT_SIZES = {"seg32": 32, "seg64": 64}
 ERRNOS = {"allocate": errno.ENOSPC}
 
@@ -65,6 +69,10 @@ class FaultySyscalls(Syscalls):
         self._enter("msync")
         super().msync(address, length)
 
+    def fdatasync(self, fd: int) -> None:
+        self._enter("msync")  # the data flush, whichever the sync method
+        super().fdatasync(fd)
+
     def fsync(self, fd: int) -> None:
         self._enter("fsync")
         super().fsync(fd)
@@ -75,14 +83,20 @@ class FaultySyscalls(Syscalls):
 
 
 def log_path(tmp_path: Path, kind: str) -> Path:
-    return tmp_path / ("log.wal" if kind == "file" else "log")
+    return tmp_path / ("log.wal" if kind.startswith("file") else "log")
 
 
 def open_log(tmp_path: Path, kind: str, syscalls: Syscalls | None = None) -> Wal:
     path = log_path(tmp_path, kind)
-    if kind == "file":
-        return Wal.with_store(FileStore(path, window_size=GRANULE, syscalls=syscalls))
-    return Wal.with_store(SegmentStore(path, SEGMENT_SIZES[kind], syscalls=syscalls))
+    layout, _, method = kind.partition("+")
+    sync_method = method or DEFAULT_SYNC_METHOD
+    if layout == "file":
+        return Wal.with_store(
+            FileStore(path, window_size=GRANULE, syscalls=syscalls, sync_method=sync_method)
+        )
+    return Wal.with_store(
+        SegmentStore(path, SEGMENT_SIZES[layout], syscalls=syscalls, sync_method=sync_method)
+    )
 
 
 def records_of(wal: Wal) -> list[tuple[int, bytes]]:
@@ -266,7 +280,7 @@ def test_a_failed_metadata_flush_after_growth_breaks_the_log(
     synced = len(appended)
     units = wal.stats().segments_created
     # Grow: a new segment, or a new window of the single file.
-    big = b"g" * (GRANULE if kind == "file" else 100)
+    big = b"g" * (GRANULE if kind.startswith("file") else 100)
     appended.append((wal.append(big), big))
     assert wal.stats().segments_created > units
     syscalls.arm(fault)
@@ -294,7 +308,7 @@ def listing(tmp_path: Path, kind: str) -> dict[str, int]:
     for directory, _, names in os.walk(tmp_path):
         for name in names:
             path = Path(directory) / name
-            size = -1 if kind == "file" else path.stat().st_size
+            size = -1 if kind.startswith("file") else path.stat().st_size
             files[str(path.relative_to(tmp_path))] = size
     return files
 
@@ -353,7 +367,7 @@ def test_enospc_midway_through_a_multi_unit_growth_is_all_or_nothing(
     """A record spanning several new units: the failing allocation undoes the others."""
     syscalls = FaultySyscalls()
     wal = open_log(tmp_path, kind, syscalls)
-    unit = GRANULE if kind == "file" else SEGMENT_SIZES[kind]
+    unit = GRANULE if kind.startswith("file") else SEGMENT_SIZES[kind.partition("+")[0]]
     appended = [(wal.append(b"before"), b"before")]
     wal.sync()
     before = listing(tmp_path, kind)

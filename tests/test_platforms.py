@@ -123,7 +123,8 @@ def test_on_macos_fsync_is_full_fsync(tmp_path: Path) -> None:
 @pytest.mark.parametrize("platform", ["linux", "freebsd13"])
 def test_elsewhere_sync_is_msync_alone(tmp_path: Path, platform: str) -> None:
     calls = RecordingSyscalls(platform)
-    with Wal.with_store(SegmentStore(tmp_path / "log", 4096, syscalls=calls)) as wal:
+    store = SegmentStore(tmp_path / "log", 4096, syscalls=calls, sync_method="msync")
+    with Wal.with_store(store) as wal:
         wal.append(b"a" * 5000)
         wal.sync()
     assert set(calls.names()) == {"msync"}

@@ -286,6 +286,9 @@ class _FailingSync(Syscalls):
     def msync(self, address: int, length: int) -> None:
         raise OSError(5, "injected EIO")
 
+    def fdatasync(self, fd: int) -> None:
+        raise OSError(5, "injected EIO")
+
 
 def test_real_errors_carry_messages_and_facts(tmp_path: Path) -> None:
     path = tmp_path / "log"

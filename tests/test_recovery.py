@@ -33,6 +33,7 @@ from mmwal import (
     WalConfig,
 )
 from mmwal._format import HEAD_FILE_NAME, encode_head_file, segment_name
+from mmwal._syscalls import DEFAULT_SYNC_METHOD, SYNC_METHODS
 
 # -- the oracle: the format, from the spec ----------------------------------------
 
@@ -95,6 +96,7 @@ class Target:
     root: Path
     mem_image: bytes = b""
     syscalls: Syscalls | None = None
+    sync_method: str = DEFAULT_SYNC_METHOD
 
     @property
     def segment_size(self) -> int:
@@ -136,9 +138,16 @@ class Target:
         if self.kind == "mem":
             return Wal.with_store(MemStore.from_bytes(self.mem_image, MEM_CHUNK), config)
         if self.kind == "file":
-            store = FileStore(self.path, window_size=GRANULE, syscalls=self.syscalls)
+            store = FileStore(
+                self.path,
+                window_size=GRANULE,
+                syscalls=self.syscalls,
+                sync_method=self.sync_method,
+            )
             return Wal.with_store(store, config)
-        segments = SegmentStore(self.path, self.segment_size, syscalls=self.syscalls)
+        segments = SegmentStore(
+            self.path, self.segment_size, syscalls=self.syscalls, sync_method=self.sync_method
+        )
         return Wal.with_store(segments, config)
 
     def close(self, wal: Wal) -> None:
@@ -498,7 +507,7 @@ class Flushed:
 
 
 class RecordingSyscalls(Syscalls):
-    """Real syscalls, recording what each msync wrote back and each removal."""
+    """Real syscalls, recording what each data flush (msync, fdatasync) wrote back, and removals."""
 
     def __init__(self) -> None:
         self.flushes: list[Flushed] = []
@@ -511,6 +520,13 @@ class RecordingSyscalls(Syscalls):
             file.seek(offset)
             self.flushes.append(Flushed(os.path.realpath(path), offset, file.read(length)))
         self.events.append(("msync", os.path.realpath(path)))
+
+    def fdatasync(self, fd: int) -> None:
+        path = os.path.realpath(f"/proc/self/fd/{fd}")
+        super().fdatasync(fd)
+        with open(path, "rb") as file:
+            self.flushes.append(Flushed(path, 0, file.read()))  # the whole file
+        self.events.append(("fdatasync", path))
 
     def fsync_directory(self, path: str) -> None:
         super().fsync_directory(path)
@@ -530,9 +546,11 @@ def flushed_as_zero(syscalls: RecordingSyscalls, path: str, offset: int) -> bool
     return False
 
 
+@pytest.mark.parametrize("method", SYNC_METHODS)
 @pytest.mark.parametrize("kind", ["file", "seg32", "seg64"])
-def test_recovery_zeroing_is_durable_before_open_returns(kind: str) -> None:
+def test_recovery_zeroing_is_durable_before_open_returns(kind: str, method: str) -> None:
     with target_of(kind) as target:
+        target.sync_method = method
         _, lsns = write_and_tear_b(target, GHOST_SIZES[kind])
         a_end = lsns[1]
         before = target.raw()

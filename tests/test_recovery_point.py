@@ -139,6 +139,10 @@ def test_the_point_is_renamed_into_place_only_after_the_flush_that_covers_it(
             super().msync(address, length)
             events.append("msync")
 
+        def fdatasync(self, fd: int) -> None:
+            super().fdatasync(fd)
+            events.append("msync")  # the data flush, whichever the method
+
         def replace(self, source: str, target: str) -> None:
             super().replace(source, target)
             events.append(f"replace {os.path.basename(target)}")
@@ -342,6 +346,9 @@ class LosingSimulator(PowerLossSimulator):
 
     def msync(self, address: int, length: int) -> None:
         del address, length
+
+    def fdatasync(self, fd: int) -> None:
+        del fd
 
 
 def _log_bytes(image: CrashImage, start: int, end: int) -> bytes:

@@ -46,8 +46,12 @@ class RecordingSyscalls(Syscalls):
         super().allocate(fd, offset, length)
 
     def msync(self, address: int, length: int) -> None:
-        self.calls.append("msync")
+        self.calls.append("data flush")
         super().msync(address, length)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls.append("data flush")
+        super().fdatasync(fd)
 
     def fsync(self, fd: int) -> None:
         self.calls.append("fsync")
@@ -142,13 +146,18 @@ class TestFileStore(_InTmp):
 
     def test_new_window_and_file_are_durable_before_flush_returns(self) -> None:
         syscalls = RecordingSyscalls()
-        store = FileStore(self.fresh_path(), window_size=self.window, syscalls=syscalls)
+        store = FileStore(
+            self.fresh_path(),
+            window_size=self.window,
+            syscalls=syscalls,
+            sync_method=self.sync_method,
+        )
         self._made.append(store)
         store.ensure_capacity(3 * self.window)
         store.write(2 * self.window, b"x")
         syscalls.calls.clear()
         store.flush(0, store.capacity)
-        first_msync = syscalls.calls.index("msync")
+        first_msync = syscalls.calls.index("data flush")
         assert "fsync" in syscalls.calls[:first_msync]
         assert "fsync_directory" in syscalls.calls[:first_msync]
 
@@ -201,13 +210,15 @@ class _SegmentTests(_InTmp):
 
     def test_new_segments_are_durable_before_flush_returns(self) -> None:
         syscalls = RecordingSyscalls()
-        store = SegmentStore(self.fresh_path(), self.segment_size, syscalls=syscalls)
+        store = SegmentStore(
+            self.fresh_path(), self.segment_size, syscalls=syscalls, sync_method=self.sync_method
+        )
         self._made.append(store)
         store.ensure_capacity(3 * self.segment_size)
         store.write(0, b"x" * (3 * self.segment_size))
         syscalls.calls.clear()
         store.flush(0, store.capacity)
-        first_msync = syscalls.calls.index("msync")
+        first_msync = syscalls.calls.index("data flush")
         assert syscalls.calls[:first_msync].count("fsync") == 3
         assert syscalls.calls[first_msync - 1] == "fsync_directory"
 
