@@ -208,6 +208,24 @@ ILLEGAL = {
     "abandon_exclusive_wait with nobody waiting": lambda m: m.abandon_exclusive_wait(),
 }
 
+#: What each illegal event's error says first: the event, then the state.
+MESSAGES = {
+    "flush_done without a leader": "a flush reported done without a leader",
+    "flush_failed without a leader": "a flush reported failed without a leader",
+    "flush_abandoned without a leader": "a flush abandoned without a leader",
+    "point_written without a point": "a recovery point reported without a leader writing one",
+    "a second leader": "a second token holder \\(leader\\)",
+    "exclusive while the token is held": "an exclusive section while the leader holds the token",
+    "end_exclusive without exclusive": "the end of an exclusive section nobody holds",
+    "truncated outside exclusive": "a truncation outside the exclusive section",
+    "flushed_exclusively outside exclusive": "a flush outside the exclusive section",
+    "close outside exclusive": "a close outside the exclusive section",
+    "recheck with nobody waiting": "a waiter woken while none waits",
+    "recheck_exclusive with nobody waiting": "a waiter woken while none waits",
+    "abandon_wait with nobody waiting": "a waiter leaving while none waits",
+    "abandon_exclusive_wait with nobody waiting": "a waiter leaving while none waits",
+}
+
 
 #: Legal only while a leader holds the token (covered by the tests above).
 LEADER_EVENTS = {
@@ -222,7 +240,9 @@ def test_an_illegal_event_with_a_leader_flushing_raises_and_changes_nothing(even
     machine = CommitMachine(0)
     assert machine.request(10) is LEAD
     before = state(machine)
-    with pytest.raises(CommitProtocolError, match="not allowed in <CommitMachine"):
+    with pytest.raises(
+        CommitProtocolError, match=f"^{MESSAGES[event]} is not allowed in <CommitMachine "
+    ):
         ILLEGAL[event](machine)
     assert state(machine) == before
 
@@ -235,15 +255,39 @@ def test_an_illegal_event_with_a_leader_flushing_raises_and_changes_nothing(even
 def test_an_illegal_event_on_an_idle_machine_raises_and_changes_nothing(event: str) -> None:
     machine = CommitMachine(0)
     before = state(machine)
-    with pytest.raises(CommitProtocolError):
+    with pytest.raises(CommitProtocolError, match=f"^{MESSAGES[event]} is not allowed in "):
         ILLEGAL[event](machine)
     assert state(machine) == before
 
 
 def test_the_token_is_refused_to_a_leader_that_is_not_a_caller() -> None:
     machine = CommitMachine(0)
-    with pytest.raises(CommitProtocolError, match="not a caller"):
+    with pytest.raises(CommitProtocolError, match=r"^a leader that is not a caller is not"):
         machine.begin_flush()
+    machine.callers = 1  # one caller, counted by ``request``, and the token free
+    machine.begin_flush()
+    assert machine.holder is Holder.LEADER
+
+
+def test_a_caller_cannot_leave_a_wait_only_an_exclusive_section_waits_in() -> None:
+    machine = CommitMachine(0)
+    machine.request(5)
+    machine.flush_done(0, 0.0, writing_point=True)  # the leader writes a point
+    assert machine.request_exclusive() is WAIT
+    machine.callers = 0  # as if the leader were not counted: one waiter, no caller
+    before = state(machine)
+    with pytest.raises(CommitProtocolError, match=r"^a waiter leaving while none waits"):
+        machine.abandon_wait()
+    assert state(machine) == before
+
+
+def test_the_repr_shows_the_state() -> None:
+    machine = CommitMachine(7)
+    assert repr(machine) == (
+        "<CommitMachine durable=7 holder=none broken=False closed=False callers=0 waiting=0>"
+    )
+    machine.break_(OSError(), "a flush")
+    assert "broken=True" in repr(machine)
 
 
 def test_a_second_close_is_refused() -> None:
