@@ -294,7 +294,7 @@ def test_a_second_close_is_refused() -> None:
     machine = CommitMachine(0)
     machine.request_exclusive()
     machine.close()
-    with pytest.raises(CommitProtocolError, match="second close"):
+    with pytest.raises(CommitProtocolError, match=r"^a second close is not allowed"):
         machine.close()
 
 
@@ -308,7 +308,9 @@ def test_exclusive_is_refused_while_a_leader_flushes() -> None:
 def test_a_read_only_refresh_is_refused_on_a_handle_that_flushes() -> None:
     machine = CommitMachine(0)
     machine.request(1)
-    with pytest.raises(CommitProtocolError, match="read-only refresh"):
+    with pytest.raises(
+        CommitProtocolError, match=r"^a read-only refresh on a handle that flushes is not allowed"
+    ):
         machine.refreshed(5)
 
 
