@@ -106,6 +106,15 @@ def test_the_leader_keeps_the_token_while_it_writes_a_recovery_point() -> None:
     assert machine.recheck(20) is WAIT
 
 
+def test_a_lone_leader_that_wrote_a_point_is_no_longer_a_caller() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    assert machine.flush_done(10, 0.0, writing_point=True) is False
+    assert (machine.holder, machine.callers) == (Holder.POINT, 1)
+    assert machine.point_written() is False
+    assert (machine.holder, machine.callers) == (Holder.NONE, 0)
+
+
 def test_a_failed_flush_breaks_the_log_and_every_uncovered_waiter_raises() -> None:
     machine = CommitMachine(0)
     error = OSError(5, "EIO")
