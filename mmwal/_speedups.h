@@ -1,6 +1,6 @@
 /*
  * What the C files of mmwal._speedups share: the frame header size, the CRC-32C
- * of _speedups.c, the append fast path's types (_appendpath.c) and the
+ * of _crc32c.c, the append fast path's types (_appendpath.c) and the
  * reservation lock (_lock.c). Names stay internal to the extension.
  */
 #ifndef MMWAL_SPEEDUPS_H
@@ -18,8 +18,13 @@
 #define MMWAL_INTERNAL
 #endif
 
-/* Continue the CRC-32C register `crc` (not inverted) over data[0:length]. */
+/* Continue the CRC-32C register `crc` (not inverted) over data[0:length]
+ * (_crc32c.c). */
 MMWAL_INTERNAL uint32_t crc_update(uint32_t crc, const unsigned char *data, size_t length);
+
+/* Build the CRC tables and pick the instructions; once, before any crc_update.
+ * Returns whether SSE4.2 instructions are used. */
+MMWAL_INTERNAL int crc_setup(void);
 
 /* Add ReservationsBase and Appender to the module; -1 with an exception on failure. */
 MMWAL_INTERNAL int add_append_types(PyObject *module);
