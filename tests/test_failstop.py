@@ -20,12 +20,15 @@ import pytest
 
 from mmwal import (
     FileStore,
+    MemStore,
     SegmentStore,
     Syscalls,
     Wal,
     WalBrokenError,
     WalClosedError,
+    WalReadOnlyError,
 )
+from mmwal._store import Buffer
 from mmwal._syscalls import DEFAULT_SYNC_METHOD
 
 GRANULE = 4096
@@ -434,3 +437,94 @@ def test_a_failed_truncate_after_never_costs_a_synced_record(tmp_path: Path, kin
         assert lsn == again.next_lsn - 18
     with open_log(tmp_path, kind) as reopened:
         assert records_of(reopened) == [*recovered, (lsn, b"D" * 10)]
+
+
+# -- every way out of a commit gives the token back, and every refusal names its cause ------
+
+
+class _RefusingCopies(MemStore):
+    """A store that takes frames only through ``write``, and fails them once armed."""
+
+    writes_into_pieces = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def write(self, offset: int, data: Buffer) -> None:
+        if self.failing:
+            raise OSError(errno.EIO, "injected write failure")
+        super().write(offset, data)
+
+
+def test_a_failed_copy_breaks_the_log_and_every_refusal_names_it() -> None:
+    # Catches a break that loses what broke the log (the operation or the cause).
+    store = _RefusingCopies()
+    wal = Wal.with_store(store)
+    wal.append_and_sync(b"kept")
+    store.failing = True
+    with pytest.raises(OSError, match="injected write failure") as failed:
+        wal.append(b"lost")
+    store.failing = False
+    for refused in (lambda: wal.append(b"later"), wal.sync, lambda: wal.append_many([b"x"])):
+        with pytest.raises(WalBrokenError) as caught:
+            refused()
+        assert caught.value.operation == "a copy into the log"
+        assert "a copy into the log failed" in str(caught.value)
+        assert caught.value.__cause__ is failed.value
+    wal.close()
+
+
+def test_a_read_only_handle_refuses_appends_naming_the_log(tmp_path: Path) -> None:
+    # Catches a refusal that does not say which log is read-only.
+    with Wal.open_segmented(tmp_path / "log", GRANULE * 16) as wal:
+        wal.append_and_sync(b"record")
+    with Wal.open_segmented(tmp_path / "log", readonly=True) as reader:
+        for refused in (lambda: reader.append(b"x"), lambda: reader.append_many([b"x"])):
+            with pytest.raises(WalReadOnlyError) as caught:
+                refused()
+            assert caught.value.location == reader.store.location
+            assert reader.store.location in str(caught.value)
+
+
+class _FailingPublisher:
+    """Stands in for the ends publisher: the next publication of a flush raises."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.failures = 1
+
+    def flushed(self, end: int, head: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("injected publication failure")
+        self.real.flushed(end, head)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+def test_a_leader_whose_finish_step_raises_gives_the_token_back(tmp_path: Path) -> None:
+    # Catches a leader that keeps the one-flusher token when a step after its
+    # flush raises (the next sync, truncation or close would wait for ever).
+    wal = Wal.open_segmented(tmp_path / "log", GRANULE * 16)
+    group = wal._group_commit
+    assert group.publisher is not None
+    real = group.publisher
+    group.publisher = _FailingPublisher(real)  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="injected publication failure"):
+        wal.append_and_sync(b"first")
+    outcome: list[object] = []
+    later = threading.Thread(
+        target=lambda: outcome.append(wal.append_and_sync(b"second")), daemon=True
+    )
+    later.start()
+    later.join(timeout=30)
+    # A hung log is left unclosed (close would wait for the token too): the
+    # failure is reported instead of hanging the run.
+    assert not later.is_alive(), "the next commit waits for a token nobody gives back"
+    assert len(outcome) == 1
+    group.publisher = real
+    assert [record.data for record in wal] == [b"first", b"second"]
+    assert wal.durable_lsn == wal.next_lsn
+    wal.close()
