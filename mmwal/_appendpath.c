@@ -172,15 +172,6 @@ drop_payloads(Payload *payloads, Py_ssize_t count)
     }
 }
 
-static void
-write_u32(unsigned char *p, uint32_t value)
-{
-    p[0] = (unsigned char)value;
-    p[1] = (unsigned char)(value >> 8);
-    p[2] = (unsigned char)(value >> 16);
-    p[3] = (unsigned char)(value >> 24);
-}
-
 /* Copy the frames of payloads to the piece at next_lsn, move the end past them
  * and set *first to the first frame's LSN; call with the lock held. 1 done, 0
  * not for the fast path (nothing changed, no exception set). `total` is the
@@ -217,15 +208,9 @@ place_frames(ReservationsBase *reservations, const Payload *payloads, Py_ssize_t
     }
     unsigned char *out = start;
     for (Py_ssize_t i = 0; i < count; i++) {
-        /* The CRC is taken over the bytes as copied, not over the source: a
-         * source another process changes meanwhile (a shared mmap) cannot leave
-         * a frame whose checksum disagrees with its payload. */
-        size_t length = (size_t)payloads[i].length;
-        write_u32(out + 4, (uint32_t)length);
-        memcpy(out + HEADER_SIZE, payloads[i].data, length);
-        uint32_t state = crc_update(0xFFFFFFFFu, out + 4, 4 + length);
-        write_u32(out, state ^ 0xFFFFFFFFu);
-        out += HEADER_SIZE + length;
+        /* put_frame takes the CRC over the bytes as copied. */
+        put_frame(out, payloads[i].data, (size_t)payloads[i].length);
+        out += HEADER_SIZE + payloads[i].length;
     }
     PyBuffer_Release(&piece);
     reservations->next_lsn = end;
@@ -277,15 +262,7 @@ take_lock(Appender *self)
     }
     int held = taken == Py_True;
     Py_DECREF(taken);
-    if (held) {
-        return 0;
-    }
-    PyObject *done = PyObject_CallNoArgs(self->contended);
-    if (done == NULL) {
-        return -1;
-    }
-    Py_DECREF(done);
-    return 0;
+    return held ? 0 : call_quietly(self->contended);
 }
 
 static int

@@ -310,15 +310,17 @@ write_u32(unsigned char *p, uint32_t value)
     p[3] = (unsigned char)(value >> 24);
 }
 
-/* Write the frame of payload at out: header, then payload. */
-static void
-put_frame(unsigned char *out, const unsigned char *payload, uint32_t length)
+/* Write the frame of payload at out: length, payload, then the CRC. The CRC is
+ * taken over the bytes as copied, not over the source: a source another thread
+ * or process changes meanwhile (a shared mmap) cannot leave a frame whose
+ * checksum disagrees with its payload. */
+void
+put_frame(unsigned char *out, const unsigned char *payload, size_t length)
 {
-    write_u32(out + 4, length);
-    uint32_t state = crc_update(0xFFFFFFFFu, out + 4, 4);
-    state = crc_update(state, payload, length);
-    write_u32(out, state ^ 0xFFFFFFFFu);
+    write_u32(out + 4, (uint32_t)length);
     memcpy(out + HEADER_SIZE, payload, length);
+    uint32_t state = crc_update(0xFFFFFFFFu, out + 4, 4 + length);
+    write_u32(out, state ^ 0xFFFFFFFFu);
 }
 
 PyDoc_STRVAR(encode_frames_doc,

@@ -26,6 +26,10 @@ MMWAL_INTERNAL uint32_t crc_update(uint32_t crc, const unsigned char *data, size
  * Returns whether SSE4.2 instructions are used. */
 MMWAL_INTERNAL int crc_setup(void);
 
+/* Write the frame (header and payload, HEADER_SIZE + length bytes) of payload at
+ * out (_speedups.c); the payload must not overlap out. */
+MMWAL_INTERNAL void put_frame(unsigned char *out, const unsigned char *payload, size_t length);
+
 /* Add ReservationsBase and Appender to the module; -1 with an exception on failure. */
 MMWAL_INTERNAL int add_append_types(PyObject *module);
 
