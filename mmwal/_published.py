@@ -238,18 +238,11 @@ class EndsPublisher:
         mapping = self._mapping
         if mapping.closed:
             return
-        # Runs after every flush, on the commit path: four words packed, one CRC,
-        # one copy into the mapping (``_encode`` makes the same bytes).
         said = (written, durable, head, self._epoch)
         if said == self._said:
             return
         self._said = said
-        sequence = self._sequence = self._sequence + 1
-        position = (sequence % 2) * _SLOT_SIZE
-        slot = self._slot
-        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
-        _CRC.pack_into(slot, _BODY.size, crc32c(self._body))
-        mapping[position : position + len(slot)] = slot
+        self._write_slot(written, durable, head)
 
     def flushed(self, end: int, head: int) -> None:
         """Publish a flush that made everything below ``end`` written and durable.
@@ -259,9 +252,14 @@ class EndsPublisher:
         knows the file is open, and the ends moved since the last update.
         """
         self._said = None  # the next ``publish`` writes whatever it is given
+        self._write_slot(end, end, head)
+
+    def _write_slot(self, written: int, durable: int, head: int) -> None:
+        # Runs after every flush, on the commit path: four words packed, one CRC,
+        # one copy into the mapping (``_encode`` makes the same bytes).
         sequence = self._sequence = self._sequence + 1
         slot = self._slot
-        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, end, end, head)
+        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
         _CRC.pack_into(slot, _BODY.size, crc32c(self._body))
         position = (sequence & 1) * _SLOT_SIZE
         self._mapping[position : position + _SLOT_BYTES] = slot
