@@ -233,14 +233,11 @@ class GroupCommit:
                 time.sleep(0)
             with reservations.lock:
                 in_flight = reservations.in_flight
-                if in_flight or reservations.hole is not None or machine.broken is not None:
-                    while in_flight and min(in_flight) < target and machine.broken is None:
-                        reservations.copies_done.wait()
-                    if machine.broken is not None:
-                        self.raise_broken()
-                    flush_to = reservations.written_lsn()
-                else:
-                    flush_to = reservations.next_lsn  # the watermark, nothing in flight
+                while in_flight and min(in_flight) < target and machine.broken is None:
+                    reservations.copies_done.wait()
+                if machine.broken is not None:
+                    self.raise_broken()
+                flush_to = reservations.written_lsn()
             start = machine.durable_lsn
             began = time.perf_counter()
             store.flush(start, flush_to)
