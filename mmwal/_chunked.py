@@ -177,12 +177,15 @@ class ChunkedStore(Store):
         return chunk
 
     def _let_go_beyond_limit(self, keep: int) -> None:
-        # Oldest mapped first; the last chunk (the log's tail) always stays. A chunk
-        # let go is not closed: a reader or a copy holding it keeps it alive, and
-        # its last reference unmaps it. Dirty pages stay in the page cache, and a
-        # flush maps the chunk again: msync writes back the file's range.
+        # Oldest mapped first; the last chunk (the log's tail) always stays, and so
+        # does a chunk growth has mapped but not yet counted (``ensure_capacity``
+        # runs under the append lock, a flush's ``release`` without it): it is the
+        # new tail. A chunk let go is not closed: a reader or a copy holding it
+        # keeps it alive, and its last reference unmaps it. Dirty pages stay in
+        # the page cache, and a flush maps the chunk again: msync writes back the
+        # file's range.
         last = self._end_chunk - 1
-        others = [index for index in list(self._chunks) if index not in (keep, last)]
+        others = [index for index in list(self._chunks) if index != keep and index < last]
         for index in others[: max(0, len(others) - self._mapped_limit + 1)]:
             self._chunks.pop(index, None)
 

@@ -157,3 +157,28 @@ def test_close_leaves_no_mapping_behind_that_holds_the_lock(tmp_path: Path) -> N
     assert [r.data for r in reopened] == [b"x" * (window // 2), b"y" * window]
     reopened.close()
     del wal
+
+
+def test_a_chunk_growth_has_not_counted_yet_is_never_let_go(tmp_path: Path) -> None:
+    # Growth (``ensure_capacity``, under the append lock) puts the new last chunk
+    # in the store's map one step before it counts it in the store's end; a
+    # flush's ``release`` (no append lock) that bounds the mappings in between
+    # took the old last chunk for the tail and let the new one go. The append
+    # then mapped the new segment a second time, and a growth that failed after
+    # it undid its chunks with ``pop`` and raised KeyError over the OSError.
+    # The interleaving is set up by hand: the two steps are adjacent statements.
+    directory = tmp_path / "log"
+    write_log(directory, 3)
+    store = SegmentStore(directory, mapped_chunks=1)
+    with Wal.with_store(store) as wal:
+        assert sum(1 for _ in wal) > 0
+        growing = store._end_chunk
+        store._chunks[growing] = store._create_chunk(growing)
+        store._let_go_beyond_limit(store._end_chunk - 1)
+        assert growing in store._chunks
+        assert store._end_chunk - 1 in store._chunks  # the tail until growth counts it
+        store._end_chunk = growing + 1
+        store._units_created += 1
+        wal.append(b"after")
+        wal.sync()
+        assert list(wal)[-1].data == b"after"
