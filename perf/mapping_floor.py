@@ -11,6 +11,15 @@ them durable, each timed in the same process, alternating, R times:
   ``page_mkwrite``) and is written back as its own 4 KiB folio;
 - ``mapped-resident``: the same copies into pages already faulted in (and
   still dirty, so writable): the copy and the loop alone, no fault;
+- ``mapped-large-folios``: the copies of ``mapped`` into files mapped
+  ``MADV_NORMAL``: the fault readahead builds large folios (fewer, larger
+  faults and write-backs; the mapping mmwal gave up because one 256-byte commit
+  into such a folio writes all of it back);
+- ``mapped-populate-ahead``: the copies of ``mapped``, while a second thread
+  runs ``MADV_POPULATE_WRITE`` (through ctypes, without the GIL) over the pages
+  up to 8 MiB ahead of the copies, as a populate-ahead window in a store would:
+  the faults move to the other core, and the pages it dirties beyond the end
+  are preallocated space written back as zeros;
 - ``plain``: ``write`` of each frame to a file opened ``"ab"`` with a 1 MiB
   buffer, then ``fdatasync`` (the ``plainfile`` engine's I/O, without its CRC).
 
@@ -27,9 +36,11 @@ path in C") uses both.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import mmap
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,8 +55,68 @@ def _frames(size: int, count: int) -> list[bytes]:
     return [pool[i % len(pool)] for i in range(count)]
 
 
-def _mapped(directory: Path, frames: list[bytes], *, resident: bool) -> tuple[float, float]:
-    """Return (seconds of copies, seconds of msync) through fresh or resident mappings."""
+#: Linux's ``MADV_POPULATE_WRITE`` (5.14; the mmap module of Python 3.11 lacks it).
+MADV_POPULATE_WRITE = 23
+#: How far ahead of the copies ``mapped-populate-ahead`` keeps pages populated.
+POPULATE_AHEAD = 8 << 20
+
+
+class _Populator:
+    """Populate (fault in, writable) ``mapping`` ahead of ``position`` on a thread."""
+
+    def __init__(self, mapping: mmap.mmap) -> None:
+        self.position = 0
+        self._done = False
+        self._mapping = mapping
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Populator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done = True
+        self._thread.join()
+
+    def _run(self) -> None:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        anchor = ctypes.c_char.from_buffer(self._mapping)
+        try:
+            base = ctypes.addressof(anchor)
+            populated = 0
+            while populated < SEGMENT and not self._done:
+                wanted = min(SEGMENT, (self.position + POPULATE_AHEAD) & ~(mmap.PAGESIZE - 1))
+                if wanted <= populated:
+                    time.sleep(0.0002)
+                    continue
+                if madvise(base + populated, wanted - populated, MADV_POPULATE_WRITE) != 0:
+                    raise OSError(ctypes.get_errno(), "madvise(MADV_POPULATE_WRITE)")
+                populated = wanted
+        finally:
+            del anchor  # the mapping can be closed once no ctypes view exports it
+
+
+def _copy(mapping: mmap.mmap, frames: list[bytes], populator: _Populator | None) -> None:
+    """Copy ``frames`` back to back from the mapping's start, telling ``populator`` where."""
+    size = len(frames[0])
+    position = 0
+    if populator is None:
+        for frame in frames:
+            end = position + size
+            mapping[position:end] = frame
+            position = end
+        return
+    for count, frame in enumerate(frames):
+        end = position + size
+        mapping[position:end] = frame
+        position = end
+        if not count & 255:
+            populator.position = position
+
+
+def _mapped(directory: Path, frames: list[bytes], how: str) -> tuple[float, float]:
+    """Return (seconds of copies, seconds of msync) through mappings set up ``how``."""
     size = len(frames[0])
     per_segment = SEGMENT // size
     segments = -(-len(frames) // per_segment)
@@ -57,19 +128,21 @@ def _mapped(directory: Path, frames: list[bytes], *, resident: bool) -> tuple[fl
             descriptors.append(fd)
             os.posix_fallocate(fd, 0, SEGMENT)
             mapping = mmap.mmap(fd, SEGMENT)
-            mapping.madvise(mmap.MADV_RANDOM)
+            if how != "large-folios":
+                mapping.madvise(mmap.MADV_RANDOM)
             maps.append(mapping)
-        if resident:
+        if how == "resident":
             # Faulted in and left dirty: msync would write-protect them again.
             for mapping in maps:
                 mapping[:] = bytes(SEGMENT)
         started = time.perf_counter()
         for index, mapping in enumerate(maps):
-            position = 0
-            for frame in frames[index * per_segment : (index + 1) * per_segment]:
-                end = position + size
-                mapping[position:end] = frame
-                position = end
+            segment_frames = frames[index * per_segment : (index + 1) * per_segment]
+            if how == "populate-ahead":
+                with _Populator(mapping) as populator:
+                    _copy(mapping, segment_frames, populator)
+            else:
+                _copy(mapping, segment_frames, None)
         copied = time.perf_counter()
         for mapping in maps:
             mapping.flush()
@@ -130,10 +203,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=arguments.dir) as scratch:
         directory = Path(scratch)
         for _ in range(arguments.reps):
-            samples.setdefault("mapped", []).append(_mapped(directory, frames, resident=False))
-            samples.setdefault("mapped-resident", []).append(
-                _mapped(directory, frames, resident=True)
-            )
+            for how in ("fresh", "resident", "large-folios", "populate-ahead"):
+                name = "mapped" if how == "fresh" else f"mapped-{how}"
+                samples.setdefault(name, []).append(_mapped(directory, frames, how))
             samples.setdefault("plain", []).append(_plain(directory, frames))
         payloads = [frame[8:] for frame in frames]
         for _ in range(arguments.reps):
