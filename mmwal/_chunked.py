@@ -452,13 +452,14 @@ class ChunkedStore(Store):
             chunk = self._chunk_for_write(index)
             span = self._zero_nonzero(chunk, 0)
             if span is not None:
-                dirty.append((index, *span))
+                aligned = span[0] - span[0] % PAGE_SIZE
+                dirty.append((index, aligned, span[1] - aligned))
         if released:
             self._after_release()
         self._before_flush()
-        for index, start, stop in dirty:
-            aligned = start - start % PAGE_SIZE
-            self._flush_chunk(index, aligned, stop - aligned)
+        if dirty:
+            # One call for them all where the store can (a single file's fdatasync).
+            self._flush_spans(dirty)
         # Everything past the end is clean now: evict what the zeroing scan read.
         self.prepare_end(end)
 

@@ -295,3 +295,27 @@ def test_what_fdatasync_made_durable_survives_a_power_loss(tmp_path: Path, layou
         found = [record.data for record in reopened]
     assert found[: len(records)] == records
     assert len(found) <= len(records) + 1
+
+
+@needs_proc
+def test_fdatasync_truncation_of_a_single_file_flushes_the_zeroed_windows_at_once(
+    tmp_path: Path,
+) -> None:
+    # Catches: ``truncate_after`` across windows of one file making an fdatasync
+    # per window it zeroed, each writing back the whole file (five calls here).
+    # Three remain, in the order a crash needs: the zeroed header at the new
+    # end, the rest of the window holding it, then every later window in one.
+    calls = FlushRecorder()
+    path = tmp_path / "log"
+    window = mmap.ALLOCATIONGRANULARITY
+    store = FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+    with Wal.with_store(store) as wal:
+        first = wal.append(b"x")
+        wal.append_many([b"y" * (window - 64)] * 4)  # into windows 1 to 4
+        wal.sync()
+        calls.calls.clear()
+        wal.truncate_after(first)
+        assert calls.data_flushes() == [("fdatasync", str(path))] * 3
+        assert [record.data for record in wal] == [b"x"]
+    with Wal.with_store(FileStore(path, window_size=window)) as reopened:
+        assert [record.data for record in reopened] == [b"x"]
