@@ -37,7 +37,8 @@ from ._format import (
     scan_frames,
     segment_name,
 )
-from ._segstore import SegmentStore, infer_segment_size
+from ._segment_size import infer_segment_size
+from ._segstore import SegmentStore
 from ._store import Buffer
 from ._wal import Wal
 

@@ -25,7 +25,8 @@ from ._format import (
     segment_name,
 )
 from ._recovery import recover
-from ._segstore import SegmentStore, infer_segment_size
+from ._segment_size import infer_segment_size
+from ._segstore import SegmentStore
 from ._store import Store
 from ._syscalls import Syscalls
 from ._verify import verify
