@@ -14,10 +14,13 @@ token back (and a third time only when a recovery point is due).
 
 Rules this module keeps:
 
-- ``_mutex`` (the commit lock; ``_condition`` is the condition over it) guards
-  the machine: every read that decides and every transition is made holding
-  it. Whoever makes a transition that answers "notify" notifies ``_condition``
-  before letting the lock go; nobody notifies when nobody waits.
+- ``_mutex`` (the commit lock) guards the machine: every read that decides and
+  every transition is made holding it. A thread told to wait parks a ticket of
+  its own (a lock it holds) in the machine and blocks acquiring it again.
+  Whoever makes a transition that answers "wake" releases the tickets the
+  machine's ``wakeups`` names before letting the commit lock go, and so does a
+  woken thread that goes on (the next link of the chain); nobody wakes anyone
+  when nobody waits.
 - The token (``CommitMachine.holder``) is the one-flusher token: a leader, a
   truncation and close (both through ``exclusive``) each hold it, so no two of
   them run at once. Whoever takes it gives it back, on every path out.
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import threading
 import time
+from _thread import allocate_lock
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -72,7 +76,6 @@ class GroupCommit:
     """The durable end of a log and the protocol that moves it."""
 
     __slots__ = (
-        "_condition",
         "_machine",
         "_mutex",
         "_points",
@@ -91,10 +94,7 @@ class GroupCommit:
         self._points = points
         # A read-only handle flushes nothing: what it sees is the writer's to flush.
         self._readonly = not store.writable
-        # The bare lock is taken directly (a Condition's ``with`` costs a Python
-        # call); the condition over it is used only to wait and notify.
         self._mutex = threading.Lock()
-        self._condition = threading.Condition(self._mutex)
         self._machine = CommitMachine(durable_lsn)
         #: Publishes the ends to followers in other processes (a writer with a state file).
         self.publisher: EndsPublisher | None = None
@@ -158,7 +158,7 @@ class GroupCommit:
         self._reservations.fast_limit = 0
         with self._mutex:
             if self._machine.break_(error, operation):
-                self._condition.notify_all()
+                self._wake()
 
     def raise_broken(self) -> None:
         """Raise ``WalBrokenError`` naming what broke the log, chained to its cause."""
@@ -203,13 +203,8 @@ class GroupCommit:
         machine = self._machine
         with self._mutex:
             action = machine.request(target)
-            while action is _WAIT:
-                try:
-                    self._condition.wait()
-                except BaseException:
-                    machine.abandon_wait()
-                    raise
-                action = machine.recheck(target)
+            if action is _WAIT:
+                action = self._park(target)
         if action is _RETURN:
             return
         if action is _LEAD:
@@ -224,13 +219,12 @@ class GroupCommit:
         machine = self._machine
         reservations = self._reservations
         store = self._store
+        # The flush starts at once, taking what is written now: commits from
+        # threads a previous flush released that are not appended yet go to the
+        # next flush, which their appends overlap. (Waiting for them first, by
+        # sleep(0) or until they came back, made each flush cover more commits
+        # and group commit slower: the woken threads run one after the other.)
         try:
-            if machine.callers > 1:
-                # Other threads are committing too: let those a previous flush
-                # just released append before this flush takes its range, so one
-                # flush covers their commits as well. (Alone, a thread never
-                # waits: sleep(0) costs a timer slack, tens of microseconds.)
-                time.sleep(0)
             with reservations.lock:
                 in_flight = reservations.in_flight
                 while in_flight and min(in_flight) < target and machine.broken is None:
@@ -249,12 +243,12 @@ class GroupCommit:
                 reservations.fast_limit = 0
                 with self._mutex:
                     if machine.flush_failed(error, "a flush"):
-                        self._condition.notify_all()
+                        self._wake()
             raise WalBrokenError("a flush") from error
         except BaseException:
             with self._mutex:
                 if machine.flush_abandoned():
-                    self._condition.notify_all()
+                    self._wake()
             raise
         self._finish_flush(start, flush_to, began, flushed_at)
         if reservations.followers_waiting:
@@ -280,7 +274,7 @@ class GroupCommit:
         finally:
             with self._mutex:
                 if machine.flush_done(flush_to, flushed_at - began, writing_point=writing_point):
-                    self._condition.notify_all()
+                    self._wake()
         if writing_point:
             # The waiters this flush covered have returned; the leader stays the
             # one flusher (no truncation or close) while it writes the point.
@@ -289,21 +283,57 @@ class GroupCommit:
             finally:
                 with self._mutex:
                     if machine.point_written():
-                        self._condition.notify_all()
+                        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the parked threads the machine names; call holding the commit lock."""
+        for ticket in self._machine.wakeups():
+            ticket.release()
+
+    def _park(self, target: int | None) -> Action:
+        """Wait until woken and decide again, until told something else than wait.
+
+        Called holding the commit lock, just after the machine answered ``WAIT``
+        for ``target`` (None: the exclusive section); returns holding it. The
+        ticket is a lock this thread holds: whoever wakes it releases it, and
+        acquiring it again (which lets the GIL go while it blocks) is the wait.
+        """
+        machine = self._machine
+        mutex = self._mutex
+        ticket = allocate_lock()
+        ticket.acquire()
+        while True:
+            machine.park(ticket, target)
+            mutex.release()
+            try:
+                try:
+                    ticket.acquire()
+                finally:
+                    mutex.acquire()
+            except BaseException:
+                # Leave the machine as if this thread had never waited; a wake-up
+                # it already got goes to the next one.
+                machine.unpark(ticket)
+                if target is None:
+                    machine.abandon_exclusive_wait()
+                else:
+                    machine.abandon_wait()
+                if machine.parked:
+                    self._wake()
+                raise
+            action = machine.recheck_exclusive() if target is None else machine.recheck(target)
+            if action is not _WAIT:
+                if machine.parked:
+                    self._wake()  # the next link of the chain
+                return action
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the log still: no flush running, no copy in flight, no new reservation."""
         machine = self._machine
         with self._mutex:
-            action = machine.request_exclusive()
-            while action is _WAIT:
-                try:
-                    self._condition.wait()
-                except BaseException:
-                    machine.abandon_exclusive_wait()
-                    raise
-                action = machine.recheck_exclusive()
+            if machine.request_exclusive() is _WAIT:
+                self._park(None)
         reservations = self._reservations
         try:
             with reservations.lock:
@@ -313,4 +343,4 @@ class GroupCommit:
         finally:
             with self._mutex:
                 if machine.end_exclusive():
-                    self._condition.notify_all()
+                    self._wake()

@@ -9,8 +9,10 @@ does for HTTP): ``tests/test_commit_machine.py``.
 State: ``durable_lsn``; the one-flusher token's ``holder`` (nobody, a leader, a
 leader writing a recovery point, or an exclusive section: a truncation or
 close); ``broken`` (and ``broken_by``); ``closed``; ``callers`` (threads inside
-a sync, waiting or leading) and ``waiting`` (threads parked on the condition:
-callers and would-be exclusive holders).
+a sync, waiting or leading); ``waiting`` (threads told to wait that have not
+asked again: callers and would-be exclusive holders) and ``parked`` (the
+tickets of those not woken yet, in the order they parked, each with the target
+it waits for, None for an exclusive section).
 
 Rules kept here:
 
@@ -27,15 +29,35 @@ Rules kept here:
   is set once, inside the exclusive section.
 - Every transition that changes what a waiter waits for (``durable_lsn``,
   ``broken``, ``closed``, the token) answers whether anyone waits: the caller
-  notifies the condition exactly then. A change made inside the exclusive
-  section is announced when the section ends.
+  asks ``wakeups`` for the tickets to wake exactly then. A change made inside
+  the exclusive section is announced when the section ends.
+- Wake-ups are few and go one at a time (each one a thread that must take the
+  GIL): ``wakeups`` names every parked ticket when the log is broken or closed;
+  otherwise the first parked caller whose target is durable; otherwise, when
+  the token is free, the first parked thread (it leads or runs its exclusive
+  section); otherwise nobody. A woken thread that goes on asks ``wakeups``
+  again before it lets the commit lock go, and so wakes the next: a flush that
+  covers n waiters costs a chain of n wake-ups, each started as the previous
+  thread runs, instead of n threads woken at once to queue for the GIL, and a
+  waiter the flush did not cover is not woken to wait again. A chain ends with
+  a thread that takes the token or finds nobody to wake, so no waiter that
+  could go on is left parked with nobody woken (``tests/test_commit_machine.py``
+  checks it).
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Protocol
 
-__all__ = ["Action", "CommitMachine", "CommitProtocolError", "Holder"]
+__all__ = ["Action", "CommitMachine", "CommitProtocolError", "Holder", "Ticket"]
+
+
+class Ticket(Protocol):
+    """What a parked thread waits on; ``GroupCommit`` releases it to wake the thread."""
+
+    def release(self) -> None:
+        """Wake the thread parked on this ticket."""
 
 
 class CommitProtocolError(RuntimeError):
@@ -90,8 +112,10 @@ class CommitMachine:
         "flush_seconds",
         "flushes",
         "holder",
+        "parked",
         "syncs_requested",
         "waiting",
+        "wakeups_issued",
     )
 
     def __init__(self, durable_lsn: int) -> None:
@@ -103,6 +127,11 @@ class CommitMachine:
         self.closed = False
         self.callers = 0
         self.waiting = 0
+        #: The tickets of waiting threads not woken yet, in the order they
+        #: parked, each with its target (None: an exclusive section).
+        self.parked: list[tuple[int | None, Ticket]] = []
+        #: How many tickets ``wakeups`` named.
+        self.wakeups_issued = 0
         self.syncs_requested = 0
         self.flushes = 0
         self.flush_seconds = 0.0
@@ -111,7 +140,7 @@ class CommitMachine:
         return (
             f"<CommitMachine durable={self.durable_lsn} holder={self.holder.value} "
             f"broken={self.broken is not None} closed={self.closed} "
-            f"callers={self.callers} waiting={self.waiting}>"
+            f"callers={self.callers} waiting={self.waiting} parked={len(self.parked)}>"
         )
 
     def _illegal(self, event: str) -> CommitProtocolError:
@@ -138,6 +167,45 @@ class CommitMachine:
             raise self._illegal("a waiter leaving while none waits")
         self.waiting -= 1
         self.callers -= 1
+
+    def park(self, ticket: Ticket, target: int | None) -> None:
+        """Keep the ticket of a thread just told to wait (``target`` None: an exclusive one)."""
+        if self.waiting <= len(self.parked):
+            raise self._illegal("a ticket parked by a thread not told to wait")
+        self.parked.append((target, ticket))
+
+    def unpark(self, ticket: Ticket) -> None:
+        """Drop the ticket of a thread leaving its wait (an exception), if not woken yet.
+
+        A ticket already woken leaves a wake-up unanswered: the leaving thread
+        then asks ``wakeups`` (after ``abandon_wait``) to pass it on.
+        """
+        for index, (_, parked) in enumerate(self.parked):
+            if parked is ticket:
+                del self.parked[index]
+                return
+
+    def wakeups(self) -> list[Ticket]:
+        """Take out the parked tickets to wake now (see the rules above)."""
+        parked = self.parked
+        if not parked:
+            return []
+        if self.broken is not None or self.closed:
+            woken = [ticket for _, ticket in parked]
+            parked.clear()
+        else:
+            woken = []
+            durable = self.durable_lsn
+            for index, (target, ticket) in enumerate(parked):
+                if target is not None and target <= durable:
+                    del parked[index]
+                    woken.append(ticket)
+                    break
+            else:
+                if self.holder is NONE:
+                    woken.append(parked.pop(0)[1])
+        self.wakeups_issued += len(woken)
+        return woken
 
     def _decide(self, target: int) -> Action:
         # Durable first: a commit whose record is durable never raises, even when

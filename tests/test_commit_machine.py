@@ -293,7 +293,7 @@ def test_a_caller_cannot_leave_a_wait_only_an_exclusive_section_waits_in() -> No
 def test_the_repr_shows_the_state() -> None:
     machine = CommitMachine(7)
     assert repr(machine) == (
-        "<CommitMachine durable=7 holder=none broken=False closed=False callers=0 waiting=0>"
+        "<CommitMachine durable=7 holder=none broken=False closed=False callers=0 waiting=0 parked=0>"
     )
     machine.break_(OSError(), "a flush")
     assert "broken=True" in repr(machine)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import inspect
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ from mmwal import (
     WalError,
     _syscalls,
 )
+from mmwal._commit import GroupCommit
 from mmwal._store import Buffer
 
 T = TypeVar("T")
@@ -592,6 +594,13 @@ def test_a_second_close_returns_only_once_the_log_is_durable_and_closed(
     assert durable >= end, "the second close returned before the data was durable"
 
 
+def reacquire_line() -> int:
+    """Return the line where a woken thread in ``GroupCommit._park`` takes the commit lock again."""
+    lines, first = inspect.getsourcelines(GroupCommit._park)
+    (offset,) = [i for i, line in enumerate(lines) if line.strip() == "mutex.acquire()"]
+    return first + offset
+
+
 def test_a_waiter_whose_record_close_made_durable_returns_its_lsn(
     tmp_path: Path, wal: Wal, calls: ControlledSyscalls
 ) -> None:
@@ -611,12 +620,17 @@ def test_a_waiter_whose_record_close_made_durable_returns_its_lsn(
 
     woken = threading.Event()
     resume = threading.Event()
-    reacquire = threading.Condition._acquire_restore.__code__  # type: ignore[attr-defined]
+    park = GroupCommit._park.__code__
+    reacquire = reacquire_line()
 
-    def tracer(frame: FrameType, event: str, arg: object) -> None:
-        if event == "call" and frame.f_code is reacquire and not woken.is_set():
+    def hold_before_reacquire(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line" and frame.f_lineno == reacquire and not woken.is_set():
             woken.set()
             resume.wait(DEADLINE)
+        return hold_before_reacquire
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        return hold_before_reacquire if frame.f_code is park else None
 
     def traced_commit() -> int:
         sys.settrace(tracer)
