@@ -19,7 +19,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mmwal._commit_machine import Action, CommitMachine, CommitProtocolError, Holder
+from mmwal._commit_machine import Action, CommitMachine, CommitProtocolError, Holder, Ticket
 
 RETURN, RAISE_BROKEN, RAISE_CLOSED, LEAD, WAIT = (
     Action.RETURN,
@@ -43,6 +43,20 @@ def state(machine: CommitMachine) -> tuple[object, ...]:
         machine.flushes,
         machine.flush_seconds,
     )
+
+
+@dataclass
+class FakeTicket:
+    """What a simulated thread parks: it only says whose it is."""
+
+    key: int
+
+    def release(self) -> None:
+        """Nothing to wake: the model tracks who was woken."""
+
+
+def keys(tickets: list[Ticket]) -> list[int]:
+    return [ticket.key for ticket in tickets if isinstance(ticket, FakeTicket)]
 
 
 # -- each transition by hand --------------------------------------------------------
@@ -192,6 +206,104 @@ def test_close_inside_exclusive_makes_uncovered_callers_raise_closed() -> None:
     assert machine.request_exclusive() is LEAD  # close of a broken log still releases
 
 
+def parked_waiters(machine: CommitMachine, *targets: int | None) -> list[FakeTicket]:
+    """Park a ticket for each target on a machine whose token is held (None: exclusive)."""
+    tickets = []
+    for key, target in enumerate(targets):
+        if target is None:
+            assert machine.request_exclusive() is WAIT
+        else:
+            assert machine.request(target) is WAIT
+        ticket = FakeTicket(key)
+        machine.park(ticket, target)
+        tickets.append(ticket)
+    return tickets
+
+
+def test_a_flush_wakes_the_waiters_it_covered_one_at_a_time_in_the_order_they_parked() -> None:
+    # Waking every waiter at once (notify_all) made them all queue for the GIL.
+    machine = CommitMachine(0)
+    assert machine.request(10) is LEAD
+    parked_waiters(machine, 30, 20, 60, 25)
+    assert machine.flush_done(30, 0.0, writing_point=False) is True
+    assert keys(machine.wakeups()) == [0]
+    assert machine.recheck(30) is RETURN
+    assert keys(machine.wakeups()) == [1]  # the woken thread wakes the next
+    assert machine.recheck(20) is RETURN
+    assert keys(machine.wakeups()) == [3]  # 60 is not covered: skipped
+    assert machine.recheck(25) is RETURN
+    # Nobody left that the flush covered, and the token is free: the uncovered
+    # waiter is woken to lead.
+    assert keys(machine.wakeups()) == [2]
+    assert machine.recheck(60) is LEAD
+    assert machine.wakeups() == []
+    assert machine.wakeups_issued == 4
+
+
+def test_a_waiter_the_flush_did_not_cover_sleeps_while_the_token_is_held() -> None:
+    # notify_all woke it, only for it to find the token taken and wait again.
+    machine = CommitMachine(0)
+    machine.request(10)
+    parked_waiters(machine, 10, 40)
+    assert machine.flush_done(10, 0.0, writing_point=True) is True  # keeps the token
+    assert keys(machine.wakeups()) == [0]
+    assert machine.recheck(10) is RETURN
+    assert machine.wakeups() == []  # 40 waits for a flush: not woken
+    assert machine.point_written() is True
+    assert keys(machine.wakeups()) == [1]
+
+
+def test_a_broken_log_wakes_every_parked_thread() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    parked_waiters(machine, 20, None, 30)
+    assert machine.flush_failed(OSError("EIO"), "a flush") is True
+    assert keys(machine.wakeups()) == [0, 1, 2]
+    assert machine.parked == []
+
+
+def test_a_closed_log_wakes_every_parked_thread_when_the_close_ends() -> None:
+    machine = CommitMachine(0)
+    assert machine.request_exclusive() is LEAD
+    parked_waiters(machine, 20, None)
+    machine.close()
+    assert machine.end_exclusive() is True
+    assert keys(machine.wakeups()) == [0, 1]
+    assert machine.recheck(20) is RAISE_CLOSED
+    assert machine.recheck_exclusive() is LEAD
+
+
+def test_a_woken_waiter_that_leaves_passes_its_wakeup_on() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    first, _ = parked_waiters(machine, 10, 10)
+    machine.flush_done(10, 0.0, writing_point=False)
+    assert machine.wakeups() == [first]
+    # Interrupted after it was woken: unpark finds nothing to drop, and the
+    # wake-up it got goes to the next waiter.
+    machine.unpark(first)
+    machine.abandon_wait()
+    assert keys(machine.wakeups()) == [1]
+
+
+def test_a_parked_waiter_that_leaves_is_never_woken() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    first, second = parked_waiters(machine, 10, 10)
+    machine.unpark(first)
+    machine.abandon_wait()
+    machine.flush_done(10, 0.0, writing_point=False)
+    assert machine.wakeups() == [second]
+
+
+def test_a_ticket_is_parked_only_by_a_thread_told_to_wait() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    with pytest.raises(CommitProtocolError, match=r"^a ticket parked by a thread not told"):
+        machine.park(FakeTicket(0), 10)
+    assert machine.parked == []
+
+
 def test_a_read_only_refresh_sets_the_durable_end_either_way() -> None:
     machine = CommitMachine(50)
     machine.refreshed(80)
@@ -293,7 +405,8 @@ def test_a_caller_cannot_leave_a_wait_only_an_exclusive_section_waits_in() -> No
 def test_the_repr_shows_the_state() -> None:
     machine = CommitMachine(7)
     assert repr(machine) == (
-        "<CommitMachine durable=7 holder=none broken=False closed=False callers=0 waiting=0 parked=0>"
+        "<CommitMachine durable=7 holder=none broken=False closed=False callers=0 waiting=0"
+        " parked=0>"
     )
     machine.break_(OSError(), "a flush")
     assert "broken=True" in repr(machine)
@@ -332,19 +445,21 @@ class Thread:
 
     kind: str  # "sync" or "exclusive"
     target: int = 0
-    state: str = "waiting"  # "waiting", "leading", "point", "exclusive"
-    notified: bool = False
+    # "parked" (waits, not woken), "woken" (woken, not yet asked again),
+    # "leading", "point", "exclusive"
+    state: str = "parked"
 
 
 @dataclass
 class RulesModel:
-    """The group commit's rules, restated: what each caller must be told."""
+    """The group commit's rules, restated: what each caller must be told, who is woken."""
 
     durable: int
     holder: int | None = None  # the id of the thread holding the token
     broken: object = None
     closed: bool = False
     threads: dict[int, Thread] = field(default_factory=dict)
+    parked: list[int] = field(default_factory=list)  # in the order they parked
     next_id: int = 0
 
     def answer_sync(self, target: int) -> str:
@@ -357,14 +472,22 @@ class RulesModel:
         return "lead" if self.holder is None else "wait"
 
     def waiters(self) -> list[int]:
-        return [key for key, thread in self.threads.items() if thread.state == "waiting"]
+        return [key for key, thread in self.threads.items() if thread.state in ("parked", "woken")]
 
-    def announce(self) -> bool:
-        """Mark every waiter notified; return whether there was one (notify is due)."""
-        waiters = self.waiters()
-        for key in waiters:
-            self.threads[key].notified = True
-        return bool(waiters)
+    def woken(self) -> list[int]:
+        return [key for key, thread in self.threads.items() if thread.state == "woken"]
+
+    def to_wake(self) -> list[int]:
+        """Whom a wake-up goes to: everyone once broken or closed; else the first
+        parked caller whose target is durable; else, with the token free, the first
+        parked thread; else nobody."""
+        if self.broken is not None or self.closed:
+            return list(self.parked)
+        for key in self.parked:
+            thread = self.threads[key]
+            if thread.kind == "sync" and thread.target <= self.durable:
+                return [key]
+        return self.parked[:1] if self.holder is None else []
 
     def could_go_on(self, thread: Thread) -> bool:
         if thread.kind == "exclusive":
@@ -383,12 +506,18 @@ HOLDERS = {
 
 
 class CommitRules(RuleBasedStateMachine):
-    """Random interleavings of simulated threads against the machine and the model."""
+    """Random interleavings of simulated threads against the machine and the model.
+
+    Each step does what ``GroupCommit`` does in one critical section: a thread told
+    to wait parks its ticket; a transition that answers "wake" asks ``wakeups``;
+    a woken thread that goes on asks ``wakeups`` again (the chain).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.machine = CommitMachine(0)
         self.model = RulesModel(durable=0)
+        self.tickets: dict[int, FakeTicket] = {}
 
     # helpers
 
@@ -398,6 +527,38 @@ class CommitRules(RuleBasedStateMachine):
             return holder
         return None
 
+    def _park(self, key: int) -> None:
+        thread = self.model.threads[key]
+        thread.state = "parked"
+        self.model.parked.append(key)
+        ticket = self.tickets.setdefault(key, FakeTicket(key))
+        self.machine.park(ticket, thread.target if thread.kind == "sync" else None)
+
+    def _wake(self, answered: bool) -> None:
+        # ``answered``: the transition's "wake" answer, which is whether anyone waits.
+        model = self.model
+        assert answered is bool(model.waiters())
+        self._wake_parked()
+
+    def _wake_parked(self) -> None:
+        # What ``GroupCommit`` does with a "wake" answer, and a woken thread that
+        # goes on or leaves, when a ticket is parked.
+        model = self.model
+        if not self.machine.parked:
+            return
+        expected = model.to_wake()
+        woken = self.machine.wakeups()
+        assert all(isinstance(ticket, FakeTicket) for ticket in woken)
+        assert [ticket.key for ticket in woken if isinstance(ticket, FakeTicket)] == expected
+        for key in expected:
+            # Nobody is woken only to find it must wait again: a caller is woken
+            # when its target is durable or to take the free token (or because
+            # the log broke or closed, which every waiter must hear).
+            if model.broken is None and not model.closed:
+                assert model.could_go_on(model.threads[key]), f"thread {key} woken to wait"
+            model.parked.remove(key)
+            model.threads[key].state = "woken"
+
     def _settle_sync(self, key: int, answer: str) -> None:
         model = self.model
         thread = model.threads[key]
@@ -405,8 +566,7 @@ class CommitRules(RuleBasedStateMachine):
             model.holder = key
             thread.state = "leading"
         elif answer == "wait":
-            thread.state = "waiting"
-            thread.notified = False
+            self._park(key)
         else:
             del model.threads[key]
 
@@ -428,12 +588,11 @@ class CommitRules(RuleBasedStateMachine):
         assert self.machine.request(lsn).value == expected
         self._settle_sync(key, expected)
 
-    @precondition(lambda self: self.model.waiters())
+    @precondition(lambda self: self.model.woken())
     @rule(data=st.data())
-    def a_waiter_wakes(self, data: st.DataObject) -> None:
-        # Any waiter may wake at any time (spuriously too): it must decide right.
+    def a_woken_thread_asks_again(self, data: st.DataObject) -> None:
         model = self.model
-        key = data.draw(st.sampled_from(model.waiters()))
+        key = data.draw(st.sampled_from(model.woken()))
         thread = model.threads[key]
         if thread.kind == "sync":
             expected = model.answer_sync(thread.target)
@@ -446,18 +605,26 @@ class CommitRules(RuleBasedStateMachine):
                 model.holder = key
                 thread.state = "exclusive"
             else:
-                thread.notified = False
+                self._park(key)
+        if expected != "wait":
+            self._wake_parked()  # pass the chain on
 
     @precondition(lambda self: self.model.waiters())
     @rule(data=st.data())
     def a_waiter_is_interrupted(self, data: st.DataObject) -> None:
+        # Parked or already woken: either way it leaves, and a wake-up it got is
+        # passed on.
         model = self.model
         key = data.draw(st.sampled_from(model.waiters()))
+        self.machine.unpark(self.tickets[key])
         if model.threads[key].kind == "sync":
             self.machine.abandon_wait()
         else:
             self.machine.abandon_exclusive_wait()
+        if key in model.parked:
+            model.parked.remove(key)
         del model.threads[key]
+        self._wake_parked()
 
     # the leader
 
@@ -476,8 +643,7 @@ class CommitRules(RuleBasedStateMachine):
         else:
             del model.threads[key]
             model.holder = None
-        expected_notify = model.announce()
-        assert self.machine.flush_done(flush_to, seconds, writing_point=point) is expected_notify
+        self._wake(self.machine.flush_done(flush_to, seconds, writing_point=point))
         assert (self.machine.flushes, self.machine.flush_seconds) == (flushes + 1, spent + seconds)
 
     @rule()
@@ -489,7 +655,7 @@ class CommitRules(RuleBasedStateMachine):
             return
         del model.threads[key]
         model.holder = None
-        assert self.machine.point_written() is model.announce()
+        self._wake(self.machine.point_written())
 
     @rule()
     def the_leader_flush_fails(self) -> None:
@@ -503,7 +669,7 @@ class CommitRules(RuleBasedStateMachine):
             model.broken = error
         del model.threads[key]
         model.holder = None
-        assert self.machine.flush_failed(error, "a flush") is model.announce()
+        self._wake(self.machine.flush_failed(error, "a flush"))
         assert self.machine.broken is model.broken
 
     @rule()
@@ -515,7 +681,7 @@ class CommitRules(RuleBasedStateMachine):
             return
         del model.threads[key]
         model.holder = None
-        assert self.machine.flush_abandoned() is model.announce()
+        self._wake(self.machine.flush_abandoned())
 
     @rule()
     def a_second_leader_is_refused(self) -> None:
@@ -528,7 +694,7 @@ class CommitRules(RuleBasedStateMachine):
         error = OSError("copy")
         if model.broken is None:
             model.broken = error
-        assert self.machine.break_(error, "a copy into the log") is model.announce()
+        self._wake(self.machine.break_(error, "a copy into the log"))
 
     # the exclusive section
 
@@ -545,6 +711,7 @@ class CommitRules(RuleBasedStateMachine):
             self._expect_illegal(self.machine.begin_exclusive)
             model.threads[key] = Thread("exclusive")
             assert self.machine.request_exclusive() is WAIT
+            self._park(key)
 
     @rule(end=st.integers(0, 250))
     def a_truncation_moves_the_end(self, end: int) -> None:
@@ -580,7 +747,7 @@ class CommitRules(RuleBasedStateMachine):
             return
         del model.threads[key]
         model.holder = None
-        assert self.machine.end_exclusive() is model.announce()
+        self._wake(self.machine.end_exclusive())
 
     # what must hold after every step
 
@@ -596,18 +763,20 @@ class CommitRules(RuleBasedStateMachine):
         assert machine.holder is expected_holder
         assert machine.callers == model.callers()
         assert machine.waiting == len(model.waiters())
+        assert [
+            ticket.key for _, ticket in machine.parked if isinstance(ticket, FakeTicket)
+        ] == model.parked
 
     @invariant()
     def no_wakeup_is_lost(self) -> None:
-        # A waiter that could go on now was notified since it began to wait;
-        # changes made inside the exclusive section are announced when it ends.
+        # While a waiter that could go on is parked, some thread is woken and
+        # not yet done (the chain runs on to it); changes made inside the
+        # exclusive section are announced when it ends.
         model = self.model
         if model.holder is not None and model.threads[model.holder].state == "exclusive":
             return
-        for key in model.waiters():
-            thread = model.threads[key]
-            if model.could_go_on(thread):
-                assert thread.notified, f"thread {key} ({thread}) was never woken"
+        stuck = [key for key in model.parked if model.could_go_on(model.threads[key])]
+        assert not stuck or model.woken(), f"threads {stuck} could go on and nobody was woken"
 
 
 CommitRules.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 from thread_runner import DEADLINE, Outcome, Runner
@@ -44,6 +44,9 @@ from mmwal import (
 )
 from mmwal._commit import GroupCommit
 from mmwal._store import Buffer
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 T = TypeVar("T")
 
@@ -623,13 +626,13 @@ def test_a_waiter_whose_record_close_made_durable_returns_its_lsn(
     park = GroupCommit._park.__code__
     reacquire = reacquire_line()
 
-    def hold_before_reacquire(frame: FrameType, event: str, arg: object) -> object:
+    def hold_before_reacquire(frame: FrameType, event: str, arg: object) -> TraceFunction:
         if event == "line" and frame.f_lineno == reacquire and not woken.is_set():
             woken.set()
             resume.wait(DEADLINE)
         return hold_before_reacquire
 
-    def tracer(frame: FrameType, event: str, arg: object) -> object:
+    def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
         return hold_before_reacquire if frame.f_code is park else None
 
     def traced_commit() -> int:
