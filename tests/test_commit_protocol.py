@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import inspect
+import signal
 import sys
 import threading
 import time
@@ -208,6 +209,56 @@ def test_followers_covered_by_the_leader_return_without_flushing_again(
     stats = wal.stats()
     assert (stats.syncs_requested, stats.flushes) == (6, 1)
     assert wal.durable_lsn == end
+
+
+class WaitInterruptedError(Exception):
+    """Raised by a signal handler in the main thread while it waits as a follower."""
+
+
+def test_a_follower_interrupted_in_its_wait_leaves_and_the_others_are_still_woken(
+    wal: Wal, calls: ControlledSyscalls
+) -> None:
+    """A wait a signal interrupts leaves no ticket behind to swallow a wake-up.
+
+    The main thread parks first behind a held flush, two followers park after it,
+    and a signal interrupts the main thread's wait. The flush's wake-up must go to
+    the followers (a ticket left parked would take it, and they would hang), and
+    the machine must count nobody left waiting.
+    """
+    end = append_end(wal, b"first")
+    gate = calls.hold(1)
+    leader = Runner("leader", wal.sync).start()
+    calls.wait_for_msync(1)
+    machine = wal._group_commit._machine
+    followers: list[Runner[None]] = []
+
+    def park_followers_then_interrupt() -> None:
+        syncs_requested_is(wal, 2)  # the main thread is parked first
+        followers.extend(Runner(f"follower-{i}", wal.sync).start() for i in range(2))
+        syncs_requested_is(wal, 4)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise WaitInterruptedError
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        helper = Runner("helper", park_followers_then_interrupt).start()
+        with pytest.raises(WaitInterruptedError):
+            wal.sync()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    helper.result()
+    assert (machine.callers, machine.waiting, len(machine.parked)) == (3, 2, 2)
+
+    gate.set()
+    leader.result()
+    for follower in followers:
+        follower.result()
+    assert calls.msync_calls == 1
+    assert wal.durable_lsn == end
+    assert (machine.callers, machine.waiting, machine.parked) == (0, 0, [])
+    wal.sync()
 
 
 # -- a follower beyond the leader's flush leads the next one --------------------------
