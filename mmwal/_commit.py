@@ -7,7 +7,7 @@ good.
 
 The decisions are ``CommitMachine``'s (``_commit_machine``: the state, the rules
 for who returns, raises, leads or waits, and who must be woken); this object
-holds the lock, asks the machine once per critical section, and waits, notifies
+holds the lock, asks the machine once per critical section, and waits, wakes
 and flushes as it answers. A lone commit takes the commit lock twice: once to
 count itself and take the token, once to move the durable end and give the
 token back (and a third time only when a recovery point is due).
@@ -16,7 +16,8 @@ Rules this module keeps:
 
 - ``_mutex`` (the commit lock) guards the machine: every read that decides and
   every transition is made holding it. A thread told to wait parks a ticket of
-  its own (a lock it holds) in the machine and blocks acquiring it again.
+  its own (a lock it holds) in the machine and blocks acquiring it again,
+  without the commit lock; a ticket is released only holding it.
   Whoever makes a transition that answers "wake" releases the tickets the
   machine's ``wakeups`` names before letting the commit lock go, and so does a
   woken thread that goes on (the next link of the chain); nobody wakes anyone

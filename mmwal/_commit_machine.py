@@ -1,8 +1,8 @@
 """``CommitMachine``: the group commit's decisions, with no lock, thread, I/O or clock.
 
 ``GroupCommit`` holds the commit lock, calls one method of this machine per
-critical section, and does what it answers: return, raise, lead a flush, wait on
-the condition, notify it. The machine only keeps the state and applies the
+critical section, and does what it answers: return, raise, lead a flush, park a
+ticket and wait, wake the tickets it names. The machine only keeps the state and applies the
 rules, so every transition can be driven and checked without threads (as h11
 does for HTTP): ``tests/test_commit_machine.py``.
 
@@ -75,7 +75,7 @@ class Action(enum.Enum):
     RAISE_CLOSED = "raise closed"
     #: It holds the token now: flush (or run the exclusive section).
     LEAD = "lead"
-    #: Someone else holds the token: wait on the condition, then ask again.
+    #: Someone else holds the token: park a ticket, wait until woken, then ask again.
     WAIT = "wait"
 
 
@@ -238,7 +238,7 @@ class CommitMachine:
         self.holder = LEADER
 
     def flush_done(self, flush_to: int, seconds: float, *, writing_point: bool) -> bool:
-        """Take the leader's flush up to ``flush_to`` as returned; return whether to notify.
+        """Take the leader's flush up to ``flush_to`` as returned; return whether anyone waits.
 
         The durable end moves and the waiters it covers may return. With
         ``writing_point`` the leader keeps the token (no truncation or close) while
@@ -258,7 +258,7 @@ class CommitMachine:
         return self.waiting > 0
 
     def point_written(self) -> bool:
-        """End the leader's recovery point (written or not); return whether to notify."""
+        """End the leader's recovery point (written or not); return whether anyone waits."""
         if self.holder is not POINT:
             raise self._illegal("a recovery point reported without a leader writing one")
         self.holder = NONE
@@ -266,7 +266,7 @@ class CommitMachine:
         return self.waiting > 0
 
     def flush_failed(self, error: BaseException, operation: str) -> bool:
-        """Take the leader's flush as failed: break the log for good; return whether to notify."""
+        """Take the leader's flush as failed, breaking the log; return whether anyone waits."""
         if self.holder is not LEADER:
             raise self._illegal("a flush reported failed without a leader")
         self.break_(error, operation)
@@ -275,7 +275,7 @@ class CommitMachine:
         return self.waiting > 0
 
     def flush_abandoned(self) -> bool:
-        """Stop a leader with no flush outcome (refused, interrupted); return whether to notify."""
+        """Stop a leader with no flush outcome (refused, interrupted); say if anyone waits."""
         if self.holder is not LEADER:
             raise self._illegal("a flush abandoned without a leader")
         self.holder = NONE
@@ -285,7 +285,7 @@ class CommitMachine:
     # -- fail-stop ---------------------------------------------------------------------
 
     def break_(self, error: BaseException, operation: str) -> bool:
-        """Break the log for good (the first cause is kept); return whether to notify."""
+        """Break the log for good (the first cause is kept); return whether anyone waits."""
         if self.broken is None:
             self.broken = error
             self.broken_by = operation
@@ -325,7 +325,7 @@ class CommitMachine:
         self.holder = EXCLUSIVE
 
     def end_exclusive(self) -> bool:
-        """Leave the exclusive section; return whether to notify."""
+        """Leave the exclusive section; return whether anyone waits."""
         if self.holder is not EXCLUSIVE:
             raise self._illegal("the end of an exclusive section nobody holds")
         self.holder = NONE
