@@ -19,6 +19,10 @@ Rules kept here:
 - A caller's target durable is answered first (``RETURN``, whatever happened
   since), then broken (``RAISE_BROKEN``), then closed (``RAISE_CLOSED``); only
   then does it lead (the token is free) or wait.
+- While a thread waits for the exclusive section, no caller takes the free
+  token to lead: the exclusive section goes first, so a truncation or close is
+  not starved by commits that keep coming (before, a leader coming back for its
+  next commit always took the token first).
 - One token holder at a time: a second leader, or an exclusive section while a
   leader holds the token, is a ``CommitProtocolError``, as is any event from a
   holder that does not hold the token (a flush reported without a leader).
@@ -34,8 +38,8 @@ Rules kept here:
 - Wake-ups are few and go one at a time (each one a thread that must take the
   GIL): ``wakeups`` names every parked ticket when the log is broken or closed;
   otherwise the first parked caller whose target is durable; otherwise, when
-  the token is free, the first parked thread (it leads or runs its exclusive
-  section); otherwise nobody. A woken thread that goes on asks ``wakeups``
+  the token is free, the first parked exclusive waiter, or with none waiting
+  the first parked caller (it leads); otherwise nobody. A woken thread that goes on asks ``wakeups``
   again before it lets the commit lock go, and so wakes the next: a flush that
   covers n waiters costs a chain of n wake-ups, each started as the previous
   thread runs, instead of n threads woken at once to queue for the GIL, and a
@@ -109,6 +113,7 @@ class CommitMachine:
         "callers",
         "closed",
         "durable_lsn",
+        "exclusive_waiting",
         "flush_seconds",
         "flushes",
         "holder",
@@ -127,6 +132,10 @@ class CommitMachine:
         self.closed = False
         self.callers = 0
         self.waiting = 0
+        #: Of those, the threads waiting for the exclusive section: while one
+        #: waits, no caller takes the token to lead (a truncation or close is not
+        #: starved by commits that keep coming).
+        self.exclusive_waiting = 0
         #: The tickets of waiting threads not woken yet, in the order they
         #: parked, each with its target (None: an exclusive section).
         self.parked: list[tuple[int | None, Ticket]] = []
@@ -201,11 +210,21 @@ class CommitMachine:
                     del parked[index]
                     woken.append(ticket)
                     break
-            else:
-                if self.holder is NONE:
-                    woken.append(parked.pop(0)[1])
+            if not woken and self.holder is NONE:
+                woken.extend(self._token_taker())
         self.wakeups_issued += len(woken)
         return woken
+
+    def _token_taker(self) -> list[Ticket]:
+        # The free token goes to the first parked exclusive waiter, else to the
+        # first parked thread.
+        parked = self.parked
+        if not self.exclusive_waiting:
+            return [parked.pop(0)[1]]
+        exclusive = [index for index, (target, _) in enumerate(parked) if target is None]
+        if len(exclusive) < self.exclusive_waiting:
+            return []  # one was woken and has not asked again: the token is its
+        return [parked.pop(exclusive[0])[1]]
 
     def _decide(self, target: int) -> Action:
         # Durable first: a commit whose record is durable never raises, even when
@@ -221,7 +240,7 @@ class CommitMachine:
         if self.closed:
             self.callers -= 1
             return RAISE_CLOSED
-        if self.holder is NONE:
+        if self.holder is NONE and not self.exclusive_waiting:
             self.holder = LEADER  # ``begin_flush``, whose checks this call has made
             return LEAD
         self.waiting += 1
@@ -302,20 +321,23 @@ class CommitMachine:
             self.begin_exclusive()
             return LEAD
         self.waiting += 1
+        self.exclusive_waiting += 1
         return WAIT
 
     def recheck_exclusive(self) -> Action:
         """Ask again for a thread that waited for the exclusive section and was woken."""
-        if self.waiting <= 0:
+        if self.exclusive_waiting <= 0:
             raise self._illegal("a waiter woken while none waits")
         self.waiting -= 1
+        self.exclusive_waiting -= 1
         return self.request_exclusive()
 
     def abandon_exclusive_wait(self) -> None:
         """Let a thread waiting for the exclusive section leave (an exception in its wait)."""
-        if self.waiting <= 0:
+        if self.exclusive_waiting <= 0:
             raise self._illegal("a waiter leaving while none waits")
         self.waiting -= 1
+        self.exclusive_waiting -= 1
 
     def begin_exclusive(self) -> None:
         """Give the token to an exclusive section; only ``request_exclusive`` does."""

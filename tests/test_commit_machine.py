@@ -39,6 +39,7 @@ def state(machine: CommitMachine) -> tuple[object, ...]:
         machine.closed,
         machine.callers,
         machine.waiting,
+        machine.exclusive_waiting,
         machine.syncs_requested,
         machine.flushes,
         machine.flush_seconds,
@@ -296,6 +297,37 @@ def test_a_parked_waiter_that_leaves_is_never_woken() -> None:
     assert machine.wakeups() == [second]
 
 
+def test_a_waiting_exclusive_section_takes_the_free_token_before_a_new_leader() -> None:
+    # Before, a leader coming back for its next commit took the token again at
+    # once, and a truncation or close waited as long as commits kept coming.
+    machine = CommitMachine(0)
+    machine.request(10)
+    (exclusive,) = parked_waiters(machine, None)
+    assert machine.flush_done(10, 0.0, writing_point=False) is True
+    assert machine.wakeups() == [exclusive]
+    assert machine.request(20) is WAIT  # the token is free, but the section goes first
+    machine.park(FakeTicket(1), 20)
+    assert machine.wakeups() == []  # the exclusive waiter is on its way
+    assert machine.recheck_exclusive() is LEAD
+    assert (machine.holder, machine.exclusive_waiting) == (Holder.EXCLUSIVE, 0)
+    assert machine.end_exclusive() is True
+    assert keys(machine.wakeups()) == [1]
+    assert machine.recheck(20) is LEAD
+
+
+def test_the_free_token_goes_to_the_first_parked_exclusive_waiter() -> None:
+    machine = CommitMachine(0)
+    machine.request(10)
+    parked_waiters(machine, 30, None, 40, None)
+    assert machine.flush_abandoned() is True
+    assert keys(machine.wakeups()) == [1]
+    assert machine.recheck_exclusive() is LEAD
+    assert machine.exclusive_waiting == 1
+    assert machine.end_exclusive() is True
+    assert keys(machine.wakeups()) == [3]  # the second exclusive waiter, then callers
+    assert machine.recheck_exclusive() is LEAD
+
+
 def test_a_ticket_is_parked_only_by_a_thread_told_to_wait() -> None:
     machine = CommitMachine(0)
     machine.request(10)
@@ -469,7 +501,11 @@ class RulesModel:
             return "raise broken"
         if self.closed:
             return "raise closed"
-        return "lead" if self.holder is None else "wait"
+        # A waiting exclusive section goes first: no caller takes the token before it.
+        return "lead" if self.holder is None and not self.exclusive_waiters() else "wait"
+
+    def exclusive_waiters(self) -> list[int]:
+        return [key for key in self.waiters() if self.threads[key].kind == "exclusive"]
 
     def waiters(self) -> list[int]:
         return [key for key, thread in self.threads.items() if thread.state in ("parked", "woken")]
@@ -480,14 +516,22 @@ class RulesModel:
     def to_wake(self) -> list[int]:
         """Whom a wake-up goes to: everyone once broken or closed; else the first
         parked caller whose target is durable; else, with the token free, the first
-        parked thread; else nobody."""
+        parked exclusive waiter (none if one is woken already), or with none
+        waiting the first parked caller; else nobody."""
         if self.broken is not None or self.closed:
             return list(self.parked)
         for key in self.parked:
             thread = self.threads[key]
             if thread.kind == "sync" and thread.target <= self.durable:
                 return [key]
-        return self.parked[:1] if self.holder is None else []
+        if self.holder is not None:
+            return []
+        exclusive = self.exclusive_waiters()
+        if not exclusive:
+            return self.parked[:1]
+        if any(self.threads[key].state == "woken" for key in exclusive):
+            return []
+        return [next(key for key in self.parked if self.threads[key].kind == "exclusive")]
 
     def could_go_on(self, thread: Thread) -> bool:
         if thread.kind == "exclusive":
@@ -763,6 +807,7 @@ class CommitRules(RuleBasedStateMachine):
         assert machine.holder is expected_holder
         assert machine.callers == model.callers()
         assert machine.waiting == len(model.waiters())
+        assert machine.exclusive_waiting == len(model.exclusive_waiters())
         assert [
             ticket.key for _, ticket in machine.parked if isinstance(ticket, FakeTicket)
         ] == model.parked

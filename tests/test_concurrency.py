@@ -202,6 +202,56 @@ def test_eight_threads_append_and_sync_all_durable_with_fewer_flushes(tmp_path: 
         assert [(record.lsn, record.data) for record in reopened] == appended
 
 
+def test_truncation_and_close_are_not_starved_by_threads_that_keep_committing(
+    tmp_path: Path,
+) -> None:
+    """A truncation or close waits for the running flush, not for the commits to stop.
+
+    Four threads commit in a loop while the main thread truncates three times and
+    closes. Before, a leader coming back for its next commit took the one-flusher
+    token again before the waiting truncation could, so it waited as long as the
+    commits kept coming (seconds, or for ever).
+    """
+    wal = Wal.open(tmp_path / "log")
+    first = wal.append(b"first")
+    wal.sync()
+    stop = threading.Event()
+    commits = [0] * 4
+
+    def commit(thread: int) -> None:
+        while not stop.is_set():
+            try:
+                wal.append_and_sync(b"commit %d" % thread)
+            except WalClosedError:
+                return
+            commits[thread] += 1
+
+    runners = [Runner(f"committer-{t}", partial(commit, t)).start() for t in range(4)]
+    try:
+        for _ in range(3):
+            before = sum(commits)
+            deadline = time.monotonic() + DEADLINE
+            while sum(commits) < before + 20:  # the committers are going
+                assert time.monotonic() < deadline, "the committers made no progress"
+                time.sleep(0.001)
+            truncation = Runner("truncation", partial(wal.truncate_after, first)).start()
+            truncation.thread.join(DEADLINE / 3)
+            assert not truncation.thread.is_alive(), "truncate_after starved by commits"
+            truncation.result()
+        closing = Runner("close", wal.close).start()
+        closing.thread.join(DEADLINE / 3)
+        assert not closing.thread.is_alive(), "close starved by commits"
+        closing.result()
+    finally:
+        stop.set()
+        for runner in runners:
+            runner.join()
+    for runner in runners:
+        assert runner.error is None, runner.error
+    with Wal.open(tmp_path / "log") as reopened:
+        assert next(record.lsn for record in reopened) == first
+
+
 def test_a_reader_iterating_while_four_threads_append_sees_only_whole_prefixes(
     tmp_path: Path, many_fds: None
 ) -> None:
