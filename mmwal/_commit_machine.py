@@ -2,9 +2,9 @@
 
 ``GroupCommit`` holds the commit lock, calls one method of this machine per
 critical section, and does what it answers: return, raise, lead a flush, park a
-ticket and wait, wake the tickets it names. The machine only keeps the state and applies the
-rules, so every transition can be driven and checked without threads (as h11
-does for HTTP): ``tests/test_commit_machine.py``.
+ticket and wait, wake the tickets it names. The machine only keeps the state
+and applies the rules, so every transition can be driven and checked without
+threads (as h11 does for HTTP): ``tests/test_commit_machine.py``.
 
 State: ``durable_lsn``; the one-flusher token's ``holder`` (nobody, a leader, a
 leader writing a recovery point, or an exclusive section: a truncation or
@@ -39,14 +39,14 @@ Rules kept here:
   GIL): ``wakeups`` names every parked ticket when the log is broken or closed;
   otherwise the first parked caller whose target is durable; otherwise, when
   the token is free, the first parked exclusive waiter, or with none waiting
-  the first parked caller (it leads); otherwise nobody. A woken thread that goes on asks ``wakeups``
-  again before it lets the commit lock go, and so wakes the next: a flush that
-  covers n waiters costs a chain of n wake-ups, each started as the previous
-  thread runs, instead of n threads woken at once to queue for the GIL, and a
-  waiter the flush did not cover is not woken to wait again. A chain ends with
-  a thread that takes the token or finds nobody to wake, so no waiter that
-  could go on is left parked with nobody woken (``tests/test_commit_machine.py``
-  checks it).
+  the first parked caller (it leads); otherwise nobody. A woken thread that
+  goes on asks ``wakeups`` again before it lets the commit lock go, and so
+  wakes the next: a flush that covers n waiters costs a chain of n wake-ups,
+  each started as the previous thread runs, instead of n threads woken at once
+  to queue for the GIL, and a waiter the flush did not cover is not woken to
+  wait again. A chain ends with a thread that takes the token or finds nobody
+  to wake, so no waiter that could go on is left parked with nobody woken
+  (``tests/test_commit_machine.py`` checks it).
 """
 
 from __future__ import annotations
