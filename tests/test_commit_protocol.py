@@ -44,6 +44,7 @@ from mmwal import (
     _syscalls,
 )
 from mmwal._commit import GroupCommit
+from mmwal._commit_machine import CommitMachine
 from mmwal._store import Buffer
 
 if TYPE_CHECKING:
@@ -428,11 +429,12 @@ def test_no_append_succeeds_once_a_failed_flush_broke_the_log(
     calls.fail(1, failure)
     paused = threading.Event()
     resume = threading.Event()
-    condition_enter = threading.Condition.__enter__.__code__
+    flush_failed = CommitMachine.flush_failed.__code__
 
     def tracer(frame: FrameType, event: str, arg: object) -> None:
-        # Pause the leader when it enters the commit condition after the failure.
-        if event != "call" or frame.f_code is not condition_enter or paused.is_set():
+        # Pause the leader where it tells the machine its flush failed: after it
+        # zeroed ``fast_limit``, before ``broken`` is set.
+        if event != "call" or frame.f_code is not flush_failed or paused.is_set():
             return
         caller = frame.f_back
         if caller is not None and caller.f_locals.get("error") is failure:
@@ -452,6 +454,8 @@ def test_no_append_succeeds_once_a_failed_flush_broke_the_log(
             lambda: paused.is_set() or not leader.thread.is_alive(),
             "the leader handled the failed flush",
         )
+        # The pause must have happened, or the race below is never run.
+        assert paused.is_set()
         racer = Runner("racer", lambda: wal.append(b"racing the failure")).start()
         # Where the break is one critical section the racer blocks on the
         # reservation lock until the leader goes on; where it is two, the racer
