@@ -14,9 +14,11 @@ Rules this module keeps (and ``_appendpath.c`` with it):
   goes to ``Reservations.place``.
 - A record is checked (type, ``max_record_size``) before anything is reserved; a
   batch is checked whole before any of it is: all or none.
-- ``Appender`` refers to the reservations and the group commit, never to the
-  ``Wal``: the log's handle holds it, so no reference cycle keeps a dropped log
-  (and its writer lock) alive until a garbage collection.
+- ``Appender`` refers to the reservations and the group commit (its
+  ``append_and_sync`` is ``Wal.append_and_sync``'s steps, the sync the group
+  commit's ``sync_to``), never to the ``Wal``: the log's handle holds it, so
+  no reference cycle keeps a dropped log (and its writer lock) alive until a
+  garbage collection.
 """
 
 from __future__ import annotations
@@ -110,10 +112,15 @@ def fast_appender(
     """Return the C append path over ``reservations``, or None without the extension."""
     if not SPEEDUPS:
         return None
-    return Appender(
+    appender = Appender(
         reservations,
         max_record_size,
         INLINE_COPY_LIMIT,
         functools.partial(append_record, reservations, log, max_record_size),
         functools.partial(append_records, reservations, log, max_record_size),
     )
+    # ``append_and_sync``: Wal.append_and_sync's steps, the sync the group
+    # commit's own (in C for a lone commit).
+    appender.sync_to = log.sync_to
+    appender.as_bytes = as_bytes
+    return appender

@@ -41,16 +41,6 @@
 
 static PyTypeObject *mmap_type; /* mmap.mmap, looked up once */
 
-typedef struct {
-    PyObject_HEAD
-    long long next_lsn;
-    long long fast_limit;
-    long long piece_base;
-    long long appends;
-    long long followers_waiting;
-    PyObject *piece; /* never NULL */
-    PyObject *lock;  /* never NULL */
-} ReservationsBase;
 
 static PyObject *
 base_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -230,6 +220,8 @@ typedef struct {
     PyObject *wake;          /* reservations.wake_followers */
     PyObject *fallback_one;  /* fallback_one(data) -> lsn: the Python append */
     PyObject *fallback_many; /* fallback_many(records) -> lsns: the Python append_many */
+    PyObject *sync_to;       /* sync_to(target): the group commit's, or None */
+    PyObject *as_bytes;      /* as_bytes(data) -> bytes, or None */
     long long max_record_size;
     long long inline_copy_limit;
 } Appender;
@@ -321,6 +313,41 @@ appender_append(Appender *self, PyObject *data)
         drop_payloads(&payload, 1);
     }
     return PyObject_CallOneArg(self->fallback_one, data);
+}
+
+PyDoc_STRVAR(appender_append_and_sync_doc,
+"append_and_sync(data, /)\n--\n\n"
+"Append one record and make it durable; return its LSN.\n\n"
+"Crash cost: none once it returns (as Wal.append_and_sync, whose steps these are).");
+
+static PyObject *
+appender_append_and_sync(Appender *self, PyObject *data)
+{
+    if (self->sync_to == Py_None || self->as_bytes == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "this Appender has no sync_to and as_bytes");
+        return NULL;
+    }
+    /* Wal.append_and_sync: the record as bytes, appended, then synced to its end. */
+    PyObject *payload =
+        PyBytes_CheckExact(data) ? Py_NewRef(data) : PyObject_CallOneArg(self->as_bytes, data);
+    if (payload == NULL) {
+        return NULL;
+    }
+    PyObject *lsn = appender_append(self, payload);
+    long long first = lsn == NULL ? -1 : PyLong_AsLongLong(lsn);
+    PyObject *target = NULL;
+    if (lsn != NULL && !(first == -1 && PyErr_Occurred())) {
+        target = PyLong_FromLongLong(first + HEADER_SIZE + (long long)PyBytes_GET_SIZE(payload));
+    }
+    Py_DECREF(payload);
+    PyObject *synced = target == NULL ? NULL : PyObject_CallOneArg(self->sync_to, target);
+    Py_XDECREF(target);
+    if (synced == NULL) {
+        Py_XDECREF(lsn);
+        return NULL;
+    }
+    Py_DECREF(synced);
+    return lsn;
 }
 
 PyDoc_STRVAR(appender_append_many_doc,
@@ -418,6 +445,8 @@ appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->inline_copy_limit = inline_copy_limit;
     self->fallback_one = Py_NewRef(fallback_one);
     self->fallback_many = Py_NewRef(fallback_many);
+    self->sync_to = Py_NewRef(Py_None);
+    self->as_bytes = Py_NewRef(Py_None);
     PyObject *lock = self->reservations->lock;
     if (lock == NULL) {
         Py_DECREF(self);
@@ -449,6 +478,8 @@ appender_traverse(Appender *self, visitproc visit, void *arg)
     Py_VISIT(self->wake);
     Py_VISIT(self->fallback_one);
     Py_VISIT(self->fallback_many);
+    Py_VISIT(self->sync_to);
+    Py_VISIT(self->as_bytes);
     return 0;
 }
 
@@ -463,6 +494,8 @@ appender_clear(Appender *self)
     Py_CLEAR(self->wake);
     Py_CLEAR(self->fallback_one);
     Py_CLEAR(self->fallback_many);
+    Py_CLEAR(self->sync_to);
+    Py_CLEAR(self->as_bytes);
     return 0;
 }
 
@@ -477,7 +510,17 @@ appender_dealloc(Appender *self)
 static PyMethodDef appender_methods[] = {
     {"append", (PyCFunction)appender_append, METH_O, appender_append_doc},
     {"append_many", (PyCFunction)appender_append_many, METH_O, appender_append_many_doc},
+    {"append_and_sync", (PyCFunction)appender_append_and_sync, METH_O,
+     appender_append_and_sync_doc},
     {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef appender_members[] = {
+    {"sync_to", T_OBJECT_EX, offsetof(Appender, sync_to), 0,
+     "What append_and_sync calls with a record's end: the group commit's sync_to."},
+    {"as_bytes", T_OBJECT_EX, offsetof(Appender, as_bytes), 0,
+     "What append_and_sync calls with a record that is not bytes."},
+    {NULL, 0, 0, 0, NULL},
 };
 
 PyDoc_STRVAR(appender_doc,
@@ -497,7 +540,14 @@ static PyTypeObject AppenderType = {
     .tp_traverse = (traverseproc)appender_traverse,
     .tp_clear = (inquiry)appender_clear,
     .tp_methods = appender_methods,
+    .tp_members = appender_members,
 };
+
+int
+is_reservations(PyObject *object)
+{
+    return PyObject_TypeCheck(object, &ReservationsBaseType);
+}
 
 int
 add_append_types(PyObject *module)

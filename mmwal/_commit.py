@@ -57,9 +57,11 @@ import time
 from _thread import allocate_lock
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, NoReturn
 
-from ._commit_machine import Action, CommitMachine
+from ._commit_machine import Action, CommitMachine, Holder
 from ._errors import WalBrokenError, WalClosedError, WalReadOnlyError
+from ._format import SPEEDUPS
 from ._published import EndsPublisher
 from ._recovery_point import PointKeeper
 from ._reservations import Reservations
@@ -74,18 +76,36 @@ _WAIT = Action.WAIT
 _RAISE_BROKEN = Action.RAISE_BROKEN
 
 
-class GroupCommit:
+if TYPE_CHECKING or SPEEDUPS:
+    from ._speedups import GroupCommitBase, ReservationLock
+else:
+    ReservationLock = threading.Lock
+
+    class GroupCommitBase:
+        """What the flush reads (C members with the extension) and ``sync_to``."""
+
+        __slots__ = (
+            "_holder_leader",
+            "_holder_none",
+            "_holder_point",
+            "_machine",
+            "_mutex",
+            "_points",
+            "_readonly",
+            "_reservations",
+            "_store",
+            "publisher",
+        )
+
+        def sync_to(self, target: int) -> None:
+            """Return once every byte below ``target`` is durable (group commit)."""
+            self._sync_to(target)
+
+
+class GroupCommit(GroupCommitBase):
     """The durable end of a log and the protocol that moves it."""
 
-    __slots__ = (
-        "_machine",
-        "_mutex",
-        "_points",
-        "_readonly",
-        "_reservations",
-        "_store",
-        "publisher",
-    )
+    __slots__ = ()
 
     def __init__(
         self, store: Store, reservations: Reservations, points: PointKeeper, durable_lsn: int
@@ -96,8 +116,13 @@ class GroupCommit:
         self._points = points
         # A read-only handle flushes nothing: what it sees is the writer's to flush.
         self._readonly = not store.writable
-        self._mutex = threading.Lock()
+        # With the extension a ReservationLock (a threading.Lock the lone
+        # commit's path in C tries and lets go without a Python call).
+        self._mutex = ReservationLock()
         self._machine = CommitMachine(durable_lsn)
+        self._holder_none = Holder.NONE
+        self._holder_leader = Holder.LEADER
+        self._holder_point = Holder.POINT
         #: Publishes the ends to followers in other processes (a writer with a state file).
         self.publisher: EndsPublisher | None = None
 
@@ -198,8 +223,12 @@ class GroupCommit:
 
     # -- group commit ----------------------------------------------------------------
 
-    def sync_to(self, target: int) -> None:
-        """Return once every byte below ``target`` is durable (group commit)."""
+    def _sync_to(self, target: int) -> None:
+        """Return once every byte below ``target`` is durable: the whole protocol.
+
+        ``sync_to`` (the base's: in C with the extension) takes a lone leader's
+        path itself and comes here for every other case.
+        """
         if self._readonly:
             return  # read-only: what refresh found is the writer's to flush
         machine = self._machine
@@ -244,20 +273,29 @@ class GroupCommit:
             # Still the one flusher, so no truncation or close runs meanwhile.
             store.release(flush_to)
         except OSError as error:
-            with reservations.lock:
-                reservations.fast_limit = 0
-                with self._mutex:
-                    if machine.flush_failed(error, "a flush"):
-                        self._wake()
-            raise WalBrokenError("a flush") from error
+            self._flush_failed(error)
         except BaseException:
-            with self._mutex:
-                if machine.flush_abandoned():
-                    self._wake()
+            self._flush_abandoned()
             raise
         self._finish_flush(start, flush_to, began, flushed_at)
         if reservations.followers_waiting:
             reservations.wake_followers()
+
+    def _flush_failed(self, error: OSError) -> NoReturn:
+        """Break the log for good, the leader's flush having failed; raise ``WalBrokenError``."""
+        reservations = self._reservations
+        with reservations.lock:
+            reservations.fast_limit = 0
+            with self._mutex:
+                if self._machine.flush_failed(error, "a flush"):
+                    self._wake()
+        raise WalBrokenError("a flush") from error
+
+    def _flush_abandoned(self) -> None:
+        """Give the token back: the leader stops with no flush outcome (refused, interrupted)."""
+        with self._mutex:
+            if self._machine.flush_abandoned():
+                self._wake()
 
     def _finish_flush(self, start: int, flush_to: int, began: float, flushed_at: float) -> None:
         """Publish, move the durable end, give the token back: the leader's flush returned.
@@ -281,14 +319,18 @@ class GroupCommit:
                 if machine.flush_done(flush_to, flushed_at - began, writing_point=writing_point):
                     self._wake()
         if writing_point:
-            # The waiters this flush covered have returned; the leader stays the
-            # one flusher (no truncation or close) while it writes the point.
-            try:
-                self._points.save(start, flush_to)
-            finally:
-                with self._mutex:
-                    if machine.point_written():
-                        self._wake()
+            self._write_point(start, flush_to)
+
+    def _write_point(self, start: int, flush_to: int) -> None:
+        """Write a recovery point at ``flush_to``, then give the token back."""
+        # The waiters the flush covered have returned; the leader stays the one
+        # flusher (no truncation or close) while it writes the point.
+        try:
+            self._points.save(start, flush_to)
+        finally:
+            with self._mutex:
+                if self._machine.point_written():
+                    self._wake()
 
     def _wake(self) -> None:
         """Wake the parked threads the machine names; call holding the commit lock."""

@@ -52,9 +52,18 @@ Rules kept here:
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Action", "CommitMachine", "CommitProtocolError", "Holder", "Ticket"]
+from ._format import SPEEDUPS
+
+__all__ = [
+    "Action",
+    "CommitMachine",
+    "CommitMachineBase",
+    "CommitProtocolError",
+    "Holder",
+    "Ticket",
+]
 
 
 class Ticket(Protocol):
@@ -104,24 +113,34 @@ POINT = Holder.POINT
 EXCLUSIVE = Holder.EXCLUSIVE
 
 
-class CommitMachine:
+if TYPE_CHECKING or SPEEDUPS:
+    from ._speedups import CommitMachineBase
+else:
+
+    class CommitMachineBase:
+        """The machine's fields (C members with the extension, which the lone commit moves)."""
+
+        __slots__ = (
+            "broken",
+            "broken_by",
+            "callers",
+            "closed",
+            "durable_lsn",
+            "exclusive_waiting",
+            "flush_seconds",
+            "flushes",
+            "holder",
+            "parked",
+            "syncs_requested",
+            "waiting",
+            "wakeups_issued",
+        )
+
+
+class CommitMachine(CommitMachineBase):
     """The durable end and the leader/follower decisions of one log."""
 
-    __slots__ = (
-        "broken",
-        "broken_by",
-        "callers",
-        "closed",
-        "durable_lsn",
-        "exclusive_waiting",
-        "flush_seconds",
-        "flushes",
-        "holder",
-        "parked",
-        "syncs_requested",
-        "waiting",
-        "wakeups_issued",
-    )
+    __slots__ = ()
 
     def __init__(self, durable_lsn: int) -> None:
         """Start with ``durable_lsn`` durable, no token holder, nobody waiting."""

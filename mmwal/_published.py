@@ -52,11 +52,12 @@ import os
 import stat
 import struct
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ._chunked import ChunkedStore
 from ._crc import crc32c
 from ._files import close_mapping, create_file
+from ._format import SPEEDUPS
 from ._store import Store
 from ._syscalls import Syscalls
 
@@ -98,6 +99,47 @@ def ends_path(store: Store) -> str | None:
     if isinstance(store, ChunkedStore):
         return store._side_path(ENDS_FILE_NAME)
     return None
+
+
+if TYPE_CHECKING or SPEEDUPS:
+    from ._speedups import EndsPublisherBase, put_ends_slot
+else:
+
+    def put_ends_slot(  # noqa: PLR0917 (the C function's signature)
+        mapping: mmap.mmap,
+        slot: bytearray,
+        position: int,
+        sequence: int,
+        written: int,
+        durable: int,
+        head: int,
+    ) -> None:
+        """Pack a flush's four words and the CRC into ``slot``; copy it to ``mapping``."""
+        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
+        _CRC.pack_into(slot, len(slot) - _CRC.size, crc32c(memoryview(slot)[: -_CRC.size]))
+        mapping[position : position + len(slot)] = slot
+
+    class EndsPublisherBase:
+        """The fields a flush changes (C members with the extension) and ``flushed``."""
+
+        _mapping: mmap.mmap
+        _slot: bytearray
+        _said: tuple[int, int, int, int] | None
+        _sequence: int
+        _stride: int
+
+        def flushed(self, end: int, head: int) -> None:
+            """Publish a flush that made everything below ``end`` written and durable.
+
+            ``publish(written=end, durable=end, head=head)`` with fewer steps, for
+            the commit path: the caller (the flush leader, holding the one-flusher
+            token) knows the file is open, and the ends moved since the last update.
+            """
+            self._said = None  # the next ``publish`` writes whatever it is given
+            sequence = self._sequence = self._sequence + 1
+            put_ends_slot(
+                self._mapping, self._slot, (sequence & 1) * self._stride, sequence, end, end, head
+            )
 
 
 def _flat_cuts(cuts: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> list[int]:
@@ -184,11 +226,15 @@ def _open_for_writing(path: str, syscalls: Syscalls, file_mode: int) -> int:
     raise FileExistsError(f"{path} keeps being replaced")
 
 
-class EndsPublisher:
-    """The writer's side: updates the state file; never fails the writer."""
+class EndsPublisher(EndsPublisherBase):
+    """The writer's side: updates the state file; never fails the writer.
+
+    ``flushed`` (every flush's update) is the base's: in C with the extension.
+    """
 
     def __init__(self, mapping: mmap.mmap, last: Ends | None) -> None:
         self._mapping = mapping
+        self._stride = _SLOT_SIZE
         self._counter = memoryview(mapping)[_COUNTER_OFFSET : _COUNTER_OFFSET + 8].cast("Q")
         self._sequence = last.sequence if last is not None else 0
         self._epoch = last.epoch if last is not None else 0
@@ -197,7 +243,6 @@ class EndsPublisher:
         # The next slot's bytes, body and CRC: what changes only with a cut is
         # packed here once per cut, what changes at every flush in place.
         self._slot = bytearray(_SLOT_BYTES)
-        self._body = memoryview(self._slot)[: _BODY.size]
         self._pack_constant_words()
         # What the file says now (written, durable, head, epoch; the cuts change
         # only with the epoch): an update that would say the same is not written
@@ -244,25 +289,12 @@ class EndsPublisher:
         self._said = said
         self._write_slot(written, durable, head)
 
-    def flushed(self, end: int, head: int) -> None:
-        """Publish a flush that made everything below ``end`` written and durable.
-
-        ``publish(written=end, durable=end, head=head)`` with fewer steps, for the
-        commit path: the caller (the flush leader, holding the one-flusher token)
-        knows the file is open, and the ends moved since the last update.
-        """
-        self._said = None  # the next ``publish`` writes whatever it is given
-        self._write_slot(end, end, head)
-
     def _write_slot(self, written: int, durable: int, head: int) -> None:
         # Runs after every flush, on the commit path: four words packed, one CRC,
-        # one copy into the mapping (``_encode`` makes the same bytes).
+        # one copy into the mapping, in one call (``_encode`` makes the same bytes).
         sequence = self._sequence = self._sequence + 1
-        slot = self._slot
-        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
-        _CRC.pack_into(slot, _BODY.size, crc32c(self._body))
-        position = (sequence & 1) * _SLOT_SIZE
-        self._mapping[position : position + _SLOT_BYTES] = slot
+        position = (sequence & 1) * self._stride
+        put_ends_slot(self._mapping, self._slot, position, sequence, written, durable, head)
 
     def cut(self, new_end: int, *, written: int, durable: int, head: int) -> None:
         """Publish a ``truncate_after`` cut at ``new_end``, before any byte changes."""

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from ._format import (
     HEADER,
     HEADER_SIZE,
     RECOVERY_FILE_NAME,
     RECOVERY_POINT_SIZE,
+    SPEEDUPS,
     RecoveryPoint,
     decode_recovery_point,
     encode_recovery_point,
@@ -81,18 +83,62 @@ def _agrees(store: Store, point: RecoveryPoint) -> bool:
     return (crc, length) == (point.last_crc, point.last_length)
 
 
-class PointKeeper:
+if TYPE_CHECKING or SPEEDUPS:
+    from ._speedups import PointKeeperBase
+else:
+
+    class PointKeeperBase:
+        """The fields a flush reads (C members with the extension) and ``note_flushed``."""
+
+        _flushed: tuple[int, int]
+        saved_end: int | None
+        _saved_at: float
+        _quiet_until: float
+        _interval_seconds: float
+        _interval_bytes: int
+        _unit: int
+        _enabled: bool
+
+        def note_flushed(self, start: int, end: int, now: float) -> bool:
+            """Note that ``[start, end)`` is durable at ``now``; return whether a point is due.
+
+            ``now`` is a ``time.perf_counter()`` reading. The caller then writes the
+            point with ``save(start, end)``, still as the one flusher. Cheap: every
+            commit's flush comes here.
+            """
+            if end <= start:
+                return False
+            self._flushed = (start, end)
+            if not self._enabled or now < self._quiet_until:
+                return False
+            saved = self.saved_end
+            unit = self._unit
+            return bool(
+                saved is None
+                or saved > end
+                or end - saved >= self._interval_bytes
+                or (unit and end // unit != saved // unit)
+                or now - self._saved_at >= self._interval_seconds
+            )
+
+
+class PointKeeper(PointKeeperBase):
     """Decide when a flush writes a recovery point, and write it.
 
     The log calls ``flushed`` after every flush that returned, and ``save`` where it
     must (close, truncation). Both run with no other flush, truncation or close
-    in progress.
+    in progress. ``note_flushed`` (every flush's question) is the base's: in C
+    with the extension.
     """
 
     def __init__(self, store: Store, max_record_size: int, recovered: tuple[int, int]) -> None:
         """Keep the points of ``store``; recovery made ``recovered`` durable, a record range."""
         self._store = store
         self._max_record_size = max_record_size
+        # Fixed for the store's life; the intervals as the module says at open.
+        self._unit = store.unit_size
+        self._interval_bytes = POINT_INTERVAL_BYTES
+        self._interval_seconds = POINT_INTERVAL_SECONDS
         # Whether the store keeps side files at all; a store that does not never
         # pays for the walk that finds a point's record.
         self._enabled = True
@@ -112,28 +158,6 @@ class PointKeeper:
         """Note that ``[start, end)`` (``start`` a record start) is durable; maybe save."""
         if self.note_flushed(start, end, time.perf_counter()):
             self.save(start, end)
-
-    def note_flushed(self, start: int, end: int, now: float) -> bool:
-        """Note that ``[start, end)`` is durable at ``now``; return whether a point is due.
-
-        ``now`` is a ``time.perf_counter()`` reading. The caller then writes the
-        point with ``save(start, end)``, still as the one flusher. Cheap: every
-        commit's flush comes here.
-        """
-        if end <= start:
-            return False
-        self._flushed = (start, end)
-        if not self._enabled or now < self._quiet_until:
-            return False
-        saved = self.saved_end
-        unit = self._store.unit_size
-        return bool(
-            saved is None
-            or saved > end
-            or end - saved >= POINT_INTERVAL_BYTES
-            or (unit and end // unit != saved // unit)
-            or now - self._saved_at >= POINT_INTERVAL_SECONDS
-        )
 
     def save_durable_end(self, end: int) -> None:
         """Write a point at ``end``, the durable end, if the last durable range ends there."""

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
@@ -161,9 +162,12 @@ class SegmentStore(ChunkedStore):
         # Segments created since the last flush: the flush fsyncs them. By
         # index, not descriptor, so many new segments hold no descriptor.
         self._pending_files: set[int] = set()
-        # (mapping, address, path, descriptor or -1) of the chunk the last flush
-        # wrote back; the descriptor is owned by ``_flush_descriptor``.
-        self._flush_target: tuple[mmap.mmap, int, str, int] | None = None
+        # (mapping, address, path, descriptor or -1, flush plan or None) of the
+        # chunk the last flush wrote back; the descriptor is owned by
+        # ``_flush_descriptor``. The plan is what ``flush_plan`` answers for it.
+        self._flush_target: (
+            tuple[mmap.mmap, int, str, int, tuple[int, Callable[[int], None] | None] | None] | None
+        ) = None
         self._flush_descriptor = KeptDescriptor()
         self._metadata_lock = threading.Lock()
         self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
@@ -516,12 +520,53 @@ class SegmentStore(ChunkedStore):
                 fd = self._open_segment(index, writable=False)
             self._flush_target = None
             self._flush_descriptor.replace(fd)
-            target = (chunk, mapping_address(chunk), self.segment_path(index), fd)
+            plan = self._plan_for(fd)
+            target = (chunk, mapping_address(chunk), self.segment_path(index), fd, plan)
             self._flush_target = target
         if target[3] >= 0:
             self.syscalls.sync_file_data(target[3], target[1] + start, length, target[2])
         else:
             self.syscalls.sync_mapping(target[1] + start, length, None, target[2])
+
+    def _plan_for(self, fd: int) -> tuple[int, Callable[[int], None] | None] | None:
+        """Return the flush plan of a chunk flushed through ``fd`` (-1: msync), or None.
+
+        A plan only where ``Syscalls.sync_file_data`` is the one ``fdatasync``
+        (not macOS, and a ``Syscalls`` that keeps that choice), with the plain
+        ``fdatasync`` named None so that the log makes the call in C.
+        """
+        syscalls = self.syscalls
+        kind = type(syscalls)
+        own = vars(syscalls)
+        if (
+            fd < 0
+            or not hasattr(os, "fdatasync")
+            or syscalls.platform == "darwin"
+            or kind.sync_file_data is not Syscalls.sync_file_data
+            or kind.sync_file_ranges is not Syscalls.sync_file_ranges
+            or "sync_file_data" in own
+            or "sync_file_ranges" in own
+        ):
+            return None
+        plain = kind.fdatasync is Syscalls.fdatasync and "fdatasync" not in own
+        return (fd, None if plain else syscalls.fdatasync)
+
+    def flush_plan(self, start: int, end: int) -> tuple[int, Callable[[int], None] | None] | None:
+        # The one-chunk flush of ``flush`` with nothing owed before it (a new
+        # segment's or the directory's fsync) and the chunk's target kept: every
+        # commit's. Read without the lock, as ``_before_flush`` does.
+        target = self._flush_target
+        if target is None or self._closed or self._pending_files or self._directory_dirty:
+            return None
+        chunk = target[0]
+        size = self.chunk_size
+        start = max(start, self._head_lsn)
+        base = start - start % size
+        if not start < end <= base + len(chunk) or self._chunks.get(start // size) is not chunk:
+            return None
+        if not (end < self._release_quiet_below and self._end_chunk == self._release_quiet_chunks):
+            return None  # ``release(end)`` has work: the log calls ``flush`` and ``release``
+        return target[4]
 
     def _forget_flush_target(self) -> None:
         self._flush_target = None

@@ -1,7 +1,8 @@
 /*
  * What the C files of mmwal._speedups share: the frame header size, the CRC-32C
- * of _crc32c.c, the append fast path's types (_appendpath.c) and the
- * reservation lock (_lock.c). Names stay internal to the extension.
+ * of _crc32c.c, the append fast path's types (_appendpath.c), the lone
+ * commit's (_commitpath.c, _afterflush.c) and the reservation lock (_lock.c).
+ * Names stay internal to the extension.
  */
 #ifndef MMWAL_SPEEDUPS_H
 #define MMWAL_SPEEDUPS_H
@@ -30,8 +31,31 @@ MMWAL_INTERNAL int crc_setup(void);
  * out (_speedups.c); the payload must not overlap out. */
 MMWAL_INTERNAL void put_frame(unsigned char *out, const unsigned char *payload, size_t length);
 
+/* The fields of mmwal._reservations.Reservations the append fast path (and the
+ * lone commit's, _commitpath.c) reads and moves. */
+typedef struct {
+    PyObject_HEAD
+    long long next_lsn;
+    long long fast_limit;
+    long long piece_base;
+    long long appends;
+    long long followers_waiting;
+    PyObject *piece; /* never NULL */
+    PyObject *lock;  /* never NULL */
+} ReservationsBase;
+
 /* Add ReservationsBase and Appender to the module; -1 with an exception on failure. */
 MMWAL_INTERNAL int add_append_types(PyObject *module);
+
+/* Whether an object is a ReservationsBase (or a subclass's instance). */
+MMWAL_INTERNAL int is_reservations(PyObject *object);
+
+/* Add CommitMachineBase and GroupCommitBase (_commitpath.c); -1 with an exception. */
+MMWAL_INTERNAL int add_commit_types(PyObject *module);
+
+/* Add EndsPublisherBase, PointKeeperBase and put_ends_slot (_afterflush.c); -1 with an
+ * exception. */
+MMWAL_INTERNAL int add_afterflush_types(PyObject *module);
 
 /* The reservation lock (_lock.c): add its type; whether an object is one; take
  * it if free (1) or not (0), never waiting; let it go (it must be held). */

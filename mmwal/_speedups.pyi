@@ -1,8 +1,13 @@
+import mmap
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._store import Buffer
+from ._commit_machine import CommitMachine, Holder
+from ._published import EndsPublisher
+from ._recovery_point import PointKeeper
+from ._reservations import Reservations
+from ._store import Buffer, Store
 
 HARDWARE_CRC: int
 
@@ -66,7 +71,66 @@ class Appender:
     ) -> None: ...
     def append(self, data: Buffer, /) -> int: ...
     def append_many(self, records: Iterable[Buffer], /) -> list[int]: ...
+    def append_and_sync(self, data: Buffer, /) -> int: ...
+    sync_to: Callable[[int], None] | None
+    as_bytes: Callable[[object], bytes] | None
 
 # A class at runtime (``_lock.c``), typed as the threading.Lock it behaves as:
 # typeshed makes threading.Lock final.
 def ReservationLock() -> threading.Lock: ...  # noqa: N802
+
+class CommitMachineBase:
+    broken: BaseException | None
+    broken_by: str
+    callers: int
+    closed: bool
+    durable_lsn: int
+    flush_seconds: float
+    flushes: int
+    holder: Holder
+    syncs_requested: int
+    waiting: int
+
+class GroupCommitBase:
+    _condition: threading.Condition
+    _holder_leader: Holder
+    _holder_none: Holder
+    _holder_point: Holder
+    _points: PointKeeper
+    publisher: EndsPublisher | None
+    _machine: CommitMachine
+    _mutex: threading.Lock
+    _readonly: bool
+    _reservations: Reservations
+    _store: Store
+    def sync_to(self, target: int, /) -> None: ...
+
+def put_ends_slot(
+    mapping: Buffer,
+    slot: bytearray,
+    position: int,
+    sequence: int,
+    written: int,
+    durable: int,
+    head: int,
+    /,
+) -> None: ...
+
+class EndsPublisherBase:
+    _mapping: mmap.mmap
+    _slot: bytearray
+    _said: tuple[int, ...] | None
+    _sequence: int
+    _stride: int
+    def flushed(self, end: int, head: int, /) -> None: ...
+
+class PointKeeperBase:
+    _flushed: tuple[int, int]
+    saved_end: int | None
+    _saved_at: float
+    _quiet_until: float
+    _interval_seconds: float
+    _interval_bytes: int
+    _unit: int
+    _enabled: bool
+    def note_flushed(self, start: int, end: int, now: float, /) -> bool: ...

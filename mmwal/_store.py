@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import mmap
+from collections.abc import Callable
 from typing import TypeAlias
 
 __all__ = ["Buffer", "Store"]
@@ -132,6 +133,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         """Return ``(first, last + 1)`` of the nonzero bytes at or after ``start``, or None."""
+
+    def flush_plan(self, start: int, end: int) -> tuple[int, Callable[[int], None] | None] | None:
+        """Return ``(fd, sync)`` when ``sync(fd)`` alone is ``flush(start, end)``, else None.
+
+        ``sync`` is None for ``os.fdatasync`` itself (the log then calls it in C,
+        the GIL released), or the store's own function (a ``Syscalls`` that
+        injects faults). None, the default, means: call ``flush``. A store
+        answers with a plan only when that one call is all ``flush`` would do
+        (nothing owed before it, such as a new file's or a directory's
+        ``fsync``), so a crash costs exactly what ``flush`` says it costs; and
+        only when ``release(end)`` would do nothing, so the log does not call it
+        (growth while the flush runs may give it work: the next flush's
+        ``release`` does it).
+        """
+        del start, end
+        return None
 
     def release(self, end: int) -> None:
         """Hint that bytes below ``end`` are durable and will not be written again.

@@ -123,6 +123,8 @@ class Wal:
             # subclass that overrides either keeps its own).
             self.__dict__["append"] = appender.append
             self.__dict__["append_many"] = appender.append_many
+            if cls.append_and_sync is Wal.append_and_sync:
+                self.__dict__["append_and_sync"] = appender.append_and_sync
         #: The background archiver when opened with ``archive=`` (see ``_archiver``).
         self._archiver: Archiver | None = None
         self._poll = start_following(self, end)

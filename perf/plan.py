@@ -267,7 +267,8 @@ def build(settings: Settings, engines: tuple[str, ...], workloads: tuple[str, ..
     sync_every = max(1, s.rss_sync_bytes // s.rss_size)
     rss = [Case("rss", e, s.rss_size, count=rss_count, sync_every=sync_every) for e in engines]
     simple("rss", rss, s.heavy_reps)
-    if mmwal:
+    if mmwal or SEGMENTED in engines:
+        # The long-running states measure mmwal-seg, whichever mmwal engine is asked for.
         _long_running(groups, settings, engines, workloads)
     return groups
 

@@ -1,0 +1,660 @@
+/*
+ * The lone commit's path in C: CommitMachineBase and GroupCommitBase (mmwal._speedups).
+ *
+ * CommitMachineBase holds the fields of mmwal._commit_machine.CommitMachine as
+ * C members, read and written from Python as plain attributes; CommitMachine
+ * subclasses it and keeps every rule (its methods are the one statement of
+ * them). GroupCommitBase holds what mmwal._commit.GroupCommit's flush reads
+ * (the machine, the commit lock, the reservations, the store) and its
+ * sync_to(target): a sync that finds nobody else committing, nothing in flight
+ * and a store whose flush is one fdatasync runs here from the request to the
+ * flush's return, no Python frame before the flush. Everything else goes to
+ * the Python path (GroupCommit._sync_to, GroupCommit._lead_flush) untouched,
+ * and so do the steps after the flush returned (GroupCommit._finish_flush).
+ *
+ * Rules kept here (_commit.py lists all of the group commit's):
+ *  - The fast path starts only when the commit lock is free (tried, never
+ *    waited for: a held lock means someone else is in the protocol) and the
+ *    machine shows nobody inside a sync or waiting, the token free, the log
+ *    neither broken nor closed, and the target not durable. It then makes the
+ *    transition CommitMachine.request makes in that state (one more request,
+ *    one caller, the token to a leader: tests/test_commit_fast_path.py proves
+ *    them equal) and lets the lock go.
+ *  - From there on it is the leader and does what GroupCommit._lead_flush does,
+ *    or calls it: the watermark read under the reservation lock when no copy
+ *    is in flight and no hole (else _lead_flush waits for the copies), the
+ *    flush (Store.flush_plan: one fdatasync and nothing owed before it, else
+ *    _lead_flush flushes), Store.release, and on a failure the same
+ *    _flush_failed / _flush_abandoned that give the token back.
+ *  - The fdatasync runs with the GIL released; EINTR runs the signal handlers
+ *    and retries (as os.fdatasync); a Syscalls that is not the plain one is
+ *    called instead (Store.flush_plan hands its fdatasync over), so injected
+ *    faults reach this path too.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stddef.h>
+#include <structmember.h>
+#include <unistd.h>
+
+#include "_speedups.h"
+
+static PyObject *perf_counter; /* time.perf_counter, looked up once */
+static PyObject *name_lead_flush, *name_sync_to, *name_write_point, *name_flush_failed,
+    *name_flush_abandoned, *name_flush_plan, *name_in_flight, *name_hole,
+    *name_wake_followers, *name_acquire, *name_notify_all, *name_head_lsn, *name_flushed,
+    *name_note_flushed;
+
+/* -- CommitMachineBase ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    long long durable_lsn;
+    long long callers;
+    long long waiting;
+    long long syncs_requested;
+    long long flushes;
+    double flush_seconds;
+    PyObject *holder;    /* never NULL */
+    PyObject *broken;    /* never NULL: None or the error */
+    PyObject *broken_by; /* never NULL */
+    char closed;
+} CommitMachineBase;
+
+static PyObject *
+machine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    CommitMachineBase *self = (CommitMachineBase *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->holder = Py_NewRef(Py_None);
+    self->broken = Py_NewRef(Py_None);
+    self->broken_by = PyUnicode_FromStringAndSize(NULL, 0);
+    if (self->broken_by == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+machine_traverse(CommitMachineBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->holder);
+    Py_VISIT(self->broken);
+    Py_VISIT(self->broken_by);
+    return 0;
+}
+
+static int
+machine_clear(CommitMachineBase *self)
+{
+    Py_CLEAR(self->holder);
+    Py_CLEAR(self->broken);
+    Py_CLEAR(self->broken_by);
+    return 0;
+}
+
+static void
+machine_dealloc(CommitMachineBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    machine_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef machine_members[] = {
+    {"durable_lsn", T_LONGLONG, offsetof(CommitMachineBase, durable_lsn), 0,
+     "The end of what the last completed flush covered."},
+    {"callers", T_LONGLONG, offsetof(CommitMachineBase, callers), 0,
+     "Threads inside a sync, waiting or leading."},
+    {"waiting", T_LONGLONG, offsetof(CommitMachineBase, waiting), 0,
+     "Threads parked on the condition."},
+    {"syncs_requested", T_LONGLONG, offsetof(CommitMachineBase, syncs_requested), 0,
+     "How many syncs were asked for."},
+    {"flushes", T_LONGLONG, offsetof(CommitMachineBase, flushes), 0,
+     "How many flushes a leader completed."},
+    {"flush_seconds", T_DOUBLE, offsetof(CommitMachineBase, flush_seconds), 0,
+     "The time the leaders' flushes took, in seconds."},
+    {"holder", T_OBJECT_EX, offsetof(CommitMachineBase, holder), 0,
+     "Who holds the one-flusher token (a Holder)."},
+    {"broken", T_OBJECT_EX, offsetof(CommitMachineBase, broken), 0,
+     "The error that broke the log, or None."},
+    {"broken_by", T_OBJECT_EX, offsetof(CommitMachineBase, broken_by), 0,
+     "What broke the log."},
+    {"closed", T_BOOL, offsetof(CommitMachineBase, closed), 0, "Whether close has run."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(machine_doc,
+"CommitMachineBase()\n--\n\n"
+"The fields of CommitMachine, as C members the lone commit's path reads and moves.");
+
+static PyTypeObject CommitMachineBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mmwal._speedups.CommitMachineBase",
+    .tp_basicsize = sizeof(CommitMachineBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = machine_doc,
+    .tp_new = machine_new,
+    .tp_dealloc = (destructor)machine_dealloc,
+    .tp_traverse = (traverseproc)machine_traverse,
+    .tp_clear = (inquiry)machine_clear,
+    .tp_members = machine_members,
+};
+
+/* -- GroupCommitBase -------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *machine;      /* a CommitMachineBase, or None before __init__ */
+    PyObject *mutex;        /* the commit lock: a ReservationLock, or None */
+    PyObject *reservations; /* a ReservationsBase, or None */
+    PyObject *store;
+    PyObject *points;        /* the PointKeeper */
+    PyObject *condition;     /* the Condition over mutex */
+    PyObject *publisher;     /* the EndsPublisher, or None */
+    PyObject *holder_none;   /* Holder.NONE */
+    PyObject *holder_leader; /* Holder.LEADER */
+    PyObject *holder_point;  /* Holder.POINT */
+    char readonly;
+} GroupCommitBase;
+
+static PyObject *
+group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    GroupCommitBase *self = (GroupCommitBase *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->machine = Py_NewRef(Py_None);
+    self->mutex = Py_NewRef(Py_None);
+    self->reservations = Py_NewRef(Py_None);
+    self->store = Py_NewRef(Py_None);
+    self->points = Py_NewRef(Py_None);
+    self->condition = Py_NewRef(Py_None);
+    self->publisher = Py_NewRef(Py_None);
+    self->holder_none = Py_NewRef(Py_None);
+    self->holder_leader = Py_NewRef(Py_None);
+    self->holder_point = Py_NewRef(Py_None);
+    return (PyObject *)self;
+}
+
+static int
+group_traverse(GroupCommitBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->machine);
+    Py_VISIT(self->mutex);
+    Py_VISIT(self->reservations);
+    Py_VISIT(self->store);
+    Py_VISIT(self->points);
+    Py_VISIT(self->condition);
+    Py_VISIT(self->publisher);
+    Py_VISIT(self->holder_none);
+    Py_VISIT(self->holder_leader);
+    Py_VISIT(self->holder_point);
+    return 0;
+}
+
+static int
+group_clear(GroupCommitBase *self)
+{
+    Py_CLEAR(self->machine);
+    Py_CLEAR(self->mutex);
+    Py_CLEAR(self->reservations);
+    Py_CLEAR(self->store);
+    Py_CLEAR(self->points);
+    Py_CLEAR(self->condition);
+    Py_CLEAR(self->publisher);
+    Py_CLEAR(self->holder_none);
+    Py_CLEAR(self->holder_leader);
+    Py_CLEAR(self->holder_point);
+    return 0;
+}
+
+static void
+group_dealloc(GroupCommitBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    group_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* self.<name>(target): the Python path from where the fast path stops. */
+static PyObject *
+call_python(GroupCommitBase *self, PyObject *name, PyObject *target)
+{
+    PyObject *arguments[2] = {(PyObject *)self, target};
+    return PyObject_VectorcallMethod(name, arguments, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* A failure between taking the token and the flush's return, as _lead_flush's
+ * except clauses: an OSError breaks the log (_flush_failed raises
+ * WalBrokenError from it), anything else gives the token back
+ * (_flush_abandoned) and the error goes on. Always NULL. */
+static PyObject *
+flush_went_wrong(GroupCommitBase *self)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    PyObject *done;
+    if (PyErr_GivenExceptionMatches(type, PyExc_OSError)) {
+        PyObject *arguments[2] = {(PyObject *)self, value};
+        done = PyObject_VectorcallMethod(name_flush_failed, arguments,
+                                         2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    else {
+        done = PyObject_CallMethodNoArgs((PyObject *)self, name_flush_abandoned);
+    }
+    if (done == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        return NULL;
+    }
+    Py_DECREF(done);
+    PyErr_Restore(type, value, traceback);
+    return NULL;
+}
+
+/* fdatasync(fd) with the GIL released, as os.fdatasync: 0, or -1 with an exception. */
+static int
+data_sync(int fd)
+{
+    for (;;) {
+        int result;
+        Py_BEGIN_ALLOW_THREADS
+        result = fdatasync(fd);
+        Py_END_ALLOW_THREADS
+        if (result == 0) {
+            return 0;
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() != 0) {
+            return -1;
+        }
+    }
+}
+
+/* The commit lock, taken: tried, else its blocking acquire (whose exception, a
+ * signal's, comes out as from `with self._mutex`). 0 held, -1 an exception. */
+static int
+take_mutex(GroupCommitBase *self)
+{
+    if (reservation_lock_try(self->mutex)) {
+        return 0;
+    }
+    PyObject *taken = PyObject_CallMethodNoArgs(self->mutex, name_acquire);
+    if (taken == NULL) {
+        return -1;
+    }
+    Py_DECREF(taken);
+    return 0;
+}
+
+/* CommitMachine.flush_done(flush_to, seconds, writing_point=...) for the
+ * leader's flush; when the token is not a leader's, the machine's own method
+ * answers (it raises CommitProtocolError). 1 notify, 0 not, -1 an exception. */
+static int
+flush_done(GroupCommitBase *self, CommitMachineBase *machine, long long flush_to, double seconds,
+           int writing_point)
+{
+    if (machine->holder != self->holder_leader) {
+        PyObject *method = PyObject_GetAttrString((PyObject *)machine, "flush_done");
+        PyObject *arguments = method == NULL ? NULL : Py_BuildValue("(Ld)", flush_to, seconds);
+        PyObject *keywords = arguments == NULL ? NULL
+                                               : Py_BuildValue("{s:O}", "writing_point",
+                                                               writing_point ? Py_True : Py_False);
+        PyObject *result = keywords == NULL ? NULL : PyObject_Call(method, arguments, keywords);
+        Py_XDECREF(method);
+        Py_XDECREF(arguments);
+        Py_XDECREF(keywords);
+        if (result == NULL) {
+            return -1;
+        }
+        int notify = PyObject_IsTrue(result);
+        Py_DECREF(result);
+        return notify;
+    }
+    if (flush_to > machine->durable_lsn) {
+        machine->durable_lsn = flush_to;
+    }
+    machine->flushes += 1;
+    machine->flush_seconds += seconds;
+    if (writing_point) {
+        Py_SETREF(machine->holder, Py_NewRef(self->holder_point));
+    }
+    else {
+        Py_SETREF(machine->holder, Py_NewRef(self->holder_none));
+        machine->callers -= 1;
+    }
+    return machine->waiting > 0;
+}
+
+/* GroupCommit._finish_flush: publish the ends, note the flush for the recovery
+ * point, move the durable end and give the token back (or keep it to write a
+ * point, then give it back), notifying whoever waits. */
+static PyObject *
+finish(GroupCommitBase *self, CommitMachineBase *machine, PyObject *start, PyObject *end,
+       PyObject *head, long long flush_to, double seconds, PyObject *flushed_at)
+{
+    int writing_point = 0;
+    int failed = 0;
+    PyObject *publisher = self->publisher;
+    if (publisher != Py_None && head != NULL) {
+        Py_INCREF(publisher);
+        PyObject *arguments[3] = {publisher, end, head};
+        PyObject *published = PyObject_VectorcallMethod(name_flushed, arguments,
+                                                        3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(publisher);
+        if (published == NULL) {
+            failed = 1;
+        }
+        else {
+            Py_DECREF(published);
+        }
+    }
+    if (!failed) {
+        PyObject *arguments[4] = {self->points, start, end, flushed_at};
+        PyObject *due = PyObject_VectorcallMethod(name_note_flushed, arguments,
+                                                  4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (due == NULL) {
+            failed = 1;
+        }
+        else {
+            writing_point = PyObject_IsTrue(due);
+            Py_DECREF(due);
+            if (writing_point < 0) {
+                failed = 1;
+                writing_point = 0;
+            }
+        }
+    }
+    /* As `finally:` - whatever happened above, the flush is done. */
+    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    if (failed) {
+        PyErr_Fetch(&type, &value, &traceback);
+    }
+    int notify = -1;
+    if (take_mutex(self) == 0) {
+        notify = flush_done(self, machine, flush_to, seconds, writing_point);
+        if (notify > 0) {
+            PyObject *notified = PyObject_CallMethodNoArgs(self->condition, name_notify_all);
+            if (notified == NULL) {
+                notify = -1;
+            }
+            else {
+                Py_DECREF(notified);
+            }
+        }
+        reservation_lock_release(self->mutex);
+    }
+    if (notify < 0) {
+        /* An exception from the `finally` part replaces the first one. */
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        return NULL;
+    }
+    if (failed) {
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    if (writing_point) {
+        PyObject *arguments[3] = {(PyObject *)self, start, end};
+        return PyObject_VectorcallMethod(name_write_point, arguments,
+                                         3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Lead a flush that the fast path began: the token is held (the machine says
+ * LEADER) and the commit lock is free. */
+static PyObject *
+lead(GroupCommitBase *self, CommitMachineBase *machine, PyObject *target)
+{
+    ReservationsBase *reservations = (ReservationsBase *)self->reservations;
+    PyObject *lock = reservations->lock;
+    if (!is_reservation_lock(lock) || !reservation_lock_try(lock)) {
+        return call_python(self, name_lead_flush, target);
+    }
+    /* Reservations.written_lsn is next_lsn while nothing is in flight and no
+     * copy failed; otherwise _lead_flush waits for the copies below the target. */
+    PyObject *in_flight = PyObject_GetAttr((PyObject *)reservations, name_in_flight);
+    PyObject *hole = in_flight == NULL ? NULL : PyObject_GetAttr((PyObject *)reservations, name_hole);
+    int simple = hole != NULL && PyDict_CheckExact(in_flight) && PyDict_GET_SIZE(in_flight) == 0 &&
+                 hole == Py_None && machine->broken == Py_None;
+    long long flush_to = reservations->next_lsn;
+    reservation_lock_release(lock);
+    Py_XDECREF(in_flight);
+    Py_XDECREF(hole);
+    if (PyErr_Occurred()) {
+        return flush_went_wrong(self);
+    }
+    if (!simple) {
+        return call_python(self, name_lead_flush, target);
+    }
+    PyObject *start = PyLong_FromLongLong(machine->durable_lsn);
+    PyObject *end = start == NULL ? NULL : PyLong_FromLongLong(flush_to);
+    if (end == NULL) {
+        Py_XDECREF(start);
+        return flush_went_wrong(self);
+    }
+    PyObject *plan;
+    {
+        PyObject *arguments[3] = {self->store, start, end};
+        plan = PyObject_VectorcallMethod(name_flush_plan, arguments,
+                                         3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    PyObject *result = NULL;
+    PyObject *began = NULL, *flushed_at = NULL, *head = NULL;
+    double seconds;
+    if (plan == NULL) {
+        flush_went_wrong(self);
+        goto done;
+    }
+    if (plan == Py_None) {
+        result = call_python(self, name_lead_flush, target);
+        goto done;
+    }
+    /* (fd, sync): sync None for the plain fdatasync, else the Syscalls' own. */
+    if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != 2) {
+        PyErr_SetString(PyExc_TypeError, "Store.flush_plan must return (fd, sync) or None");
+        flush_went_wrong(self);
+        goto done;
+    }
+    PyObject *descriptor = PyTuple_GET_ITEM(plan, 0);
+    PyObject *sync = PyTuple_GET_ITEM(plan, 1);
+    /* The head, for the ends published after the flush: only a truncation
+     * moves it, and none runs while this leader holds the token. */
+    if (self->publisher != Py_None) {
+        head = PyObject_GetAttr(self->store, name_head_lsn);
+        if (head == NULL) {
+            flush_went_wrong(self);
+            goto done;
+        }
+    }
+    began = PyObject_CallNoArgs(perf_counter);
+    if (began == NULL) {
+        flush_went_wrong(self);
+        goto done;
+    }
+    if (sync == Py_None) {
+        long fd = PyLong_AsLong(descriptor);
+        if ((fd == -1 && PyErr_Occurred()) || data_sync((int)fd) != 0) {
+            flush_went_wrong(self);
+            goto done;
+        }
+    }
+    else {
+        PyObject *synced = PyObject_CallOneArg(sync, descriptor);
+        if (synced == NULL) {
+            flush_went_wrong(self);
+            goto done;
+        }
+        Py_DECREF(synced);
+    }
+    flushed_at = PyObject_CallNoArgs(perf_counter);
+    seconds = flushed_at == NULL ? -1.0 : PyFloat_AsDouble(flushed_at) - PyFloat_AsDouble(began);
+    if (flushed_at == NULL || PyErr_Occurred()) {
+        flush_went_wrong(self);
+        goto done;
+    }
+    /* Store.release(end) has nothing to do: the plan says so. */
+    {
+        PyObject *finished =
+            finish(self, machine, start, end, head, flush_to, seconds, flushed_at);
+        if (finished == NULL) {
+            goto done;
+        }
+        Py_DECREF(finished);
+    }
+    if (reservations->followers_waiting) {
+        PyObject *woken = PyObject_CallMethodNoArgs((PyObject *)reservations, name_wake_followers);
+        if (woken == NULL) {
+            goto done;
+        }
+        Py_DECREF(woken);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(began);
+    Py_XDECREF(flushed_at);
+    Py_XDECREF(head);
+    Py_XDECREF(plan);
+    Py_DECREF(start);
+    Py_DECREF(end);
+    return result;
+}
+
+PyDoc_STRVAR(group_sync_to_doc,
+"sync_to(target, /)\n--\n\n"
+"Return once every byte below target is durable (group commit).");
+
+static PyObject *
+group_sync_to(GroupCommitBase *self, PyObject *target)
+{
+    CommitMachineBase *machine = (CommitMachineBase *)self->machine;
+    PyObject *mutex = self->mutex;
+    if (self->readonly || !PyLong_CheckExact(target) ||
+        !PyObject_TypeCheck(self->machine, &CommitMachineBaseType) ||
+        !is_reservation_lock(mutex) || !is_reservations(self->reservations)) {
+        return call_python(self, name_sync_to, target);
+    }
+    int overflow = 0;
+    long long wanted = PyLong_AsLongLongAndOverflow(target, &overflow);
+    if (overflow != 0 || (wanted == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return call_python(self, name_sync_to, target);
+    }
+    if (!reservation_lock_try(mutex)) {
+        return call_python(self, name_sync_to, target);
+    }
+    if (machine->durable_lsn >= wanted || machine->broken != Py_None || machine->closed ||
+        machine->holder != self->holder_none || machine->callers != 0 || machine->waiting != 0) {
+        reservation_lock_release(mutex);
+        return call_python(self, name_sync_to, target);
+    }
+    /* CommitMachine.request in this state: counted, a caller, and the token
+     * taken by a leader (the LEAD answer of _decide). */
+    machine->syncs_requested += 1;
+    machine->callers += 1;
+    Py_SETREF(machine->holder, Py_NewRef(self->holder_leader));
+    reservation_lock_release(mutex);
+    return lead(self, machine, target);
+}
+
+static PyMethodDef group_methods[] = {
+    {"sync_to", (PyCFunction)group_sync_to, METH_O, group_sync_to_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef group_members[] = {
+    {"_machine", T_OBJECT_EX, offsetof(GroupCommitBase, machine), 0, "The CommitMachine."},
+    {"_mutex", T_OBJECT_EX, offsetof(GroupCommitBase, mutex), 0,
+     "The commit lock (a ReservationLock)."},
+    {"_reservations", T_OBJECT_EX, offsetof(GroupCommitBase, reservations), 0,
+     "The log's Reservations."},
+    {"_store", T_OBJECT_EX, offsetof(GroupCommitBase, store), 0, "The log's store."},
+    {"_points", T_OBJECT_EX, offsetof(GroupCommitBase, points), 0, "The PointKeeper."},
+    {"_condition", T_OBJECT_EX, offsetof(GroupCommitBase, condition), 0,
+     "The condition over the commit lock."},
+    {"publisher", T_OBJECT_EX, offsetof(GroupCommitBase, publisher), 0,
+     "Publishes the ends to followers in other processes, or None."},
+    {"_holder_point", T_OBJECT_EX, offsetof(GroupCommitBase, holder_point), 0, "Holder.POINT."},
+    {"_holder_none", T_OBJECT_EX, offsetof(GroupCommitBase, holder_none), 0, "Holder.NONE."},
+    {"_holder_leader", T_OBJECT_EX, offsetof(GroupCommitBase, holder_leader), 0,
+     "Holder.LEADER."},
+    {"_readonly", T_BOOL, offsetof(GroupCommitBase, readonly), 0,
+     "Whether the handle is read-only (it flushes nothing)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(group_doc,
+"GroupCommitBase()\n--\n\n"
+"What GroupCommit's flush reads, as C members, and the lone commit's sync_to.");
+
+static PyTypeObject GroupCommitBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mmwal._speedups.GroupCommitBase",
+    .tp_basicsize = sizeof(GroupCommitBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = group_doc,
+    .tp_new = group_new,
+    .tp_dealloc = (destructor)group_dealloc,
+    .tp_traverse = (traverseproc)group_traverse,
+    .tp_clear = (inquiry)group_clear,
+    .tp_members = group_members,
+    .tp_methods = group_methods,
+};
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+int
+add_commit_types(PyObject *module)
+{
+    PyObject *time_module = PyImport_ImportModule("time");
+    if (time_module == NULL) {
+        return -1;
+    }
+    perf_counter = PyObject_GetAttrString(time_module, "perf_counter");
+    Py_DECREF(time_module);
+    if (perf_counter == NULL) {
+        return -1;
+    }
+    if (intern(&name_lead_flush, "_lead_flush") != 0 || intern(&name_sync_to, "_sync_to") != 0 ||
+        intern(&name_write_point, "_write_point") != 0 ||
+        intern(&name_acquire, "acquire") != 0 || intern(&name_notify_all, "notify_all") != 0 ||
+        intern(&name_head_lsn, "head_lsn") != 0 || intern(&name_flushed, "flushed") != 0 ||
+        intern(&name_note_flushed, "note_flushed") != 0 ||
+        intern(&name_flush_failed, "_flush_failed") != 0 ||
+        intern(&name_flush_abandoned, "_flush_abandoned") != 0 ||
+        intern(&name_flush_plan, "flush_plan") != 0 ||
+        intern(&name_in_flight, "in_flight") != 0 || intern(&name_hole, "hole") != 0 ||
+        intern(&name_wake_followers, "wake_followers") != 0) {
+        return -1;
+    }
+    if (PyType_Ready(&CommitMachineBaseType) != 0 || PyType_Ready(&GroupCommitBaseType) != 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "CommitMachineBase", (PyObject *)&CommitMachineBaseType) !=
+            0 ||
+        PyModule_AddObjectRef(module, "GroupCommitBase", (PyObject *)&GroupCommitBaseType) != 0) {
+        return -1;
+    }
+    return 0;
+}
