@@ -101,45 +101,51 @@ def ends_path(store: Store) -> str | None:
     return None
 
 
+def python_put_ends_slot(  # noqa: PLR0917 (the C function's signature)
+    mapping: mmap.mmap | bytearray,
+    slot: bytearray,
+    position: int,
+    sequence: int,
+    written: int,
+    durable: int,
+    head: int,
+) -> None:
+    """Pack a flush's four words and the CRC into ``slot``; copy it to ``mapping``.
+
+    The reference of ``_speedups.put_ends_slot`` (``_afterflush.c``).
+    """
+    _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
+    _CRC.pack_into(slot, len(slot) - _CRC.size, crc32c(memoryview(slot)[: -_CRC.size]))
+    mapping[position : position + len(slot)] = slot
+
+
+class PythonEndsPublisherBase:
+    """The fields a flush changes and ``flushed``: the reference of the C ``EndsPublisherBase``."""
+
+    _mapping: mmap.mmap
+    _slot: bytearray
+    _said: tuple[int, ...] | None
+    _sequence: int
+    _stride: int
+
+    def flushed(self, end: int, head: int) -> None:
+        """Publish a flush that made everything below ``end`` written and durable.
+
+        ``publish(written=end, durable=end, head=head)`` with fewer steps, for the
+        commit path: the caller (the flush leader, holding the one-flusher token)
+        knows the file is open, and the ends moved since the last update.
+        """
+        self._said = None  # the next ``publish`` writes whatever it is given
+        sequence = self._sequence = self._sequence + 1
+        position = (sequence & 1) * self._stride
+        python_put_ends_slot(self._mapping, self._slot, position, sequence, end, end, head)
+
+
 if TYPE_CHECKING or SPEEDUPS:
     from ._speedups import EndsPublisherBase, put_ends_slot
 else:
-
-    def put_ends_slot(  # noqa: PLR0917 (the C function's signature)
-        mapping: mmap.mmap,
-        slot: bytearray,
-        position: int,
-        sequence: int,
-        written: int,
-        durable: int,
-        head: int,
-    ) -> None:
-        """Pack a flush's four words and the CRC into ``slot``; copy it to ``mapping``."""
-        _MOVING.pack_into(slot, _MOVING_OFFSET, sequence, written, durable, head)
-        _CRC.pack_into(slot, len(slot) - _CRC.size, crc32c(memoryview(slot)[: -_CRC.size]))
-        mapping[position : position + len(slot)] = slot
-
-    class EndsPublisherBase:
-        """The fields a flush changes (C members with the extension) and ``flushed``."""
-
-        _mapping: mmap.mmap
-        _slot: bytearray
-        _said: tuple[int, int, int, int] | None
-        _sequence: int
-        _stride: int
-
-        def flushed(self, end: int, head: int) -> None:
-            """Publish a flush that made everything below ``end`` written and durable.
-
-            ``publish(written=end, durable=end, head=head)`` with fewer steps, for
-            the commit path: the caller (the flush leader, holding the one-flusher
-            token) knows the file is open, and the ends moved since the last update.
-            """
-            self._said = None  # the next ``publish`` writes whatever it is given
-            sequence = self._sequence = self._sequence + 1
-            put_ends_slot(
-                self._mapping, self._slot, (sequence & 1) * self._stride, sequence, end, end, head
-            )
+    EndsPublisherBase = PythonEndsPublisherBase
+    put_ends_slot = python_put_ends_slot
 
 
 def _flat_cuts(cuts: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> list[int]:

@@ -83,43 +83,45 @@ def _agrees(store: Store, point: RecoveryPoint) -> bool:
     return (crc, length) == (point.last_crc, point.last_length)
 
 
+class PythonPointKeeperBase:
+    """The fields a flush reads and ``note_flushed``: the reference of the C ``PointKeeperBase``."""
+
+    _flushed: tuple[int, int]
+    saved_end: int | None
+    _saved_at: float
+    _quiet_until: float
+    _interval_seconds: float
+    _interval_bytes: int
+    _unit: int
+    _enabled: bool
+
+    def note_flushed(self, start: int, end: int, now: float) -> bool:
+        """Note that ``[start, end)`` is durable at ``now``; return whether a point is due.
+
+        ``now`` is a ``time.perf_counter()`` reading. The caller then writes the
+        point with ``save(start, end)``, still as the one flusher. Cheap: every
+        commit's flush comes here.
+        """
+        if end <= start:
+            return False
+        self._flushed = (start, end)
+        if not self._enabled or now < self._quiet_until:
+            return False
+        saved = self.saved_end
+        unit = self._unit
+        return bool(
+            saved is None
+            or saved > end
+            or end - saved >= self._interval_bytes
+            or (unit and end // unit != saved // unit)
+            or now - self._saved_at >= self._interval_seconds
+        )
+
+
 if TYPE_CHECKING or SPEEDUPS:
     from ._speedups import PointKeeperBase
 else:
-
-    class PointKeeperBase:
-        """The fields a flush reads (C members with the extension) and ``note_flushed``."""
-
-        _flushed: tuple[int, int]
-        saved_end: int | None
-        _saved_at: float
-        _quiet_until: float
-        _interval_seconds: float
-        _interval_bytes: int
-        _unit: int
-        _enabled: bool
-
-        def note_flushed(self, start: int, end: int, now: float) -> bool:
-            """Note that ``[start, end)`` is durable at ``now``; return whether a point is due.
-
-            ``now`` is a ``time.perf_counter()`` reading. The caller then writes the
-            point with ``save(start, end)``, still as the one flusher. Cheap: every
-            commit's flush comes here.
-            """
-            if end <= start:
-                return False
-            self._flushed = (start, end)
-            if not self._enabled or now < self._quiet_until:
-                return False
-            saved = self.saved_end
-            unit = self._unit
-            return bool(
-                saved is None
-                or saved > end
-                or end - saved >= self._interval_bytes
-                or (unit and end // unit != saved // unit)
-                or now - self._saved_at >= self._interval_seconds
-            )
+    PointKeeperBase = PythonPointKeeperBase
 
 
 class PointKeeper(PointKeeperBase):
