@@ -8,7 +8,8 @@ zones)::
 
 The build at ``EXTENSION`` stands in for ``mmwal._speedups`` before mmwal is
 imported; then every payload is also appended from an exact-size ``malloc``
-buffer (a byte read past it is caught), and ``tests/test_append_path.py`` runs.
+buffer (a byte read past it is caught), and ``tests/test_append_path.py`` and
+``tests/test_commit_fast_path.py`` (the lone commit's C path) run.
 Exits with pytest's status; prints how many payloads were appended from the heap.
 """
 
@@ -73,9 +74,8 @@ def main() -> int:
     import pytest
 
     here = Path(__file__).resolve().parent
-    return pytest.main(
-        ["-q", "-p", "no:cacheprovider", "-o", "addopts=", str(here / "test_append_path.py")]
-    )
+    tests = [str(here / name) for name in ("test_append_path.py", "test_commit_fast_path.py")]
+    return pytest.main(["-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The C extension under AddressSanitizer: hostile bytes never make it read out of bounds.
 
-``mmwal/_speedups.c`` (with ``_crc32c.c``, ``_appendpath.c`` and ``_lock.c``) is
+``mmwal/_speedups.c`` (with ``_crc32c.c``, ``_appendpath.c``, ``_commitpath.c``,
+``_afterflush.c`` and ``_lock.c``) is
 built with ``-fsanitize=address`` into a temporary directory and
 ``tests/hostile_walk.py`` walks hostile bytes through it (random, truncated, huge
 lengths, frames ending at the buffer's end) in a subprocess with the ASan runtime
@@ -8,8 +9,8 @@ preloaded, each buffer an exact-size ``malloc`` block with a red zone after it
 and, separately, flush against a ``PROT_NONE`` page. Skipped where there is no C
 compiler, no ASan runtime or no Python headers. ``tests/asan_append.py`` drives
 the append path of the same build: payloads in exact-size ``malloc`` blocks, then
-``tests/test_append_path.py`` with every Python object a ``malloc``
-block (``PYTHONMALLOC=malloc``).
+``tests/test_append_path.py`` and ``tests/test_commit_fast_path.py`` with every
+Python object a ``malloc`` block (``PYTHONMALLOC=malloc``).
 
 Checked by hand: a build whose length check lets a frame claim one byte more than
 the buffer holds fails here with "heap-buffer-overflow ... in crc_update".
@@ -28,7 +29,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [
-    ROOT / "mmwal" / name for name in ("_speedups.c", "_crc32c.c", "_appendpath.c", "_lock.c")
+    ROOT / "mmwal" / name
+    for name in (
+        "_speedups.c",
+        "_crc32c.c",
+        "_appendpath.c",
+        "_commitpath.c",
+        "_afterflush.c",
+        "_lock.c",
+    )
 ]
 HOSTILE_WALK = Path(__file__).with_name("hostile_walk.py")
 APPEND_DRIVE = Path(__file__).with_name("asan_append.py")
