@@ -9,7 +9,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
 
 from ._chunked import ChunkedStore
 from ._errors import CorruptionError
@@ -40,7 +39,14 @@ from ._format import (
     segment_name,
 )
 from ._segment_size import infer_segment_size
-from ._syscalls import DEFAULT_SYNC_METHOD, Syscalls, check_sync_method, mapping_address
+from ._syscalls import (
+    DEFAULT_SYNC_METHOD,
+    FlushPlan,
+    Syscalls,
+    check_sync_method,
+    fdatasync_plan,
+    mapping_address,
+)
 
 __all__ = ["SegmentStore"]
 
@@ -165,9 +171,7 @@ class SegmentStore(ChunkedStore):
         # (mapping, address, path, descriptor or -1, flush plan or None) of the
         # chunk the last flush wrote back; the descriptor is owned by
         # ``_flush_descriptor``. The plan is what ``flush_plan`` answers for it.
-        self._flush_target: (
-            tuple[mmap.mmap, int, str, int, tuple[int, Callable[[int], None] | None] | None] | None
-        ) = None
+        self._flush_target: tuple[mmap.mmap, int, str, int, FlushPlan | None] | None = None
         self._flush_descriptor = KeptDescriptor()
         self._metadata_lock = threading.Lock()
         self._head_file_present = os.path.exists(self._file(HEAD_FILE_NAME))
@@ -520,7 +524,7 @@ class SegmentStore(ChunkedStore):
                 fd = self._open_segment(index, writable=False)
             self._flush_target = None
             self._flush_descriptor.replace(fd)
-            plan = self._plan_for(fd)
+            plan = fdatasync_plan(self.syscalls, fd)
             target = (chunk, mapping_address(chunk), self.segment_path(index), fd, plan)
             self._flush_target = target
         if target[3] >= 0:
@@ -528,30 +532,7 @@ class SegmentStore(ChunkedStore):
         else:
             self.syscalls.sync_mapping(target[1] + start, length, None, target[2])
 
-    def _plan_for(self, fd: int) -> tuple[int, Callable[[int], None] | None] | None:
-        """Return the flush plan of a chunk flushed through ``fd`` (-1: msync), or None.
-
-        A plan only where ``Syscalls.sync_file_data`` is the one ``fdatasync``
-        (not macOS, and a ``Syscalls`` that keeps that choice), with the plain
-        ``fdatasync`` named None so that the log makes the call in C.
-        """
-        syscalls = self.syscalls
-        kind = type(syscalls)
-        own = vars(syscalls)
-        if (
-            fd < 0
-            or not hasattr(os, "fdatasync")
-            or syscalls.platform == "darwin"
-            or kind.sync_file_data is not Syscalls.sync_file_data
-            or kind.sync_file_ranges is not Syscalls.sync_file_ranges
-            or "sync_file_data" in own
-            or "sync_file_ranges" in own
-        ):
-            return None
-        plain = kind.fdatasync is Syscalls.fdatasync and "fdatasync" not in own
-        return (fd, None if plain else syscalls.fdatasync)
-
-    def flush_plan(self, start: int, end: int) -> tuple[int, Callable[[int], None] | None] | None:
+    def flush_plan(self, start: int, end: int) -> FlushPlan | None:
         # The one-chunk flush of ``flush`` with nothing owed before it (a new
         # segment's or the directory's fsync) and the chunk's target kept: every
         # commit's. Read without the lock, as ``_before_flush`` does.

@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import abc
 import mmap
-from collections.abc import Callable
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from ._syscalls import FlushPlan
 
 __all__ = ["Buffer", "Store"]
 
@@ -134,7 +136,7 @@ class Store(abc.ABC):
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         """Return ``(first, last + 1)`` of the nonzero bytes at or after ``start``, or None."""
 
-    def flush_plan(self, start: int, end: int) -> tuple[int, Callable[[int], None] | None] | None:
+    def flush_plan(self, start: int, end: int) -> FlushPlan | None:
         """Return ``(fd, sync)`` when ``sync(fd)`` alone is ``flush(start, end)``, else None.
 
         ``sync`` is None for ``os.fdatasync`` itself (the log then calls it in C,

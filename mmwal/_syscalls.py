@@ -22,18 +22,24 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 __all__ = [
     "DEFAULT_SYNC_METHOD",
     "PAGE_SIZE",
     "SYNC_METHODS",
+    "FlushPlan",
     "Syscalls",
     "check_sync_method",
+    "fdatasync_plan",
     "mapping_address",
 ]
 
 PAGE_SIZE = mmap.PAGESIZE
+
+FlushPlan: TypeAlias = tuple[int, Callable[[int], None] | None]
+"""``(fd, sync)``: ``sync(fd)`` is a whole flush; ``sync`` None is ``os.fdatasync``."""
 
 #: How a file store makes a flushed range durable: ``msync`` of the range or
 #: ``fdatasync`` of the file (every dirty page of it, the range among them).
@@ -245,3 +251,28 @@ class Syscalls:
     def replace(self, source: str, target: str) -> None:
         """Rename ``source`` over ``target`` atomically."""
         os.replace(source, target)
+
+
+def fdatasync_plan(syscalls: Syscalls, fd: int) -> FlushPlan | None:
+    """Return ``(fd, sync)`` when ``syscalls.sync_file_data(fd, ...)`` is one ``fdatasync(fd)``.
+
+    None for ``fd < 0`` (msync), on macOS, and for a ``Syscalls`` that overrides
+    the choice (``sync_file_data`` or ``sync_file_ranges``); ``sync`` is None for
+    the plain ``os.fdatasync`` (the log then calls it in C), else the
+    ``Syscalls``' own ``fdatasync`` (one that injects faults). A store's
+    ``flush_plan`` hands it out (``Store.flush_plan``).
+    """
+    kind = type(syscalls)
+    own = vars(syscalls)
+    if (
+        fd < 0
+        or not hasattr(os, "fdatasync")
+        or syscalls.platform == "darwin"
+        or kind.sync_file_data is not Syscalls.sync_file_data
+        or kind.sync_file_ranges is not Syscalls.sync_file_ranges
+        or "sync_file_data" in own
+        or "sync_file_ranges" in own
+    ):
+        return None
+    plain = kind.fdatasync is Syscalls.fdatasync and "fdatasync" not in own
+    return (fd, None if plain else syscalls.fdatasync)
