@@ -285,15 +285,29 @@ data_sync(int fd)
     }
 }
 
+/* The members a lone commit uses, held (strong references) while it runs. */
+typedef struct {
+    PyObject *machine; /* a CommitMachineBase (checked) */
+    PyObject *mutex;
+    PyObject *reservations;
+    PyObject *store;
+    PyObject *points;
+    PyObject *condition;
+    PyObject *publisher;
+    PyObject *holder_none;
+    PyObject *holder_leader;
+    PyObject *holder_point;
+} Parts;
+
 /* The commit lock, taken: tried, else its blocking acquire (whose exception, a
  * signal's, comes out as from `with self._mutex`). 0 held, -1 an exception. */
 static int
-take_mutex(GroupCommitBase *self)
+take_mutex(Parts *parts)
 {
-    if (reservation_lock_try(self->mutex)) {
+    if (reservation_lock_try(parts->mutex)) {
         return 0;
     }
-    PyObject *taken = PyObject_CallMethodNoArgs(self->mutex, name_acquire);
+    PyObject *taken = PyObject_CallMethodNoArgs(parts->mutex, name_acquire);
     if (taken == NULL) {
         return -1;
     }
@@ -305,10 +319,10 @@ take_mutex(GroupCommitBase *self)
  * leader's flush; when the token is not a leader's, the machine's own method
  * answers (it raises CommitProtocolError). 1 notify, 0 not, -1 an exception. */
 static int
-flush_done(GroupCommitBase *self, CommitMachineBase *machine, long long flush_to, double seconds,
+flush_done(Parts *parts, CommitMachineBase *machine, long long flush_to, double seconds,
            int writing_point)
 {
-    if (machine->holder != self->holder_leader) {
+    if (machine->holder != parts->holder_leader) {
         PyObject *method = PyObject_GetAttrString((PyObject *)machine, "flush_done");
         PyObject *arguments = method == NULL ? NULL : Py_BuildValue("(Ld)", flush_to, seconds);
         PyObject *keywords = arguments == NULL ? NULL
@@ -331,10 +345,10 @@ flush_done(GroupCommitBase *self, CommitMachineBase *machine, long long flush_to
     machine->flushes += 1;
     machine->flush_seconds += seconds;
     if (writing_point) {
-        Py_SETREF(machine->holder, Py_NewRef(self->holder_point));
+        Py_SETREF(machine->holder, Py_NewRef(parts->holder_point));
     }
     else {
-        Py_SETREF(machine->holder, Py_NewRef(self->holder_none));
+        Py_SETREF(machine->holder, Py_NewRef(parts->holder_none));
         machine->callers -= 1;
     }
     return machine->waiting > 0;
@@ -344,12 +358,12 @@ flush_done(GroupCommitBase *self, CommitMachineBase *machine, long long flush_to
  * point, move the durable end and give the token back (or keep it to write a
  * point, then give it back), notifying whoever waits. */
 static PyObject *
-finish(GroupCommitBase *self, CommitMachineBase *machine, PyObject *start, PyObject *end,
+finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *start, PyObject *end,
        PyObject *head, long long flush_to, double seconds, PyObject *flushed_at)
 {
     int writing_point = 0;
     int failed = 0;
-    PyObject *publisher = self->publisher;
+    PyObject *publisher = parts->publisher;
     if (publisher != Py_None && head != NULL) {
         Py_INCREF(publisher);
         PyObject *arguments[3] = {publisher, end, head};
@@ -364,7 +378,7 @@ finish(GroupCommitBase *self, CommitMachineBase *machine, PyObject *start, PyObj
         }
     }
     if (!failed) {
-        PyObject *arguments[4] = {self->points, start, end, flushed_at};
+        PyObject *arguments[4] = {parts->points, start, end, flushed_at};
         PyObject *due = PyObject_VectorcallMethod(name_note_flushed, arguments,
                                                   4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (due == NULL) {
@@ -385,10 +399,10 @@ finish(GroupCommitBase *self, CommitMachineBase *machine, PyObject *start, PyObj
         PyErr_Fetch(&type, &value, &traceback);
     }
     int notify = -1;
-    if (take_mutex(self) == 0) {
-        notify = flush_done(self, machine, flush_to, seconds, writing_point);
+    if (take_mutex(parts) == 0) {
+        notify = flush_done(parts, machine, flush_to, seconds, writing_point);
         if (notify > 0) {
-            PyObject *notified = PyObject_CallMethodNoArgs(self->condition, name_notify_all);
+            PyObject *notified = PyObject_CallMethodNoArgs(parts->condition, name_notify_all);
             if (notified == NULL) {
                 notify = -1;
             }
@@ -396,7 +410,7 @@ finish(GroupCommitBase *self, CommitMachineBase *machine, PyObject *start, PyObj
                 Py_DECREF(notified);
             }
         }
-        reservation_lock_release(self->mutex);
+        reservation_lock_release(parts->mutex);
     }
     if (notify < 0) {
         /* An exception from the `finally` part replaces the first one. */
@@ -420,9 +434,9 @@ finish(GroupCommitBase *self, CommitMachineBase *machine, PyObject *start, PyObj
 /* Lead a flush that the fast path began: the token is held (the machine says
  * LEADER) and the commit lock is free. */
 static PyObject *
-lead(GroupCommitBase *self, CommitMachineBase *machine, PyObject *target)
+lead(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *target)
 {
-    ReservationsBase *reservations = (ReservationsBase *)self->reservations;
+    ReservationsBase *reservations = (ReservationsBase *)parts->reservations;
     PyObject *lock = reservations->lock;
     if (!is_reservation_lock(lock) || !reservation_lock_try(lock)) {
         return call_python(self, name_lead_flush, target);
@@ -451,7 +465,7 @@ lead(GroupCommitBase *self, CommitMachineBase *machine, PyObject *target)
     }
     PyObject *plan;
     {
-        PyObject *arguments[3] = {self->store, start, end};
+        PyObject *arguments[3] = {parts->store, start, end};
         plan = PyObject_VectorcallMethod(name_flush_plan, arguments,
                                          3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
@@ -476,8 +490,8 @@ lead(GroupCommitBase *self, CommitMachineBase *machine, PyObject *target)
     PyObject *sync = PyTuple_GET_ITEM(plan, 1);
     /* The head, for the ends published after the flush: only a truncation
      * moves it, and none runs while this leader holds the token. */
-    if (self->publisher != Py_None) {
-        head = PyObject_GetAttr(self->store, name_head_lsn);
+    if (parts->publisher != Py_None) {
+        head = PyObject_GetAttr(parts->store, name_head_lsn);
         if (head == NULL) {
             flush_went_wrong(self);
             goto done;
@@ -512,7 +526,7 @@ lead(GroupCommitBase *self, CommitMachineBase *machine, PyObject *target)
     /* Store.release(end) has nothing to do: the plan says so. */
     {
         PyObject *finished =
-            finish(self, machine, start, end, head, flush_to, seconds, flushed_at);
+            finish(self, parts, machine, start, end, head, flush_to, seconds, flushed_at);
         if (finished == NULL) {
             goto done;
         }
@@ -543,11 +557,23 @@ PyDoc_STRVAR(group_sync_to_doc,
 static PyObject *
 group_sync_to(GroupCommitBase *self, PyObject *target)
 {
-    CommitMachineBase *machine = (CommitMachineBase *)self->machine;
-    PyObject *mutex = self->mutex;
+    /* What the path uses, held for its length: a member replaced (or deleted)
+     * meanwhile, while the GIL is let go for the flush, cannot free it. */
+    Parts parts = {self->machine,     self->mutex,         self->reservations, self->store,
+                   self->points,      self->condition,     self->publisher,    self->holder_none,
+                   self->holder_leader, self->holder_point};
+    PyObject *held[] = {parts.machine,     parts.mutex,       parts.reservations, parts.store,
+                        parts.points,      parts.condition,   parts.publisher,    parts.holder_none,
+                        parts.holder_leader, parts.holder_point};
+    const size_t count = sizeof(held) / sizeof(held[0]);
+    for (size_t i = 0; i < count; i++) {
+        if (held[i] == NULL) {
+            return call_python(self, name_sync_to, target);
+        }
+    }
     if (self->readonly || !PyLong_CheckExact(target) ||
-        !PyObject_TypeCheck(self->machine, &CommitMachineBaseType) ||
-        !is_reservation_lock(mutex) || !is_reservations(self->reservations)) {
+        !PyObject_TypeCheck(parts.machine, &CommitMachineBaseType) ||
+        !is_reservation_lock(parts.mutex) || !is_reservations(parts.reservations)) {
         return call_python(self, name_sync_to, target);
     }
     int overflow = 0;
@@ -556,21 +582,30 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
         PyErr_Clear();
         return call_python(self, name_sync_to, target);
     }
-    if (!reservation_lock_try(mutex)) {
+    if (!reservation_lock_try(parts.mutex)) {
         return call_python(self, name_sync_to, target);
     }
+    CommitMachineBase *machine = (CommitMachineBase *)parts.machine;
     if (machine->durable_lsn >= wanted || machine->broken != Py_None || machine->closed ||
-        machine->holder != self->holder_none || machine->callers != 0 || machine->waiting != 0) {
-        reservation_lock_release(mutex);
+        machine->holder != parts.holder_none || machine->callers != 0 ||
+        machine->waiting != 0) {
+        reservation_lock_release(parts.mutex);
         return call_python(self, name_sync_to, target);
     }
     /* CommitMachine.request in this state: counted, a caller, and the token
      * taken by a leader (the LEAD answer of _decide). */
     machine->syncs_requested += 1;
     machine->callers += 1;
-    Py_SETREF(machine->holder, Py_NewRef(self->holder_leader));
-    reservation_lock_release(mutex);
-    return lead(self, machine, target);
+    Py_SETREF(machine->holder, Py_NewRef(parts.holder_leader));
+    reservation_lock_release(parts.mutex);
+    for (size_t i = 0; i < count; i++) {
+        Py_INCREF(held[i]);
+    }
+    PyObject *result = lead(self, &parts, machine, target);
+    for (size_t i = 0; i < count; i++) {
+        Py_DECREF(held[i]);
+    }
+    return result;
 }
 
 static PyMethodDef group_methods[] = {
