@@ -12,7 +12,11 @@ close); ``broken`` (and ``broken_by``); ``closed``; ``callers`` (threads inside
 a sync, waiting or leading); ``waiting`` (threads told to wait that have not
 asked again: callers and would-be exclusive holders) and ``parked`` (the
 tickets of those not woken yet, in the order they parked, each with the target
-it waits for, None for an exclusive section).
+it waits for, None for an exclusive section). The fields live in
+``CommitMachineBase``: C members with the extension, so that the lone commit's
+path in C (``_commitpath.c``) reads them and makes ``request``'s and
+``flush_done``'s transitions for a lone leader without a Python call
+(``tests/test_commit_fast_path.py`` proves them equal to these methods').
 
 Rules kept here:
 

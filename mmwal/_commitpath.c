@@ -43,7 +43,7 @@
 static PyObject *perf_counter; /* time.perf_counter, looked up once */
 static PyObject *name_lead_flush, *name_sync_to, *name_write_point, *name_flush_failed,
     *name_flush_abandoned, *name_flush_plan, *name_in_flight, *name_hole,
-    *name_wake_followers, *name_acquire, *name_notify_all, *name_head_lsn, *name_flushed,
+    *name_wake_followers, *name_acquire, *name_wake, *name_head_lsn, *name_flushed,
     *name_note_flushed;
 
 /* -- CommitMachineBase ------------------------------------------------------------ */
@@ -55,7 +55,10 @@ typedef struct {
     long long waiting;
     long long syncs_requested;
     long long flushes;
+    long long exclusive_waiting;
+    long long wakeups_issued;
     double flush_seconds;
+    PyObject *parked;    /* never NULL: the parked tickets (a list), None before __init__ */
     PyObject *holder;    /* never NULL */
     PyObject *broken;    /* never NULL: None or the error */
     PyObject *broken_by; /* never NULL */
@@ -70,6 +73,7 @@ machine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->holder = Py_NewRef(Py_None);
+    self->parked = Py_NewRef(Py_None);
     self->broken = Py_NewRef(Py_None);
     self->broken_by = PyUnicode_FromStringAndSize(NULL, 0);
     if (self->broken_by == NULL) {
@@ -83,6 +87,7 @@ static int
 machine_traverse(CommitMachineBase *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->holder);
+    Py_VISIT(self->parked);
     Py_VISIT(self->broken);
     Py_VISIT(self->broken_by);
     return 0;
@@ -92,6 +97,7 @@ static int
 machine_clear(CommitMachineBase *self)
 {
     Py_CLEAR(self->holder);
+    Py_CLEAR(self->parked);
     Py_CLEAR(self->broken);
     Py_CLEAR(self->broken_by);
     return 0;
@@ -111,11 +117,17 @@ static PyMemberDef machine_members[] = {
     {"callers", T_LONGLONG, offsetof(CommitMachineBase, callers), 0,
      "Threads inside a sync, waiting or leading."},
     {"waiting", T_LONGLONG, offsetof(CommitMachineBase, waiting), 0,
-     "Threads parked on the condition."},
+     "Threads told to wait that have not asked again."},
     {"syncs_requested", T_LONGLONG, offsetof(CommitMachineBase, syncs_requested), 0,
      "How many syncs were asked for."},
     {"flushes", T_LONGLONG, offsetof(CommitMachineBase, flushes), 0,
      "How many flushes a leader completed."},
+    {"exclusive_waiting", T_LONGLONG, offsetof(CommitMachineBase, exclusive_waiting), 0,
+     "Of the waiting, the threads waiting for the exclusive section."},
+    {"wakeups_issued", T_LONGLONG, offsetof(CommitMachineBase, wakeups_issued), 0,
+     "How many tickets wakeups named."},
+    {"parked", T_OBJECT_EX, offsetof(CommitMachineBase, parked), 0,
+     "The tickets of waiting threads not woken yet, with their targets."},
     {"flush_seconds", T_DOUBLE, offsetof(CommitMachineBase, flush_seconds), 0,
      "The time the leaders' flushes took, in seconds."},
     {"holder", T_OBJECT_EX, offsetof(CommitMachineBase, holder), 0,
@@ -154,7 +166,6 @@ typedef struct {
     PyObject *reservations; /* a ReservationsBase, or None */
     PyObject *store;
     PyObject *points;        /* the PointKeeper */
-    PyObject *condition;     /* the Condition over mutex */
     PyObject *publisher;     /* the EndsPublisher, or None */
     PyObject *holder_none;   /* Holder.NONE */
     PyObject *holder_leader; /* Holder.LEADER */
@@ -174,7 +185,6 @@ group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->reservations = Py_NewRef(Py_None);
     self->store = Py_NewRef(Py_None);
     self->points = Py_NewRef(Py_None);
-    self->condition = Py_NewRef(Py_None);
     self->publisher = Py_NewRef(Py_None);
     self->holder_none = Py_NewRef(Py_None);
     self->holder_leader = Py_NewRef(Py_None);
@@ -190,7 +200,6 @@ group_traverse(GroupCommitBase *self, visitproc visit, void *arg)
     Py_VISIT(self->reservations);
     Py_VISIT(self->store);
     Py_VISIT(self->points);
-    Py_VISIT(self->condition);
     Py_VISIT(self->publisher);
     Py_VISIT(self->holder_none);
     Py_VISIT(self->holder_leader);
@@ -206,7 +215,6 @@ group_clear(GroupCommitBase *self)
     Py_CLEAR(self->reservations);
     Py_CLEAR(self->store);
     Py_CLEAR(self->points);
-    Py_CLEAR(self->condition);
     Py_CLEAR(self->publisher);
     Py_CLEAR(self->holder_none);
     Py_CLEAR(self->holder_leader);
@@ -292,7 +300,6 @@ typedef struct {
     PyObject *reservations;
     PyObject *store;
     PyObject *points;
-    PyObject *condition;
     PyObject *publisher;
     PyObject *holder_none;
     PyObject *holder_leader;
@@ -317,7 +324,7 @@ take_mutex(Parts *parts)
 
 /* CommitMachine.flush_done(flush_to, seconds, writing_point=...) for the
  * leader's flush; when the token is not a leader's, the machine's own method
- * answers (it raises CommitProtocolError). 1 notify, 0 not, -1 an exception. */
+ * answers (it raises CommitProtocolError). 1 someone waits, 0 not, -1 an exception. */
 static int
 flush_done(Parts *parts, CommitMachineBase *machine, long long flush_to, double seconds,
            int writing_point)
@@ -356,7 +363,7 @@ flush_done(Parts *parts, CommitMachineBase *machine, long long flush_to, double 
 
 /* GroupCommit._finish_flush: publish the ends, note the flush for the recovery
  * point, move the durable end and give the token back (or keep it to write a
- * point, then give it back), notifying whoever waits. */
+ * point, then give it back), waking whom the machine names. */
 static PyObject *
 finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *start, PyObject *end,
        PyObject *head, long long flush_to, double seconds, PyObject *flushed_at)
@@ -398,21 +405,23 @@ finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject
     if (failed) {
         PyErr_Fetch(&type, &value, &traceback);
     }
-    int notify = -1;
+    int waiters = -1;
     if (take_mutex(parts) == 0) {
-        notify = flush_done(parts, machine, flush_to, seconds, writing_point);
-        if (notify > 0) {
-            PyObject *notified = PyObject_CallMethodNoArgs(parts->condition, name_notify_all);
-            if (notified == NULL) {
-                notify = -1;
+        waiters = flush_done(parts, machine, flush_to, seconds, writing_point);
+        if (waiters > 0) {
+            /* GroupCommit._wake: the tickets the machine names, released holding
+             * the commit lock. */
+            PyObject *woken = PyObject_CallMethodNoArgs((PyObject *)self, name_wake);
+            if (woken == NULL) {
+                waiters = -1;
             }
             else {
-                Py_DECREF(notified);
+                Py_DECREF(woken);
             }
         }
         reservation_lock_release(parts->mutex);
     }
-    if (notify < 0) {
+    if (waiters < 0) {
         /* An exception from the `finally` part replaces the first one. */
         Py_XDECREF(type);
         Py_XDECREF(value);
@@ -560,11 +569,11 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
     /* What the path uses, held for its length: a member replaced (or deleted)
      * meanwhile, while the GIL is let go for the flush, cannot free it. */
     Parts parts = {self->machine,     self->mutex,         self->reservations, self->store,
-                   self->points,      self->condition,     self->publisher,    self->holder_none,
-                   self->holder_leader, self->holder_point};
+                   self->points,      self->publisher,     self->holder_none,  self->holder_leader,
+                   self->holder_point};
     PyObject *held[] = {parts.machine,     parts.mutex,       parts.reservations, parts.store,
-                        parts.points,      parts.condition,   parts.publisher,    parts.holder_none,
-                        parts.holder_leader, parts.holder_point};
+                        parts.points,      parts.publisher,   parts.holder_none,  parts.holder_leader,
+                        parts.holder_point};
     const size_t count = sizeof(held) / sizeof(held[0]);
     for (size_t i = 0; i < count; i++) {
         if (held[i] == NULL) {
@@ -588,7 +597,7 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
     CommitMachineBase *machine = (CommitMachineBase *)parts.machine;
     if (machine->durable_lsn >= wanted || machine->broken != Py_None || machine->closed ||
         machine->holder != parts.holder_none || machine->callers != 0 ||
-        machine->waiting != 0) {
+        machine->waiting != 0 || machine->exclusive_waiting != 0) {
         reservation_lock_release(parts.mutex);
         return call_python(self, name_sync_to, target);
     }
@@ -621,8 +630,6 @@ static PyMemberDef group_members[] = {
      "The log's Reservations."},
     {"_store", T_OBJECT_EX, offsetof(GroupCommitBase, store), 0, "The log's store."},
     {"_points", T_OBJECT_EX, offsetof(GroupCommitBase, points), 0, "The PointKeeper."},
-    {"_condition", T_OBJECT_EX, offsetof(GroupCommitBase, condition), 0,
-     "The condition over the commit lock."},
     {"publisher", T_OBJECT_EX, offsetof(GroupCommitBase, publisher), 0,
      "Publishes the ends to followers in other processes, or None."},
     {"_holder_point", T_OBJECT_EX, offsetof(GroupCommitBase, holder_point), 0, "Holder.POINT."},
@@ -673,7 +680,7 @@ add_commit_types(PyObject *module)
     }
     if (intern(&name_lead_flush, "_lead_flush") != 0 || intern(&name_sync_to, "_sync_to") != 0 ||
         intern(&name_write_point, "_write_point") != 0 ||
-        intern(&name_acquire, "acquire") != 0 || intern(&name_notify_all, "notify_all") != 0 ||
+        intern(&name_acquire, "acquire") != 0 || intern(&name_wake, "_wake") != 0 ||
         intern(&name_head_lsn, "head_lsn") != 0 || intern(&name_flushed, "flushed") != 0 ||
         intern(&name_note_flushed, "note_flushed") != 0 ||
         intern(&name_flush_failed, "_flush_failed") != 0 ||

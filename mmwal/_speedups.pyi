@@ -3,7 +3,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._commit_machine import CommitMachine, Holder
+from ._commit_machine import CommitMachine, Holder, Ticket
 from ._published import EndsPublisher
 from ._recovery_point import PointKeeper
 from ._reservations import Reservations
@@ -85,14 +85,16 @@ class CommitMachineBase:
     callers: int
     closed: bool
     durable_lsn: int
+    exclusive_waiting: int
     flush_seconds: float
     flushes: int
     holder: Holder
+    parked: list[tuple[int | None, Ticket]]
     syncs_requested: int
     waiting: int
+    wakeups_issued: int
 
 class GroupCommitBase:
-    _condition: threading.Condition
     _holder_leader: Holder
     _holder_none: Holder
     _holder_point: Holder

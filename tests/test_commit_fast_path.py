@@ -59,6 +59,8 @@ def _state(wal: Wal) -> dict[str, object]:
         "waiting": machine.waiting,
         "syncs_requested": machine.syncs_requested,
         "flushes": machine.flushes,
+        "parked": list(machine.parked),
+        "wakeups_issued": machine.wakeups_issued,
         "broken": machine.broken,
         "ends": ends._replace(sequence=0),
         "ends_sequence_moved": ends.sequence,
@@ -161,6 +163,7 @@ def test_the_c_path_takes_the_lone_commit_and_leaves_everything_else_to_python(
         states: list[tuple[str, object]] = [
             ("callers", 1),
             ("waiting", 1),
+            ("exclusive_waiting", 1),
             ("holder", Holder.EXCLUSIVE),
             ("holder", Holder.LEADER),
             ("broken", OSError("broken")),
