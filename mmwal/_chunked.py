@@ -416,6 +416,10 @@ class ChunkedStore(Store):
             with self._mapping_lock:
                 self._let_go_beyond_limit(self._end_chunk - 1)
 
+    def _release_idle(self, end: int) -> bool:
+        """Whether ``release(end)`` would return at once (a subclass's ``flush_plan`` asks)."""
+        return end < self._release_quiet_below and self._end_chunk == self._release_quiet_chunks
+
     def discard_after(self, end: int) -> None:
         self._check_open()
         self._ensure_open_completed()

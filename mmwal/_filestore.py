@@ -20,7 +20,13 @@ from ._files import (
 )
 from ._filesystems import SpaceReservation
 from ._format import RECOVERY_FILE_NAME
-from ._syscalls import DEFAULT_SYNC_METHOD, Syscalls, mapping_address
+from ._syscalls import (
+    DEFAULT_SYNC_METHOD,
+    FlushPlan,
+    Syscalls,
+    fdatasync_plan,
+    mapping_address,
+)
 
 __all__ = ["DEFAULT_WINDOW_SIZE", "FileStore"]
 
@@ -127,6 +133,13 @@ class FileStore(ChunkedStore):
             os.close(fd)
             raise
         self._fd = fd
+        # ``flush_plan``'s answer when it has one: with ``fdatasync`` every flush
+        # of the file is one call (``_flush_spans``).
+        self._plan = (
+            fdatasync_plan(self.syscalls, fd)
+            if writable and self.sync_method == "fdatasync"
+            else None
+        )
         # A store dropped without close must not keep the file, and with it the
         # writer lock, for the life of the process: the descriptor is closed when
         # the store is collected, or at close, once either way.
@@ -266,6 +279,16 @@ class FileStore(ChunkedStore):
             if chunk is not None
         ]
         self.syscalls.sync_file_ranges(self._fd, ranges, self.path)
+
+    def flush_plan(self, start: int, end: int) -> FlushPlan | None:
+        # Nothing owed before the flush (the file's new size or its directory
+        # entry) and ``release`` idle: every commit's but the first in a new
+        # window. Read without the lock, as ``_before_flush`` does.
+        if self._plan is None or self._closed or self._file_dirty or self._directory_dirty:
+            return None
+        if not max(start, self._head_lsn) < end <= self.capacity or not self._release_idle(end):
+            return None
+        return self._plan
 
     def _side_path(self, name: str) -> str | None:
         return f"{self.path}.{name}"

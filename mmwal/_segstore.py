@@ -545,7 +545,7 @@ class SegmentStore(ChunkedStore):
         base = start - start % size
         if not start < end <= base + len(chunk) or self._chunks.get(start // size) is not chunk:
             return None
-        if not (end < self._release_quiet_below and self._end_chunk == self._release_quiet_chunks):
+        if not self._release_idle(end):
             return None  # ``release(end)`` has work: the log calls ``flush`` and ``release``
         return target[4]
 

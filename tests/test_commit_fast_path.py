@@ -24,7 +24,7 @@ from typing import cast
 
 import pytest
 
-from mmwal import SegmentStore, Syscalls, Wal, WalBrokenError, WalClosedError, WalConfig
+from mmwal import FileStore, SegmentStore, Syscalls, Wal, WalBrokenError, WalClosedError, WalConfig
 from mmwal._commit import GroupCommit
 from mmwal._commit_machine import CommitMachine, Holder
 from mmwal._format import SPEEDUPS
@@ -304,6 +304,87 @@ def test_the_plan_is_refused_whenever_the_flush_owes_more_than_one_fdatasync(
         plan = wal.store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn)
         assert plan is not None
         assert plan[1] is None  # plain fdatasync: the log calls it in C
+
+
+@needs_c
+def test_a_lone_commit_on_a_single_file_runs_in_c_and_leaves_the_python_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: FileStore never answering a plan (``Wal.open`` logs always taking
+    # the Python flush), or its plan leaving other ends than the Python flush.
+    records = [os.urandom(size) for size in (1, 300, 5000, 17, 9)]
+    plans: list[object] = []
+    reference_plan = FileStore.flush_plan
+
+    def recorded_plan(self: FileStore, start: int, end: int) -> object:
+        plan = reference_plan(self, start, end)
+        plans.append(plan)
+        return plan
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FileStore, "flush_plan", recorded_plan)
+        with Wal.open(tmp_path / "c.wal") as fast:
+            c_states = []
+            for record in records:
+                fast.append_and_sync(record)
+                c_states.append(_state(fast))
+    # The first commit owes the new file's size and directory entry: no plan;
+    # every later one is the file's single fdatasync, made in C.
+    assert plans[0] is None
+    assert plans[1:] == [(plans[1][0], None)] * (len(records) - 1)  # type: ignore[index]
+    with Wal.open(tmp_path / "python.wal") as slow, _python_path(monkeypatch):
+        python_states = []
+        for record in records:
+            lsn = slow.append(record)
+            slow._group_commit._sync_to(lsn + 8 + len(record))
+            python_states.append(_state(slow))
+    assert c_states == python_states
+
+
+def test_a_single_file_plan_waits_for_the_size_a_new_window_owes(tmp_path: Path) -> None:
+    # Catches: a plan answered while the file's new size (a window created
+    # inline) is owed an fsync: the commit would be durable in bytes a crash
+    # can cut off the file. And a plan for msync or a Syscalls of its own.
+    calls = CountingSyscalls()
+    window = mmap.ALLOCATIONGRANULARITY
+    store = FileStore(tmp_path / "log", window_size=window, syscalls=calls, precreate=False)
+    with Wal.with_store(store) as wal:
+        wal.append_and_sync(b"a")
+        wal.append_and_sync(b"b")
+        assert store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) == (
+            store._fd,
+            calls.fdatasync,
+        )
+        end = wal.append(b"c" * window) + 8 + window  # grows the file by a window
+        assert store.flush_plan(wal.durable_lsn, end) is None
+        before = calls.fsyncs
+        wal.sync()
+        assert calls.fsyncs == before + 1
+        wal.append_and_sync(b"d")
+        assert store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is not None
+        assert store.flush_plan(wal.durable_lsn, wal.durable_lsn) is None  # nothing to flush
+        # Each condition alone refuses: the size owed (as a wal-db file's
+        # extension at open leaves it) ...
+        store._file_dirty = True
+        assert store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
+        wal.append_and_sync(b"e")
+        assert store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is not None
+        # ... and a ``release`` with work to do (a truncation forgets what it knew).
+        wal.truncate_after(wal.append(b"f"))
+        assert store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
+    with Wal.open(tmp_path / "msync.wal", config=WalConfig(sync_method="msync")) as wal:
+        wal.append_and_sync(b"a")
+        wal.append_and_sync(b"b")
+        assert wal.store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
+
+    class OwnChoice(Syscalls):
+        def sync_file_data(self, fd: int, address: int, length: int, path: str) -> None:
+            super().sync_file_data(fd, address, length, path)
+
+    with Wal.with_store(FileStore(tmp_path / "own", syscalls=OwnChoice())) as wal:
+        wal.append_and_sync(b"a")
+        wal.append_and_sync(b"b")
+        assert wal.store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
 
 
 def test_a_failed_fdatasync_on_the_lone_path_breaks_the_log_for_good(tmp_path: Path) -> None:
