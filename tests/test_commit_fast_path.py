@@ -226,6 +226,13 @@ def test_a_commit_whose_copy_is_in_flight_goes_to_the_python_leader(
 # -- what a flush owes before it, and the plan ------------------------------------------
 
 
+class OwnChoice(Syscalls):
+    """Real syscalls that choose the data flush themselves: no store may plan it."""
+
+    def sync_file_data(self, fd: int, address: int, length: int, path: str) -> None:
+        super().sync_file_data(fd, address, length, path)
+
+
 class CountingSyscalls(Syscalls):
     """Real syscalls that count fsyncs and fdatasyncs, and fail the data flush on demand."""
 
@@ -272,10 +279,6 @@ def test_the_plan_is_refused_whenever_the_flush_owes_more_than_one_fdatasync(
         wal.append_and_sync(b"a")
         wal.append_and_sync(b"b")
         assert wal.store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
-
-    class OwnChoice(Syscalls):
-        def sync_file_data(self, fd: int, address: int, length: int, path: str) -> None:
-            super().sync_file_data(fd, address, length, path)
 
     class MacLike(Syscalls):
         platform = "darwin"  # msync, then F_FULLFSYNC (not on Linux: left out)
@@ -376,10 +379,6 @@ def test_a_single_file_plan_waits_for_the_size_a_new_window_owes(tmp_path: Path)
         wal.append_and_sync(b"a")
         wal.append_and_sync(b"b")
         assert wal.store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
-
-    class OwnChoice(Syscalls):
-        def sync_file_data(self, fd: int, address: int, length: int, path: str) -> None:
-            super().sync_file_data(fd, address, length, path)
 
     with Wal.with_store(FileStore(tmp_path / "own", syscalls=OwnChoice())) as wal:
         wal.append_and_sync(b"a")
