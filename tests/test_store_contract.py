@@ -270,9 +270,13 @@ class TestSegmentStorePrecreated(_SegmentTests):
 
 
 class _Simulated(_InTmp):
-    """The real stores over the power-loss simulator: a reopen sees only what is durable."""
+    """The real stores over the power-loss simulator: a reopen sees only what is durable.
 
-    layout = Layout(segment_size=4096)
+    msync where no method is named: it makes only the flushed range durable, so a
+    flush that misses its range loses bytes here (fdatasync writes the whole file).
+    """
+
+    layout = Layout(segment_size=4096, sync_method="msync")
     simulator: type[PowerLossSimulator] = PowerLossSimulator
 
     def make_store(self) -> Store:
@@ -297,11 +301,11 @@ class TestSimulatedSegmentStore(_Simulated):
 
 class TestSimulatedTinySegments(_Simulated):
     drops_prefix = True
-    layout = Layout(segment_size=32)
+    layout = Layout(segment_size=32, sync_method="msync")
 
 
 class TestSimulatedFileStore(_Simulated):
-    layout = Layout(window_size=8192)
+    layout = Layout(window_size=8192, sync_method="msync")
 
 
 class TestSimulatedFdatasyncSegments(_Simulated):
@@ -333,6 +337,10 @@ class TestTheSuiteCatchesABrokenStore(_Simulated):
     def test_discard_after_is_durable(self) -> None:
         with pytest.raises(AssertionError):
             super().test_discard_after_is_durable()
+
+    def test_a_flush_inside_a_later_piece_survives_reopen(self) -> None:
+        with pytest.raises(AssertionError):
+            super().test_a_flush_inside_a_later_piece_survives_reopen()
 
     def test_side_files_are_replaced_whole_and_survive_reopen(self) -> None:
         with pytest.raises(AssertionError):

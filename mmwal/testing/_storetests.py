@@ -212,6 +212,24 @@ class StoreTests(abc.ABC):
         again = self._reopen(store)
         assert again.read(0, len(data)) == data
 
+    def test_a_flush_inside_a_later_piece_survives_reopen(self) -> None:
+        # A commit's flush: a short range inside one piece, past the first, not
+        # starting at a page boundary. Its offsets within the piece must be taken
+        # from the piece's base, or a range-exact flush (msync) writes back
+        # other bytes.
+        store = self.store()
+        unit = self._unit(store)
+        store.ensure_capacity(3 * unit)
+        for index in (1, 2):
+            start = index * unit + unit // 2 + 3
+            end = min(start + 100, (index + 1) * unit)
+            data = _pattern(end - start, seed=30 + index)
+            store.write(start, data)
+            store.flush(start, end)
+            again = self._reopen(store)
+            assert again.read(start, len(data)) == data, index
+            store = again
+
     def test_side_files_are_replaced_whole_and_survive_reopen(self) -> None:
         store = self.store()
         if not store.save_side_file("recovery", b"first"):

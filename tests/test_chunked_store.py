@@ -1,0 +1,119 @@
+"""What a ``ChunkedStore`` asks of the disk: the pages a flush writes back, its refusals.
+
+The store protocol says what is durable after a flush; these tests pin what the
+flush costs, through the ``Syscalls`` seam: with ``sync_method="msync"`` a flush
+of ``[start, end)`` writes back the pages holding that range in each chunk it
+touches and nothing else (an msync past a mapping's end fails with ENOMEM, one
+below ``start`` writes bytes nobody asked for), and an empty flush calls nothing.
+Written with mutation testing (docs/RELIABILITY.md): each case kills mutants of
+``ChunkedStore.flush`` and the stores' ``_flush_chunk`` that the durability tests
+cannot tell from the original.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import pytest
+
+from mmwal import FileStore, SegmentStore, Syscalls, WalClosedError
+from mmwal._chunked import ChunkedStore
+from mmwal._syscalls import PAGE_SIZE, mapping_address
+
+#: Four pages per chunk, so a range can start and end inside a chunk at a page
+#: that is not its first.
+CHUNK = 4 * PAGE_SIZE
+
+
+class MsyncRecorder(Syscalls):
+    """Real syscalls that remember the address and length of every msync."""
+
+    def __init__(self) -> None:
+        self.msyncs: list[tuple[int, int]] = []
+
+    def msync(self, address: int, length: int) -> None:
+        self.msyncs.append((address, length))
+        super().msync(address, length)
+
+
+def _make(kind: str, tmp_path: Path, calls: Syscalls) -> ChunkedStore:
+    if kind == "file":
+        return FileStore(tmp_path / "log", window_size=CHUNK, syscalls=calls, sync_method="msync")
+    return SegmentStore(tmp_path / "log", CHUNK, syscalls=calls, sync_method="msync")
+
+
+def _log_ranges(store: ChunkedStore, msyncs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return each msync as the log range ``[start, end)`` it wrote back."""
+    bases = {}
+    for index in range(store.capacity // CHUNK):
+        chunk = store.piece(index * CHUNK)[0]
+        assert isinstance(chunk, mmap.mmap)
+        bases[index] = mapping_address(chunk)
+    ranges = []
+    for address, length in msyncs:
+        owner = [i for i, base in bases.items() if base <= address < base + CHUNK]
+        assert len(owner) == 1, f"msync at {address:#x} is in no chunk of the log"
+        start = owner[0] * CHUNK + address - bases[owner[0]]
+        ranges.append((start, start + length))
+    return ranges
+
+
+# (start, end) asked of flush, and the log ranges it must write back: from the
+# page holding the first byte of each chunk's part to the part's end.
+CASES = [
+    # one chunk, past the first, starting and ending mid-page: a commit's flush
+    (
+        (CHUNK + PAGE_SIZE + 10, CHUNK + 2 * PAGE_SIZE + 20),
+        [(CHUNK + PAGE_SIZE, CHUNK + 2 * PAGE_SIZE + 20)],
+    ),
+    # ending exactly at a chunk's end
+    ((2 * CHUNK + 3 * PAGE_SIZE + 5, 3 * CHUNK), [(2 * CHUNK + 3 * PAGE_SIZE, 3 * CHUNK)]),
+    # across two chunks
+    (
+        (CHUNK + 3 * PAGE_SIZE + 7, 2 * CHUNK + PAGE_SIZE + 1),
+        [(CHUNK + 3 * PAGE_SIZE, 2 * CHUNK), (2 * CHUNK, 2 * CHUNK + PAGE_SIZE + 1)],
+    ),
+    # across three chunks, then clipped at the capacity
+    (
+        (PAGE_SIZE + 1, 10 * CHUNK),
+        [(PAGE_SIZE, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 3 * CHUNK)],
+    ),
+    # empty, or wholly past the capacity: nothing to write back
+    ((CHUNK + PAGE_SIZE + 10, CHUNK + PAGE_SIZE + 10), []),
+    ((3 * CHUNK + 5, 3 * CHUNK + 50), []),
+]
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+@pytest.mark.parametrize(("asked", "expected"), CASES)
+def test_a_flush_writes_back_the_pages_holding_its_range_and_no_others(
+    tmp_path: Path, kind: str, asked: tuple[int, int], expected: list[tuple[int, int]]
+) -> None:
+    calls = MsyncRecorder()
+    store = _make(kind, tmp_path, calls)
+    try:
+        store.ensure_capacity(3 * CHUNK)
+        store.write(0, b"\1" * store.capacity)
+        store.flush(0, store.capacity)  # file creation and metadata out of the way
+        calls.msyncs.clear()
+        store.flush(*asked)
+        assert _log_ranges(store, calls.msyncs) == expected
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_a_closed_store_names_itself_when_it_refuses(tmp_path: Path, kind: str) -> None:
+    store = _make(kind, tmp_path, Syscalls())
+    store.ensure_capacity(1)
+    store.close()
+    for operation in (
+        lambda: store.flush(0, 1),
+        lambda: store.release(1),
+        lambda: store.read(0, 1),
+        lambda: store.discard_after(0),
+    ):
+        with pytest.raises(WalClosedError) as refused:
+            operation()
+        assert str(store.location) in str(refused.value)
