@@ -236,3 +236,25 @@ def test_a_spare_made_while_the_roll_creates_the_segment_inline(
     with Wal.open_segmented(path) as wal:
         assert [r.lsn for r in wal] == lsns
         assert [bytes(r.data) for r in wal] == [record(i) for i in range(len(lsns))]
+
+
+def test_the_spare_is_asked_for_once_the_end_reaches_the_middle_not_a_byte_before(
+    tmp_path: Path,
+) -> None:
+    # The rule in _chunked.py: a log that stays small makes no spare. Every
+    # commit's release() at first returns at once below a remembered end; that end
+    # must be the middle itself, or the commit that reaches it asks nothing.
+    directory = tmp_path / "log"
+    store = SegmentStore(directory, SEGMENT, precreate=True)
+    try:
+        store.ensure_capacity(1)
+        middle = SEGMENT // 2
+        for end in (1, middle - 1):
+            store.release(end)
+            store._pipeline._wait()  # type: ignore[union-attr]
+            assert segment_names(directory) == [f"{0:020d}.wal"], end
+        store.release(middle)
+        store._pipeline._wait()  # type: ignore[union-attr]
+        assert segment_names(directory) == [f"{0:020d}.wal", f"{1:020d}.wal"]
+    finally:
+        store.close()
