@@ -8,6 +8,7 @@ could not be opened at all.
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from mmwal import FileStore, SegmentStore, Wal
 from mmwal._format import encode_frame, segment_name
+from mmwal._syscalls import mapping_address
 
 SEGMENT = 4096
 FRAME = 256  # 16 frames a segment; some records span two segments
@@ -182,3 +184,40 @@ def test_a_chunk_growth_has_not_counted_yet_is_never_let_go(tmp_path: Path) -> N
         wal.append(b"after")
         wal.sync()
         assert list(wal)[-1].data == b"after"
+
+
+def _resident_kib(address: int) -> int:
+    """Return the resident KiB this process maps at ``address`` (``/proc/self/smaps``)."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) == address
+            elif inside and line.startswith("Rss:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping at {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_a_segment_the_durable_end_passes_gives_its_pages_back_at_once(tmp_path: Path) -> None:
+    # ``release`` runs on every commit and returns at once below a remembered
+    # end; that end is the next segment's start, so the first commit past it
+    # seals the segment: its resident pages go (the page cache keeps them).
+    size = 64 * 1024
+    store = SegmentStore(tmp_path / "log", size, precreate=False)
+    try:
+        store.ensure_capacity(4 * size)  # one growth makes four segments
+        store.write(0, b"\1" * (4 * size))
+        store.flush(0, 4 * size)
+        addresses = []
+        for index in range(4):
+            chunk = store.piece(index * size)[0]
+            assert isinstance(chunk, mmap.mmap)
+            addresses.append(mapping_address(chunk))
+        assert all(_resident_kib(address) > 0 for address in addresses)
+        for commit_end in (size + 1, size + 2, 2 * size + 1):
+            store.release(commit_end)
+        assert [_resident_kib(address) > 0 for address in addresses] == [False, False, True, True]
+    finally:
+        store.close()
