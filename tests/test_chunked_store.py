@@ -4,7 +4,8 @@ The store protocol says what is durable after a flush; these tests pin what the
 flush costs, through the ``Syscalls`` seam: with ``sync_method="msync"`` a flush
 of ``[start, end)`` writes back the pages holding that range in each chunk it
 touches and nothing else (an msync past a mapping's end fails with ENOMEM, one
-below ``start`` writes bytes nobody asked for), and an empty flush calls nothing.
+below ``start`` writes bytes nobody asked for), and an empty flush calls nothing;
+and the readahead advice a chunk is mapped with, read from ``/proc/self/smaps``.
 Written with mutation testing (docs/RELIABILITY.md): each case kills mutants of
 ``ChunkedStore.flush`` and the stores' ``_flush_chunk`` that the durability tests
 cannot tell from the original.
@@ -13,6 +14,7 @@ cannot tell from the original.
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,43 @@ def test_a_closed_store_names_itself_when_it_refuses(tmp_path: Path, kind: str) 
         with pytest.raises(WalClosedError) as refused:
             operation()
         assert str(store.location) in str(refused.value)
+
+
+def _vm_flags(address: int) -> set[str]:
+    """Return the kernel's flags for this process's mapping at ``address`` (``smaps``)."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) == address
+            elif inside and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping at {address:#x}")
+
+
+def _address(store: ChunkedStore, offset: int) -> int:
+    chunk = store.piece(offset)[0]
+    assert isinstance(chunk, mmap.mmap)
+    return mapping_address(chunk)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_a_sealed_segment_mapped_again_reads_ahead_and_the_tail_does_not(tmp_path: Path) -> None:
+    # The tail is mapped without fault readahead (``rr``: MADV_RANDOM) so a commit
+    # writes back the pages it touched, not a large folio; a segment the durable
+    # end passed is read back, and readahead is what makes that fast. A sealed
+    # segment let go (mapped_chunks) and mapped again must not come back random.
+    size = 64 * 1024
+    store = SegmentStore(tmp_path / "log", size, precreate=False, mapped_chunks=1)
+    try:
+        store.prepare_end(0)  # as the log does once recovery found the end
+        store.ensure_capacity(4 * size)
+        store.write(0, b"\1" * (4 * size))
+        store.flush(0, 4 * size)
+        store.release(3 * size + 1)  # segments 0-2 sealed, and let go
+        assert store.read(0, 3) == b"\1\1\1"  # maps segment 0 again
+        assert "rr" in _vm_flags(_address(store, 3 * size))
+        assert "rr" not in _vm_flags(_address(store, 0))
+    finally:
+        store.close()
