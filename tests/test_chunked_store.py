@@ -45,13 +45,18 @@ def _make(kind: str, tmp_path: Path, calls: Syscalls) -> ChunkedStore:
     return SegmentStore(tmp_path / "log", CHUNK, syscalls=calls, sync_method="msync")
 
 
-def _log_ranges(store: ChunkedStore, msyncs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Return each msync as the log range ``[start, end)`` it wrote back."""
+def _bases(store: ChunkedStore) -> dict[int, int]:
+    """Return the address each chunk of ``store`` is mapped at."""
     bases = {}
     for index in range(store.capacity // CHUNK):
         chunk = store.piece(index * CHUNK)[0]
         assert isinstance(chunk, mmap.mmap)
         bases[index] = mapping_address(chunk)
+    return bases
+
+
+def _log_ranges(bases: dict[int, int], msyncs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return each msync as the log range ``[start, end)`` it wrote back."""
     ranges = []
     for address, length in msyncs:
         owner = [i for i, base in bases.items() if base <= address < base + CHUNK]
@@ -100,7 +105,32 @@ def test_a_flush_writes_back_the_pages_holding_its_range_and_no_others(
         store.flush(0, store.capacity)  # file creation and metadata out of the way
         calls.msyncs.clear()
         store.flush(*asked)
-        assert _log_ranges(store, calls.msyncs) == expected
+        assert _log_ranges(_bases(store), calls.msyncs) == expected
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_discard_after_writes_back_the_pages_it_zeroed_and_no_others(
+    tmp_path: Path, kind: str
+) -> None:
+    # The chunk holding the end first, from the page holding the end to the
+    # chunk's end; then every later chunk a file keeps (segments are removed).
+    calls = MsyncRecorder()
+    store = _make(kind, tmp_path, calls)
+    try:
+        store.ensure_capacity(3 * CHUNK)
+        store.write(0, b"\1" * store.capacity)
+        store.flush(0, store.capacity)
+        bases = _bases(store)
+        calls.msyncs.clear()
+        end = CHUNK + 2 * PAGE_SIZE + 10
+        store.discard_after(end)
+        expected = [(CHUNK + 2 * PAGE_SIZE, 2 * CHUNK)]
+        if kind == "file":
+            expected.append((2 * CHUNK, 3 * CHUNK))
+        assert _log_ranges(bases, calls.msyncs) == expected
+        assert store.read(0, store.capacity) == b"\1" * end + bytes(store.capacity - end)
     finally:
         store.close()
 
