@@ -189,3 +189,26 @@ def test_a_sealed_segment_mapped_again_reads_ahead_and_the_tail_does_not(tmp_pat
         assert "rr" not in _vm_flags(_address(store, 0))
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+def test_segments_a_truncation_removes_are_unmapped_at_once(tmp_path: Path) -> None:
+    # A removed file stays on disk while a mapping holds it: a truncation that
+    # kept the mappings of the segments it removed would give back no space
+    # until the log closed.
+    directory = tmp_path / "log"
+    store = SegmentStore(directory, CHUNK, precreate=False)
+    try:
+        store.ensure_capacity(4 * CHUNK)
+        store.write(0, b"\1" * store.capacity)
+        store.flush(0, store.capacity)
+        store.discard_after(CHUNK + 1)
+        with open("/proc/self/maps") as maps:
+            deleted = [line for line in maps if str(directory) in line and "(deleted)" in line]
+        assert deleted == []
+        assert sorted(p.name for p in directory.glob("*.wal")) == [
+            f"{0:020d}.wal",
+            f"{1:020d}.wal",
+        ]
+    finally:
+        store.close()
