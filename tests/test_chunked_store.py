@@ -212,3 +212,24 @@ def test_segments_a_truncation_removes_are_unmapped_at_once(tmp_path: Path) -> N
         ]
     finally:
         store.close()
+
+
+def test_discard_after_writes_back_a_later_window_from_its_first_nonzero_block(
+    tmp_path: Path,
+) -> None:
+    # Zeroing reads a window in blocks of 64 KiB and writes only those holding
+    # a nonzero byte: the flush covers them, from the first such block on.
+    window = 256 * 1024
+    calls = MsyncRecorder()
+    store = FileStore(tmp_path / "log", window_size=window, syscalls=calls, sync_method="msync")
+    try:
+        store.ensure_capacity(2 * window)
+        store.write(window + 100 * 1024, b"\1" * 10)
+        store.flush(0, store.capacity)
+        base = mapping_address(store.piece(window)[0])  # type: ignore[arg-type]
+        calls.msyncs.clear()
+        store.discard_after(10)
+        assert calls.msyncs == [(base + 64 * 1024, 64 * 1024)]
+        assert store.nonzero_extent(0) is None
+    finally:
+        store.close()

@@ -258,3 +258,43 @@ def test_the_spare_is_asked_for_once_the_end_reaches_the_middle_not_a_byte_befor
         assert segment_names(directory) == [f"{0:020d}.wal", f"{1:020d}.wal"]
     finally:
         store.close()
+
+
+class CreationRecorder(Syscalls):
+    """Real syscalls that remember each file creation and allocation."""
+
+    def __init__(self) -> None:
+        self.creations: list[str] = []
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if flags & os.O_CREAT:
+            self.creations.append(f"create {os.path.basename(path)}")
+        return super().open(path, flags, mode)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        self.creations.append(f"allocate {offset}+{length}")
+        super().allocate(fd, offset, length)
+
+
+@pytest.mark.parametrize("kind", ["segments", "file"])
+def test_a_roll_onto_a_ready_spare_creates_and_allocates_nothing(tmp_path: Path, kind: str) -> None:
+    # The point of the spare: the roll only hands it over. A roll that created
+    # the chunk again would find a segment's file there (and fall back to the
+    # spare) or allocate a file's window a second time.
+    calls = CreationRecorder()
+    store: SegmentStore | FileStore
+    if kind == "segments":
+        store = SegmentStore(tmp_path / "log", SEGMENT, syscalls=calls, precreate=True)
+    else:
+        store = FileStore(tmp_path / "log", window_size=SEGMENT, syscalls=calls, precreate=True)
+    try:
+        store.ensure_capacity(1)
+        store.release(SEGMENT // 2)
+        store._pipeline._wait()  # type: ignore[union-attr]
+        assert store._pipeline.spare_index == 1  # type: ignore[union-attr]
+        calls.creations.clear()
+        store.ensure_capacity(SEGMENT + 1)
+        assert calls.creations == []
+        assert store.capacity == 2 * SEGMENT
+    finally:
+        store.close()
