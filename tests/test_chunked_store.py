@@ -13,6 +13,7 @@ cannot tell from the original.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from pathlib import Path
@@ -231,5 +232,38 @@ def test_discard_after_writes_back_a_later_window_from_its_first_nonzero_block(
         store.discard_after(10)
         assert calls.msyncs == [(base + 64 * 1024, 64 * 1024)]
         assert store.nonzero_extent(0) is None
+    finally:
+        store.close()
+
+
+class FullAfter(Syscalls):
+    """Real syscalls whose allocations fail with ENOSPC after ``allowed`` of them."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        if self.allowed <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        self.allowed -= 1
+        super().allocate(fd, offset, length)
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_a_growth_that_fails_midway_counts_no_unit(tmp_path: Path, kind: str) -> None:
+    # All or nothing: the units a failed growth made before the disk filled are
+    # given back, and the count of units made (``Wal.stats().segments_created``)
+    # forgets them too, however many units the store had before.
+    calls = FullAfter(4)
+    store = _make(kind, tmp_path, calls)
+    try:
+        store.ensure_capacity(2 * CHUNK)
+        assert store.units_created == 2
+        with pytest.raises(OSError, match="No space"):
+            store.ensure_capacity(6 * CHUNK)  # two more units, then the disk is full
+        assert (store.units_created, store.capacity) == (2, 2 * CHUNK)
+        calls.allowed = 1  # space again
+        store.ensure_capacity(3 * CHUNK)
+        assert store.units_created == 3
     finally:
         store.close()
