@@ -254,13 +254,13 @@ def test_a_growth_that_fails_midway_counts_no_unit(tmp_path: Path, kind: str) ->
     # All or nothing: the units a failed growth made before the disk filled are
     # given back, and the count of units made (``Wal.stats().segments_created``)
     # forgets them too, however many units the store had before.
-    calls = FullAfter(4)
+    calls = FullAfter(3)
     store = _make(kind, tmp_path, calls)
     try:
         store.ensure_capacity(2 * CHUNK)
         assert store.units_created == 2
         with pytest.raises(OSError, match="No space"):
-            store.ensure_capacity(6 * CHUNK)  # two more units, then the disk is full
+            store.ensure_capacity(6 * CHUNK)  # one more unit, then the disk is full
         assert (store.units_created, store.capacity) == (2, 2 * CHUNK)
         calls.allowed = 1  # space again
         store.ensure_capacity(3 * CHUNK)
