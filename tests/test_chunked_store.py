@@ -267,3 +267,39 @@ def test_a_growth_that_fails_midway_counts_no_unit(tmp_path: Path, kind: str) ->
         assert store.units_created == 3
     finally:
         store.close()
+
+
+class MapCounter(Syscalls):
+    """Real syscalls that count the mappings made."""
+
+    def __init__(self) -> None:
+        self.maps = 0
+
+    def map(self, fd: int, length: int, offset: int, *, writable: bool) -> mmap.mmap:
+        self.maps += 1
+        return super().map(fd, length, offset, writable=writable)
+
+
+def test_reading_back_as_many_segments_as_the_cache_holds_maps_none_again(
+    tmp_path: Path,
+) -> None:
+    # ``mapped_chunks`` segments besides the last stay mapped once read: a reader
+    # going back and forth among that many maps each once, not on every visit.
+    directory = tmp_path / "log"
+    writer = SegmentStore(directory, CHUNK, precreate=False)
+    writer.ensure_capacity(6 * CHUNK)
+    writer.write(0, b"\1" * writer.capacity)
+    writer.flush(0, writer.capacity)
+    writer.close()
+    calls = MapCounter()
+    store = SegmentStore(directory, CHUNK, syscalls=calls, writable=False, mapped_chunks=3)
+    try:
+        before = calls.maps
+        for _ in range(3):
+            for index in (0, 1, 2):
+                assert store.read(index * CHUNK, 1) == b"\1"
+        assert calls.maps - before == 3
+        store.read(3 * CHUNK, 1)  # a fourth: one of the three is let go
+        assert calls.maps - before == 4
+    finally:
+        store.close()
