@@ -215,8 +215,15 @@ def test_segments_a_truncation_removes_are_unmapped_at_once(tmp_path: Path) -> N
         store.close()
 
 
+@pytest.mark.parametrize(
+    ("nonzero_at", "written_back"),
+    [
+        ([100 * 1024], (64 * 1024, 64 * 1024)),  # the second block alone
+        ([10, 100 * 1024], (0, 128 * 1024)),  # the first two blocks
+    ],
+)
 def test_discard_after_writes_back_a_later_window_from_its_first_nonzero_block(
-    tmp_path: Path,
+    tmp_path: Path, nonzero_at: list[int], written_back: tuple[int, int]
 ) -> None:
     # Zeroing reads a window in blocks of 64 KiB and writes only those holding
     # a nonzero byte: the flush covers them, from the first such block on.
@@ -225,12 +232,13 @@ def test_discard_after_writes_back_a_later_window_from_its_first_nonzero_block(
     store = FileStore(tmp_path / "log", window_size=window, syscalls=calls, sync_method="msync")
     try:
         store.ensure_capacity(2 * window)
-        store.write(window + 100 * 1024, b"\1" * 10)
+        for offset in nonzero_at:
+            store.write(window + offset, b"\1" * 10)
         store.flush(0, store.capacity)
         base = mapping_address(store.piece(window)[0])  # type: ignore[arg-type]
         calls.msyncs.clear()
         store.discard_after(10)
-        assert calls.msyncs == [(base + 64 * 1024, 64 * 1024)]
+        assert calls.msyncs == [(base + written_back[0], written_back[1])]
         assert store.nonzero_extent(0) is None
     finally:
         store.close()
@@ -301,5 +309,25 @@ def test_reading_back_as_many_segments_as_the_cache_holds_maps_none_again(
         assert calls.maps - before == 3
         store.read(3 * CHUNK, 1)  # a fourth: one of the three is let go
         assert calls.maps - before == 4
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_prepare_end_leaves_the_segments_below_the_end_reading_ahead(tmp_path: Path) -> None:
+    # Once recovery found the end, the segment holding it is mapped for writing
+    # (no readahead, its clean cache evicted); the segments below are only read.
+    size = 64 * 1024
+    directory = tmp_path / "log"
+    writer = SegmentStore(directory, size, precreate=False)
+    writer.ensure_capacity(3 * size)
+    writer.write(0, b"\1" * writer.capacity)
+    writer.flush(0, writer.capacity)
+    writer.close()
+    store = SegmentStore(directory, size, precreate=False)
+    try:
+        store.prepare_end(2 * size + 100)
+        flags = [_vm_flags(_address(store, index * size)) for index in range(3)]
+        assert ["rr" in each for each in flags] == [False, False, True]
     finally:
         store.close()
