@@ -22,6 +22,7 @@ import pytest
 
 from mmwal import FileStore, SegmentStore, Syscalls, WalClosedError
 from mmwal._chunked import ChunkedStore
+from mmwal._files import LARGEST_FOLIO
 from mmwal._syscalls import PAGE_SIZE, mapping_address
 
 #: Four pages per chunk, so a range can start and end inside a chunk at a page
@@ -329,5 +330,27 @@ def test_prepare_end_leaves_the_segments_below_the_end_reading_ahead(tmp_path: P
         store.prepare_end(2 * size + 100)
         flags = [_vm_flags(_address(store, index * size)) for index in range(3)]
         assert ["rr" in each for each in flags] == [False, False, True]
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_prepare_end_maps_for_writing_from_the_folio_boundary_below_the_end(
+    tmp_path: Path,
+) -> None:
+    # Inside the segment holding the end, the bytes below the 2 MiB boundary
+    # under the end are sealed and keep their readahead; from it on, no
+    # readahead (the advice splits the mapping in two).
+    size = 2 * LARGEST_FOLIO
+    directory = tmp_path / "log"
+    writer = SegmentStore(directory, size, precreate=False)
+    writer.ensure_capacity(2 * size)
+    writer.close()
+    store = SegmentStore(directory, size, precreate=False)
+    try:
+        store.prepare_end(size + LARGEST_FOLIO + 100)
+        base = _address(store, size)
+        assert "rr" not in _vm_flags(base)
+        assert "rr" in _vm_flags(base + LARGEST_FOLIO)
     finally:
         store.close()
