@@ -354,3 +354,19 @@ def test_prepare_end_maps_for_writing_from_the_folio_boundary_below_the_end(
         assert "rr" in _vm_flags(base + LARGEST_FOLIO)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "segments"])
+def test_an_offset_outside_the_store_is_refused_with_the_offset_and_the_bounds(
+    tmp_path: Path, kind: str
+) -> None:
+    store = _make(kind, tmp_path, Syscalls())
+    try:
+        store.ensure_capacity(1)
+        with pytest.raises(
+            ValueError, match=rf"offset {CHUNK} is outside .*\[0, {CHUNK}\)"
+        ) as refused:
+            store.piece(CHUNK)
+        assert str(store.location) in str(refused.value)
+    finally:
+        store.close()
