@@ -47,6 +47,14 @@ Rules this module keeps:
   notified as each copy ends) and to read the written watermark, flushes
   holding neither lock, and after the flush wakes the followers waiting on the
   handle (``Reservations.wake_followers``), again holding neither.
+- With the extension, ``sync_to`` is ``GroupCommitBase``'s in C
+  (``_commitpath.c``) and keeps every rule above for the one case it takes: a
+  lone commit (commit lock free on a try, nobody else in the machine, token
+  free, not broken or closed, target not durable) whose store answers a flush
+  plan. It makes ``request``'s and a leader's ``flush_done``'s transitions
+  itself, so a change to either in ``CommitMachine`` is mirrored there
+  (``tests/test_commit_fast_path.py`` holds them equal); every other case, and
+  every failure, comes to the Python methods here.
 """
 
 from __future__ import annotations
