@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from smaps import smaps_field
 
 from mmwal import FileStore, SegmentStore, Wal
 from mmwal._format import encode_frame, segment_name
@@ -188,15 +189,7 @@ def test_a_chunk_growth_has_not_counted_yet_is_never_let_go(tmp_path: Path) -> N
 
 def _resident_kib(address: int) -> int:
     """Return the resident KiB this process maps at ``address`` (``/proc/self/smaps``)."""
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split(" ", 1)[0]
-            if "-" in head and not head.endswith(":"):
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and line.startswith("Rss:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no mapping at {address:#x}")
+    return int(smaps_field(address, "Rss")[0])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")

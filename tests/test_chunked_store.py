@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
+from smaps import smaps_field
 
 from mmwal import FileStore, SegmentStore, Syscalls, WalClosedError
 from mmwal._chunked import ChunkedStore
@@ -155,15 +156,7 @@ def test_a_closed_store_names_itself_when_it_refuses(tmp_path: Path, kind: str) 
 
 def _vm_flags(address: int) -> set[str]:
     """Return the kernel's flags for this process's mapping at ``address`` (``smaps``)."""
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split(" ", 1)[0]
-            if "-" in head and not head.endswith(":"):
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and line.startswith("VmFlags:"):
-                return set(line.split()[1:])
-    raise AssertionError(f"no mapping at {address:#x}")
+    return set(smaps_field(address, "VmFlags"))
 
 
 def _address(store: ChunkedStore, offset: int) -> int:
