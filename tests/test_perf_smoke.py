@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from perf import bench, commit_syscalls, open_time
+from perf import bench, commit_syscalls, commit_tail, open_time
 from perf.plan import COMMIT_STATE_WORKLOADS, WORKLOADS
 from perf.report import DISPLAY
 
@@ -73,4 +73,17 @@ def test_commit_syscalls_runs_every_method_and_leaves_nothing(
     out = capsys.readouterr().out
     for method in commit_syscalls.METHODS + commit_syscalls.WAL_METHODS:
         assert f"| {method} |" in out
+    assert not any(tmp_path.iterdir()), "scratch files left behind"
+
+
+def test_commit_tail_splits_both_sides_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``perf.commit_tail`` on a few commits: both rows, and commits opening a page counted."""
+    commit_tail.main(["--commits", "40", "--grown", "1", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in out.splitlines()[2:]}
+    assert set(rows) == {"| mmwal-seg", "| raw"}
+    # 40 commits of 264 bytes open a new page 2 or 3 times on each side.
+    assert all(2 <= int(row[3]) <= 3 for row in rows.values()), out
     assert not any(tmp_path.iterdir()), "scratch files left behind"
