@@ -376,8 +376,8 @@ class ChunkedStore(Store):
     def release(self, end: int) -> None:
         if self._closed:
             raise WalClosedError(f"store {self.location}")
-        if end < self._release_quiet_below and self._end_chunk == self._release_quiet_chunks:
-            return  # the common case: every commit comes here
+        if self._release_idle(end):
+            return  # the common case: every Python-path commit comes here
         size = self.chunk_size
         pipeline = self._pipeline
         last = self._end_chunk - 1
@@ -417,7 +417,7 @@ class ChunkedStore(Store):
                 self._let_go_beyond_limit(self._end_chunk - 1)
 
     def _release_idle(self, end: int) -> bool:
-        """Whether ``release(end)`` would return at once (a subclass's ``flush_plan`` asks)."""
+        """Whether ``release(end)`` would return at once (it and ``flush_plan`` ask)."""
         return end < self._release_quiet_below and self._end_chunk == self._release_quiet_chunks
 
     def discard_after(self, end: int) -> None:
