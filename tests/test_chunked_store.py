@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
+from recorders import MsyncRecorder
 from smaps import smaps_field
 
 from mmwal import FileStore, SegmentStore, Syscalls, WalClosedError
@@ -31,21 +32,19 @@ from mmwal._syscalls import PAGE_SIZE, mapping_address
 CHUNK = 4 * PAGE_SIZE
 
 
-class MsyncRecorder(Syscalls):
-    """Real syscalls that remember the address and length of every msync."""
-
-    def __init__(self) -> None:
-        self.msyncs: list[tuple[int, int]] = []
-
-    def msync(self, address: int, length: int) -> None:
-        self.msyncs.append((address, length))
-        super().msync(address, length)
-
-
 def _make(kind: str, tmp_path: Path, calls: Syscalls) -> ChunkedStore:
     if kind == "file":
         return FileStore(tmp_path / "log", window_size=CHUNK, syscalls=calls, sync_method="msync")
     return SegmentStore(tmp_path / "log", CHUNK, syscalls=calls, sync_method="msync")
+
+
+def _filled(kind: str, tmp_path: Path, calls: Syscalls) -> ChunkedStore:
+    """Make a store of three chunks of ones, flushed: creation and metadata out of the way."""
+    store = _make(kind, tmp_path, calls)
+    store.ensure_capacity(3 * CHUNK)
+    store.write(0, b"\1" * store.capacity)
+    store.flush(0, store.capacity)
+    return store
 
 
 def _bases(store: ChunkedStore) -> dict[int, int]:
@@ -101,11 +100,8 @@ def test_a_flush_writes_back_the_pages_holding_its_range_and_no_others(
     tmp_path: Path, kind: str, asked: tuple[int, int], expected: list[tuple[int, int]]
 ) -> None:
     calls = MsyncRecorder()
-    store = _make(kind, tmp_path, calls)
+    store = _filled(kind, tmp_path, calls)
     try:
-        store.ensure_capacity(3 * CHUNK)
-        store.write(0, b"\1" * store.capacity)
-        store.flush(0, store.capacity)  # file creation and metadata out of the way
         calls.msyncs.clear()
         store.flush(*asked)
         assert _log_ranges(_bases(store), calls.msyncs) == expected
@@ -120,11 +116,8 @@ def test_discard_after_writes_back_the_pages_it_zeroed_and_no_others(
     # The chunk holding the end first, from the page holding the end to the
     # chunk's end; then every later chunk a file keeps (segments are removed).
     calls = MsyncRecorder()
-    store = _make(kind, tmp_path, calls)
+    store = _filled(kind, tmp_path, calls)
     try:
-        store.ensure_capacity(3 * CHUNK)
-        store.write(0, b"\1" * store.capacity)
-        store.flush(0, store.capacity)
         bases = _bases(store)
         calls.msyncs.clear()
         end = CHUNK + 2 * PAGE_SIZE + 10

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from recorders import MsyncRecorder
 
 from mmwal import FileStore, SegmentStore, Syscalls, Wal, WalBrokenError, WalConfig
 from mmwal._published import ENDS_FILE_NAME, Ends, EndsPublisher, _encode, _latest
@@ -15,17 +16,6 @@ from mmwal._syscalls import mapping_address
 from mmwal.testing import Layout, PowerLossSimulator
 
 SEGMENT = 16 * 1024
-
-
-class MsyncRecorder(Syscalls):
-    """Real syscalls that remember the address and length of every msync."""
-
-    def __init__(self) -> None:
-        self.msyncs: list[tuple[int, int]] = []
-
-    def msync(self, address: int, length: int) -> None:
-        self.msyncs.append((address, length))
-        super().msync(address, length)
 
 
 def _inside(mapping: mmap.mmap, address: int, length: int) -> bool:
