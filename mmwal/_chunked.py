@@ -22,6 +22,10 @@ Rules this class keeps:
   makes the next one (``ChunkPipeline``) once a flush finds the durable end
   halfway through the last chunk, so a roll only hands it over. Anything that
   moves the end (``discard_after``, ``close``) first cancels it.
+- A writable file store keeps the pages just past the durable end faulted in,
+  clean, on a thread of its own (``TailWarmer``), so the commit that opens a page
+  takes only the write fault. ``release`` starts it, at most once per half
+  window; ``discard_after`` and ``close`` wait for it first.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from ._files import (
 from ._pipeline import ChunkPipeline
 from ._store import Buffer, Store
 from ._syscalls import DEFAULT_SYNC_METHOD, PAGE_SIZE, Syscalls, check_sync_method
+from ._warming import TailWarmer
 
 __all__ = ["ChunkedStore"]
 
@@ -74,6 +79,9 @@ class ChunkedStore(Store):
     #: Whether the subclass implements ``_load_chunk``: then only the last chunk
     #: and ``mapped_chunks`` others stay mapped, the rest are mapped on demand.
     _reloads_chunks = False
+    #: Whether chunks map files (not anonymous memory): then the pages past the
+    #: durable end are warmed ahead of the appends (``TailWarmer``).
+    _maps_files = False
 
     def __init__(
         self,
@@ -117,6 +125,11 @@ class ChunkedStore(Store):
         self._pipeline = (
             ChunkPipeline(self._precreate_chunk, self._discard_spare)
             if writable and precreate and self._makes_chunks_ahead
+            else None
+        )
+        self._warmer = (
+            TailWarmer(chunk_size)
+            if writable and self._maps_files and sys.platform == "linux"
             else None
         )
         # Chunks below this index hold durable bytes the log will not write
@@ -396,7 +409,10 @@ class ChunkedStore(Store):
             # Nothing newly sealed. ``_writable_from`` is never below
             # ``_released_below`` (both move together here and in
             # ``prepare_end``), so it has nothing to learn.
-            self._release_quiet_below = min(spare_at, (self._released_below + 1) * size)
+            warm_at = sys.maxsize
+            if self._warmer is not None:
+                warm_at = self._warmer.after_flush(end, last, self._chunks.get(last))
+            self._release_quiet_below = min(spare_at, (self._released_below + 1) * size, warm_at)
             self._release_quiet_chunks = self._end_chunk
             return
         for index in range(max(self._released_below, self._first_chunk), below):
@@ -425,6 +441,8 @@ class ChunkedStore(Store):
         self._ensure_open_completed()
         if self._pipeline is not None:
             self._pipeline.cancel()
+        if self._warmer is not None:
+            self._warmer.reset()
         self._spare_asked = -1
         self._release_quiet_below = 0
         size = self.chunk_size
@@ -565,6 +583,8 @@ class ChunkedStore(Store):
             # The spare's file goes too: a zero file past the end is no log data,
             # but the next open would only remove it again.
             self._pipeline.stop()
+        if self._warmer is not None:
+            self._warmer.wait()
         self._closed = True
         chunks = list(self._chunks.values())
         self._chunks.clear()

@@ -49,6 +49,7 @@ __all__ = [
     "lock_exclusively",
     "map_range",
     "open_directory",
+    "populate_read",
     "prefault_anonymous",
     "read_small_file",
     "remove_leftover_temporaries",
@@ -65,7 +66,8 @@ _TOKEN_BYTES = 8
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
-# MADV_POPULATE_WRITE (Linux 5.14); Python 3.11's mmap does not name it.
+# MADV_POPULATE_READ and _WRITE (Linux 5.14); Python 3.11's mmap names neither.
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 #: The largest page-cache folio a file mapping's readahead builds (a PMD, 2 MiB
@@ -170,6 +172,18 @@ def prefault_anonymous(mapping: mmap.mmap) -> None:
         return
     with contextlib.suppress(OSError, ValueError):
         mapping.madvise(_MADV_POPULATE_WRITE)
+
+
+def populate_read(address: int, length: int) -> bool:
+    """Fault ``length`` bytes of a file mapping at ``address`` in for reading.
+
+    The pages come into the page cache clean and mapped read-only: nothing is
+    dirtied, so nothing is written back for them. Runs without the GIL. The
+    caller keeps the range mapped (a buffer export) for the call. Returns
+    whether the kernel did it; a refusal (before Linux 5.14, a range no longer
+    mapped) changes nothing.
+    """
+    return _madvise(address, length, _MADV_POPULATE_READ) == 0
 
 
 def drop_resident(mapping: mmap.mmap, start: int = 0, length: int | None = None) -> None:

@@ -57,6 +57,7 @@ class FileStore(ChunkedStore):
 
     _makes_chunks_ahead = True
     _reloads_chunks = True
+    _maps_files = True
 
     def __init__(
         self,

@@ -84,6 +84,7 @@ class SegmentStore(ChunkedStore):
 
     _makes_chunks_ahead = True
     _reloads_chunks = True
+    _maps_files = True
 
     def __init__(
         self,
