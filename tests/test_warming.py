@@ -7,6 +7,7 @@ that a store waits for a job before it closes or moves its end back.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import sys
 import threading
@@ -16,12 +17,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from smaps import smaps_field
 
-from mmwal import Wal
-from mmwal import _warming
+from mmwal import Wal, _warming
 from mmwal._syscalls import PAGE_SIZE, mapping_address
 from mmwal._warming import WARM_AHEAD, TailWarmer
-from tests.smaps import smaps_field
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_READ is Linux's")
 
@@ -91,7 +91,7 @@ def test_a_job_is_asked_for_once_per_half_window(recorded: Recorded) -> None:
     covered = sorted(recorded.ranges)
     address = mapping_address(chunk)
     assert covered[0][0] == address + PAGE_SIZE
-    for (first, length), (following, _) in zip(covered, covered[1:], strict=False):
+    for (first, length), (following, _) in itertools.pairwise(covered):
         assert first + length == following
     assert covered[-1][0] + covered[-1][1] - address >= end
     chunk.close()
