@@ -183,7 +183,8 @@ def populate_read(address: int, length: int) -> bool:
     whether the kernel did it; a refusal (before Linux 5.14, a range no longer
     mapped) changes nothing.
     """
-    return _madvise(address, length, _MADV_POPULATE_READ) == 0
+    done: int = _madvise(address, length, _MADV_POPULATE_READ)
+    return done == 0
 
 
 def drop_resident(mapping: mmap.mmap, start: int = 0, length: int | None = None) -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from smaps import smaps_field
 
 from mmwal import Wal, _warming
+from mmwal._chunked import ChunkedStore
 from mmwal._syscalls import PAGE_SIZE, mapping_address
 from mmwal._warming import WARM_AHEAD, TailWarmer
 
@@ -158,6 +159,12 @@ def test_a_window_must_be_whole_pages() -> None:
         TailWarmer(CHUNK, PAGE_SIZE)
 
 
+def _store(wal: Wal) -> ChunkedStore:
+    store = wal._store
+    assert isinstance(store, ChunkedStore)
+    return store
+
+
 def _kib(address: int, field: str) -> int:
     value, unit = smaps_field(address, field)
     assert unit == "kB"
@@ -169,7 +176,7 @@ def test_a_commit_leaves_the_next_pages_resident_and_clean(tmp_path: Path) -> No
     # Catches: no warming at all (the pages stay out), and warming that dirties
     # what it touches (MADV_POPULATE_WRITE: the kernel would write the zeros back).
     with Wal.open_segmented(tmp_path / "log", CHUNK) as wal:
-        store = wal._store
+        store = _store(wal)
         warmer = store._warmer
         assert warmer is not None
         wal.append_and_sync(bytes(256))
@@ -207,7 +214,7 @@ def test_a_truncation_waits_for_the_job_and_warms_from_its_new_end(
     # and a warmer that keeps its old window after the end moved back.
     with Wal.open_segmented(tmp_path / "log", CHUNK) as wal:
         kept = [wal.append_and_sync(bytes(256)) for _ in range(20)][10]
-        warmer = wal._store._warmer
+        warmer = _store(wal)._warmer
         assert warmer is not None
         warmer.wait()
         recorded.gate.clear()
