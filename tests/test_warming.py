@@ -218,14 +218,16 @@ def test_a_truncation_waits_for_the_job_and_warms_from_its_new_end(
         assert warmer is not None
         warmer.wait()
         recorded.gate.clear()
-        started = warmer.jobs_started
-        wal.append_and_sync(bytes(WARM_AHEAD))  # past the window: a job starts, held
-        assert warmer.jobs_started == started + 1
-        truncating = threading.Thread(target=wal.truncate_after, args=(kept,))
-        truncating.start()
-        truncating.join(0.2)
-        assert truncating.is_alive()
-        recorded.gate.set()
+        try:
+            started = warmer.jobs_started
+            wal.append_and_sync(bytes(WARM_AHEAD))  # past the window: a job starts, held
+            assert warmer.jobs_started == started + 1
+            truncating = threading.Thread(target=wal.truncate_after, args=(kept,))
+            truncating.start()
+            truncating.join(0.2)
+            assert truncating.is_alive()
+        finally:
+            recorded.gate.set()  # else a failure above would wait for the job at close
         truncating.join()
         assert warmer.warmed_to == 0
         end = wal.append_and_sync(bytes(256)) + 8 + 256
