@@ -114,7 +114,7 @@ class Settings:
     rss_bytes: int
     rss_size: int
     rss_sync_bytes: int
-    commit_state_commits: int = 400
+    commit_state_commits: int = 2000
     disk_bytes: int = 256 * _MIB
     disk_sync_bytes: int = _MIB
     roll_appends: int = 1_150_000
@@ -197,7 +197,7 @@ QUICK = dataclasses.replace(
     thread_append_records=100_000,
     reopen_bytes=64 * _MIB,
     rss_bytes=128 * _MIB,
-    commit_state_commits=200,
+    commit_state_commits=400,
     disk_bytes=64 * _MIB,
     roll_appends=300_000,
     reader_rss_bytes=128 * _MIB,
