@@ -13,7 +13,9 @@ Rules kept here:
   leaves it behind leaves a zero file that reads as the end, and the next
   writable open removes it like any segment wholly past the end.
 - A job's failure is dropped: the roll that needs the chunk creates it inline,
-  and that call reports the error (ENOSPC), all or nothing as before.
+  and that call reports the error (ENOSPC), all or nothing as before. So is a
+  job that cannot start (no thread to be had): ``start`` runs after a flush
+  that succeeded and must not fail it.
 - ``take`` waits for a job still making the chunk asked for rather than make a
   second one beside it; a spare for another index is discarded.
 """
@@ -61,7 +63,15 @@ class ChunkPipeline:
                 target=self._run, args=(index,), name=f"mmwal-precreate-{index}", daemon=True
             )
             self._job = job
-        job.start()
+        try:
+            job.start()
+        except RuntimeError as error:
+            # No thread to be had: a failed job, dropped as the others are (the
+            # caller runs after a flush that succeeded; raising would report its
+            # records lost). The roll makes the chunk inline.
+            _log.debug("making chunk %d ahead: no thread: %s", index, error)
+            with self._lock:
+                self._job = None
         return True
 
     def _run(self, index: int) -> None:

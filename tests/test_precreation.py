@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,28 @@ def test_a_roll_onto_a_ready_spare_creates_and_allocates_nothing(tmp_path: Path,
         assert store.capacity == 2 * SEGMENT
     finally:
         store.close()
+
+
+def test_no_thread_to_be_had_fails_no_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: a background job that cannot start (RuntimeError: can't start new
+    # thread, as under a process limit) raising out of the flush that asked for
+    # it, after that flush made the records durable: the commit would report
+    # them lost. Both jobs a flush starts are covered: the spare and the warming.
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread (injected)")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with open_log(tmp_path / "log") as wal:
+        count = fill_past_half(wal)  # asks for the spare and for warming
+        for index in range(count, count + SEGMENT // RECORD):  # and rolls inline
+            wal.append_and_sync(record(index))
+        store = wal.store
+        assert isinstance(store, SegmentStore)
+        assert store._warmer is not None
+        assert store._warmer.jobs_started == 0
+        last = index
+    monkeypatch.undo()
+    with Wal.open_segmented(tmp_path / "log", SEGMENT) as reopened:
+        assert [bytes(r.data) for r in reopened][-1] == record(last)
