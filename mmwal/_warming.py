@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import threading
+from _thread import allocate_lock, start_new_thread
 
 from ._files import populate_read
 from ._syscalls import PAGE_SIZE
@@ -63,8 +63,8 @@ class TailWarmer:
         self.ahead = ahead
         # Log bytes below this are warmed, written, or not the last chunk's.
         self._warmed_to = 0
-        self._job: threading.Thread | None = None
-        self._lock = threading.Lock()
+        # Held from a job's start to its end (released by the job's thread).
+        self._running = allocate_lock()
         self.jobs_started = 0
 
     def after_flush(self, end: int, last_index: int, last: mmap.mmap | None) -> int:
@@ -99,18 +99,15 @@ class TailWarmer:
         return self._warmed_to - self.ahead // 2  # at least end + ahead / 2
 
     def _start(self, mapping: mmap.mmap, start: int, length: int) -> bool:
-        with self._lock:
-            if self._job is not None:
-                return False
-            job = threading.Thread(
-                target=self._run, args=(mapping, start, length), name="mmwal-warm", daemon=True
-            )
-            self._job = job
+        if not self._running.acquire(blocking=False):
+            return False
         try:
-            job.start()
+            # Not threading.Thread: its start waits for the new thread to run
+            # (120 µs measured, on the commit that asks); this returns once the
+            # thread exists (13 µs).
+            start_new_thread(self._run, (mapping, start, length))
         except RuntimeError:  # no thread to be had: the commit goes on unwarmed
-            with self._lock:
-                self._job = None
+            self._running.release()
             return False
         self.jobs_started += 1
         return True
@@ -124,15 +121,17 @@ class TailWarmer:
             populate_read(ctypes.addressof(anchor) + start, length)
             del anchor
         finally:
-            with self._lock:
-                self._job = None
+            self._running.release()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job runs."""
+        return self._running.locked()
 
     def wait(self) -> None:
         """Return once no job runs."""
-        with self._lock:
-            job = self._job
-        if job is not None:
-            job.join()
+        with self._running:
+            pass
 
     def reset(self) -> None:
         """Wait, then forget what was warmed: the end moved back (a truncation)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmwal import FileStore, SegmentStore, Syscalls, Wal
+from mmwal import FileStore, SegmentStore, Syscalls, Wal, _warming
 from mmwal._pipeline import ChunkPipeline
 
 SEGMENT = 64 * 1024
@@ -308,10 +308,11 @@ def test_no_thread_to_be_had_fails_no_commit(
     # thread, as under a process limit) raising out of the flush that asked for
     # it, after that flush made the records durable: the commit would report
     # them lost. Both jobs a flush starts are covered: the spare and the warming.
-    def no_thread(self: threading.Thread) -> None:
+    def no_thread(*arguments: object) -> None:
         raise RuntimeError("can't start new thread (injected)")
 
     monkeypatch.setattr(threading.Thread, "start", no_thread)
+    monkeypatch.setattr(_warming, "start_new_thread", no_thread)
     with open_log(tmp_path / "log") as wal:
         count = fill_past_half(wal)  # asks for the spare and for warming
         for index in range(count, count + SEGMENT // RECORD):  # and rolls inline

@@ -203,7 +203,9 @@ def test_close_waits_for_a_warming_job(tmp_path: Path, recorded: Recorded) -> No
     assert closing.is_alive()
     recorded.gate.set()
     closing.join()
-    assert not any(thread.name == "mmwal-warm" for thread in threading.enumerate())
+    store = _store(wal)
+    assert store._warmer is not None
+    assert not store._warmer.busy
 
 
 @linux_only
