@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import mmap
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from smaps import smaps_field
+from smaps import compound_pages, smaps_field
 
 from mmwal import Wal, _warming
 from mmwal._chunked import ChunkedStore
@@ -190,22 +191,45 @@ def test_a_commit_leaves_the_next_pages_resident_and_clean(tmp_path: Path) -> No
 
 
 @linux_only
+def test_warmed_pages_are_order_0_deep_in_a_grown_segment(tmp_path: Path) -> None:
+    # Catches: warming that reads ahead. Faults running in order through tens
+    # of MiB grow readahead's folios; warmed pages in large folios would make
+    # each commit into them write the whole folio back.
+    pages = compound_pages(0, 0)
+    if pages is None:
+        pytest.skip("reading /proc/kpageflags needs root")
+    with Wal.open_segmented(tmp_path / "log", 4 * CHUNK) as wal:
+        store = _store(wal)
+        warmer = store._warmer
+        assert warmer is not None
+        grown = os.urandom(64 * 1024 - 8)
+        for _ in range(16 * 16):
+            wal.append(grown)
+        wal.sync()
+        warmer.wait()
+        end = wal.next_lsn
+        assert warmer.warmed_to == end + WARM_AHEAD
+        address = mapping_address(store._chunks[0])
+        assert compound_pages(address + end, WARM_AHEAD) == (WARM_AHEAD // PAGE_SIZE, 0)
+
+
+@linux_only
 def test_close_waits_for_a_warming_job(tmp_path: Path, recorded: Recorded) -> None:
     # Catches: a store that unmaps (or returns from close) while a job still
     # faults its tail in; the job must not outlive the store.
     wal = Wal.open_segmented(tmp_path / "log", CHUNK)
     recorded.gate.clear()
     wal.append_and_sync(b"x" * 100)
-    assert recorded.ranges, "the commit started no warming job"
+    warmer = _store(wal)._warmer
+    assert warmer is not None
+    assert warmer.busy, "the commit started no warming job (or it ran past the gate)"
     closing = threading.Thread(target=wal.close)
     closing.start()
     closing.join(0.2)
     assert closing.is_alive()
     recorded.gate.set()
     closing.join()
-    store = _store(wal)
-    assert store._warmer is not None
-    assert not store._warmer.busy
+    assert not warmer.busy
 
 
 @linux_only
