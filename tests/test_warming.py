@@ -173,10 +173,13 @@ def _kib(address: int, field: str) -> int:
 
 
 @linux_only
-def test_a_commit_leaves_the_next_pages_resident_and_clean(tmp_path: Path) -> None:
-    # Catches: no warming at all (the pages stay out), and warming that dirties
-    # what it touches (MADV_POPULATE_WRITE: the kernel would write the zeros back).
-    with Wal.open_segmented(tmp_path / "log", CHUNK) as wal:
+@pytest.mark.parametrize("segmented", [True, False])
+def test_a_commit_leaves_the_next_pages_resident_and_clean(tmp_path: Path, segmented: bool) -> None:
+    # Catches: no warming at all (the pages stay out) in either file store, and
+    # warming that dirties what it touches (MADV_POPULATE_WRITE: the kernel
+    # would write the zeros back).
+    path = tmp_path / "log"
+    with Wal.open_segmented(path, CHUNK) if segmented else Wal.open(path) as wal:
         store = _store(wal)
         warmer = store._warmer
         assert warmer is not None
