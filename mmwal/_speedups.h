@@ -1,7 +1,8 @@
 /*
  * What the C files of mmwal._speedups share: the frame header size, the CRC-32C
  * of _crc32c.c, the append fast path's types (_appendpath.c), the lone
- * commit's (_commitpath.c, _afterflush.c) and the reservation lock (_lock.c).
+ * commit's (_commitpath.c, _afterflush.c), the reservation lock (_lock.c) and
+ * RecordViews (_recordviews.c).
  * Names stay internal to the extension.
  */
 #ifndef MMWAL_SPEEDUPS_H
@@ -49,6 +50,10 @@ MMWAL_INTERNAL int add_append_types(PyObject *module);
 
 /* Whether an object is a ReservationsBase (or a subclass's instance). */
 MMWAL_INTERNAL int is_reservations(PyObject *object);
+
+/* Add RecordViews, the per-record loop of copy=False reads (_recordviews.c); -1 with
+ * an exception. */
+MMWAL_INTERNAL int add_record_views_type(PyObject *module);
 
 /* Add CommitMachineBase and GroupCommitBase (_commitpath.c); -1 with an exception. */
 MMWAL_INTERNAL int add_commit_types(PyObject *module);
