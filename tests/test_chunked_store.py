@@ -6,6 +6,9 @@ of ``[start, end)`` writes back the pages holding that range in each chunk it
 touches and nothing else (an msync past a mapping's end fails with ENOMEM, one
 below ``start`` writes bytes nobody asked for), and an empty flush calls nothing;
 and the readahead advice a chunk is mapped with, read from ``/proc/self/smaps``.
+On a macOS faked through the seam, where fdatasync is no flush, both sync methods
+msync the same pages, then F_FULLFSYNC each file holding them; the files a flush
+fsyncs and the segments a drop removes are pinned too.
 Written with mutation testing (docs/RELIABILITY.md): each case kills mutants of
 ``ChunkedStore.flush`` and the stores' ``_flush_chunk`` that the durability tests
 cannot tell from the original.
@@ -19,28 +22,34 @@ import os
 from pathlib import Path
 
 import pytest
-from recorders import MsyncRecorder
+from recorders import MsyncRecorder, SyncRecorder
 from smaps import smaps_field
 
 from mmwal import FileStore, SegmentStore, Syscalls, WalClosedError
 from mmwal._chunked import ChunkedStore
 from mmwal._files import LARGEST_FOLIO
+from mmwal._format import HEAD_FILE_NAME, segment_name
 from mmwal._syscalls import PAGE_SIZE, mapping_address
 
 #: Four pages per chunk, so a range can start and end inside a chunk at a page
 #: that is not its first.
 CHUNK = 4 * PAGE_SIZE
 
+#: ``SyncRecorder`` names each file it syncs through ``/proc/self/fd``.
+needs_proc = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="names descriptors through /proc"
+)
 
-def _make(kind: str, tmp_path: Path, calls: Syscalls) -> ChunkedStore:
+
+def _make(kind: str, tmp_path: Path, calls: Syscalls, method: str = "msync") -> ChunkedStore:
     if kind == "file":
-        return FileStore(tmp_path / "log", window_size=CHUNK, syscalls=calls, sync_method="msync")
-    return SegmentStore(tmp_path / "log", CHUNK, syscalls=calls, sync_method="msync")
+        return FileStore(tmp_path / "log", window_size=CHUNK, syscalls=calls, sync_method=method)
+    return SegmentStore(tmp_path / "log", CHUNK, syscalls=calls, sync_method=method)
 
 
-def _filled(kind: str, tmp_path: Path, calls: Syscalls) -> ChunkedStore:
+def _filled(kind: str, tmp_path: Path, calls: Syscalls, method: str = "msync") -> ChunkedStore:
     """Make a store of three chunks of ones, flushed: creation and metadata out of the way."""
-    store = _make(kind, tmp_path, calls)
+    store = _make(kind, tmp_path, calls, method)
     store.ensure_capacity(3 * CHUNK)
     store.write(0, b"\1" * store.capacity)
     store.flush(0, store.capacity)
@@ -105,6 +114,36 @@ def test_a_flush_writes_back_the_pages_holding_its_range_and_no_others(
         calls.msyncs.clear()
         store.flush(*asked)
         assert _log_ranges(_bases(store), calls.msyncs) == expected
+    finally:
+        store.close()
+
+
+@needs_proc
+@pytest.mark.parametrize("kind", ["file", "segments"])
+@pytest.mark.parametrize("method", ["msync", "fdatasync"])
+@pytest.mark.parametrize(("asked", "expected"), CASES)
+def test_on_macos_a_flush_writes_back_its_pages_then_full_fsyncs_the_file_holding_them(
+    tmp_path: Path, kind: str, method: str, asked: tuple[int, int], expected: list[tuple[int, int]]
+) -> None:
+    # macOS has no fdatasync: with either method a flush msyncs the pages holding
+    # its range, then F_FULLFSYNCs the file they lie in (a segment's after each of
+    # its spans; a single file's after each span with msync, once for all of them
+    # with fdatasync). Linux's fdatasync writes the whole file, so only here do
+    # the address and length a fdatasync store passes on matter, and the path an
+    # msync segment store opens for F_FULLFSYNC.
+    calls = SyncRecorder("darwin")
+    store = _filled(kind, tmp_path, calls, method)
+    try:
+        bases = _bases(store)
+        calls.clear()
+        store.flush(*asked)
+        assert _log_ranges(bases, calls.msyncs) == expected
+        if isinstance(store, SegmentStore):
+            files = [store.segment_path(start // CHUNK) for start, _ in expected]
+        else:
+            assert isinstance(store, FileStore)
+            files = [store.path] * (len(expected) if method == "msync" else min(1, len(expected)))
+        assert calls.full_fsyncs == [os.path.realpath(path) for path in files]
     finally:
         store.close()
 
@@ -354,5 +393,76 @@ def test_an_offset_outside_the_store_is_refused_with_the_offset_and_the_bounds(
         ) as refused:
             store.piece(CHUNK)
         assert str(store.location) in str(refused.value)
+    finally:
+        store.close()
+
+
+@needs_proc
+def test_a_flush_fsyncs_each_new_segment_past_one_a_drop_removed_first(tmp_path: Path) -> None:
+    # Catches: the loop over new segments stopping at one that ``drop_before``
+    # removed before any flush (``break`` for ``continue``): the later segments'
+    # creation would not be durable when the flush returns.
+    calls = SyncRecorder()
+    store = SegmentStore(tmp_path / "log", CHUNK, syscalls=calls, precreate=False)
+    try:
+        store.ensure_capacity(4 * CHUNK)  # segments 0 to 3 made; none fsynced yet
+        store.drop_before(2 * CHUNK)  # 0 and 1 removed
+        calls.clear()
+        store.flush(2 * CHUNK, store.capacity)
+        assert calls.fsyncs == [os.path.realpath(store.segment_path(i)) for i in (2, 3)]
+    finally:
+        store.close()
+
+
+@needs_proc
+def test_drop_before_removes_each_segment_once_and_makes_none_past_the_head(
+    tmp_path: Path,
+) -> None:
+    # Catches: a drop at the head that writes the head file again (a first one
+    # for a log that never dropped); a second drop removing from segment 0 again
+    # (those files are gone: FileNotFoundError); a drop past the end making one
+    # segment more than the one that holds the head.
+    directory = tmp_path / "log"
+    calls = SyncRecorder()
+    store = SegmentStore(directory, CHUNK, syscalls=calls, precreate=False)
+    try:
+        store.ensure_capacity(2 * CHUNK)
+        store.flush(0, store.capacity)
+        calls.clear()
+        assert store.drop_before(0) == 0
+        assert (calls.fsyncs, (directory / HEAD_FILE_NAME).exists()) == ([], False)
+        assert store.drop_before(CHUNK + 1) == CHUNK + 1  # segment 0 goes
+        calls.clear()
+        assert store.drop_before(CHUNK + 1) == CHUNK + 1
+        assert calls.fsyncs == []
+        assert store.drop_before(4 * CHUNK - 1) == 4 * CHUNK - 1  # past the end
+        assert sorted(path.name for path in directory.glob("*.wal")) == [segment_name(3)]
+        assert store.capacity == 4 * CHUNK
+    finally:
+        store.close()
+
+
+@needs_proc
+def test_a_single_file_flush_owes_its_size_after_growth_and_its_directory_entry_once(
+    tmp_path: Path,
+) -> None:
+    # Catches: a flush after growth that fsyncs the directory too (the file's
+    # entry did not change: a directory fsync more per window), or that fsyncs
+    # the file again at every later flush.
+    calls = SyncRecorder()
+    path = os.path.realpath(tmp_path / "log")
+    store = FileStore(path, window_size=CHUNK, syscalls=calls, sync_method="msync")
+    try:
+        store.ensure_capacity(CHUNK)
+        store.write(0, b"\1")
+        store.flush(0, 1)  # a new file: its size and its entry
+        assert (calls.fsyncs, calls.directory_fsyncs) == ([path], [os.path.dirname(path)])
+        calls.clear()
+        store.ensure_capacity(2 * CHUNK)
+        store.flush(0, 1)
+        assert (calls.fsyncs, calls.directory_fsyncs) == ([path], [])
+        calls.clear()
+        store.flush(0, 1)
+        assert (calls.fsyncs, calls.directory_fsyncs) == ([], [])
     finally:
         store.close()

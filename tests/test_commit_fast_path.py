@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from recorders import fd_path
 
 from mmwal import FileStore, SegmentStore, Syscalls, Wal, WalBrokenError, WalClosedError, WalConfig
 from mmwal._commit import GroupCommit
@@ -309,6 +310,68 @@ def test_the_plan_is_refused_whenever_the_flush_owes_more_than_one_fdatasync(
         assert plan[1] is None  # plain fdatasync: the log calls it in C
 
 
+class FillingDisk(CountingSyscalls):
+    """Counting syscalls whose allocations fail with ENOSPC once ``allocations`` ran out."""
+
+    allocations: int | None = None
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        if self.allocations is not None:
+            if self.allocations <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            self.allocations -= 1
+        super().allocate(fd, offset, length)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names descriptors through /proc")
+def test_a_segment_store_plans_one_fdatasync_only_of_the_segment_it_keeps_and_owes_nothing(
+    tmp_path: Path,
+) -> None:
+    # Each condition of ``SegmentStore.flush_plan`` alone, asked of the store with
+    # ``release`` made idle first, so no other condition hides it (through the log
+    # a growth also gives ``release`` work). Catches a plan: before any flush of a
+    # reopened store (no descriptor kept: it raised), for an empty range, while a
+    # new segment's fsync or the directory's (a growth rolled back) is owed, while
+    # ``release`` would seal a segment, for a range in another segment than the
+    # kept descriptor's or reaching past its segment (a fdatasync of the wrong
+    # file: the commit not durable).
+    size = 4096
+    directory = tmp_path / "log"
+    with Wal.open_segmented(directory, size) as wal:
+        wal.append_and_sync(b"a" * 5000)  # segments 0 and 1
+    calls = FillingDisk()
+    store = SegmentStore(directory, size, syscalls=calls, precreate=False)
+    try:
+        assert store.capacity == 2 * size
+        store.release(10)
+        assert store.flush_plan(5, 10) is None  # no segment's descriptor kept yet
+        store.flush(5, 10)
+        plan = store.flush_plan(5, 10)
+        assert plan is not None
+        assert (fd_path(plan[0]), plan[1]) == (store.segment_path(0), calls.fdatasync)
+        assert store.flush_plan(10, 10) is None  # nothing to flush
+        assert store.flush_plan(5, size) is None  # ``release(size)`` seals segment 0
+        store.ensure_capacity(3 * size)  # segment 2 made: its fsync owed
+        store.release(10)
+        assert store.flush_plan(5, 10) is None
+        store.flush(5, 10)
+        assert store.flush_plan(5, 10) is not None
+        calls.allocations = 1
+        with pytest.raises(OSError, match="No space"):
+            store.ensure_capacity(5 * size)  # segment 3 made, then removed again
+        calls.allocations = None
+        assert store.flush_plan(5, 10) is None  # the directory's fsync owed
+        store.flush(5, 10)
+        assert store.flush_plan(5, 10) is not None
+        store.release(size + 10)  # segment 0 sealed ...
+        store.release(size + 10)  # ... and release idle below 2 * size
+        assert store.flush_plan(size + 5, size + 10) is None  # segment 1's range
+        assert store.flush_plan(5, size + 3) is None  # segments 0 and 1
+        assert store.flush_plan(5, 10) is not None
+    finally:
+        store.close()
+
+
 @needs_c
 def test_a_lone_commit_on_a_single_file_runs_in_c_and_leaves_the_python_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -384,6 +447,27 @@ def test_a_single_file_plan_waits_for_the_size_a_new_window_owes(tmp_path: Path)
         wal.append_and_sync(b"a")
         wal.append_and_sync(b"b")
         assert wal.store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn) is None
+
+
+def test_a_single_file_store_plans_nothing_once_closed_nor_while_release_has_work(
+    tmp_path: Path,
+) -> None:
+    # Catches: a plan handed out after close (the descriptor in it closed, its
+    # number free for another file to take: a commit's fdatasync on the wrong
+    # file), and one for a flush whose ``release`` would seal the window (the
+    # log then skips ``release``), asked of the store with nothing else owed.
+    window = mmap.ALLOCATIONGRANULARITY
+    store = FileStore(tmp_path / "log", window_size=window, precreate=False)
+    try:
+        store.ensure_capacity(2 * window)
+        store.flush(0, 10)
+        store.release(10)
+        assert store.flush_plan(5, 10) is not None
+        assert store.flush_plan(5, window) is None  # ``release(window)`` seals window 0
+        assert store.flush_plan(5, window - 1) is not None
+    finally:
+        store.close()
+    assert store.flush_plan(5, 10) is None
 
 
 def test_a_failed_fdatasync_on_the_lone_path_breaks_the_log_for_good(tmp_path: Path) -> None:
