@@ -581,11 +581,18 @@ class SegmentStore(ChunkedStore):
         # ``offset`` whatever happens to the segments below it.
         self._head_lsn = offset
         new_first = offset // self.chunk_size
+        kept = self._flush_target
         for index in range(self._first_chunk, min(new_first, self._end_chunk)):
             chunk = self._chunks.pop(index, None)
             if chunk is not None:
                 close_mapping(chunk)
-            self.syscalls.remove(self.segment_path(index))
+            path = self.segment_path(index)
+            if kept is not None and kept[2] == path:
+                # The descriptor kept for fdatasync would hold the removed
+                # segment's space until a flush of another one. No flush runs
+                # meanwhile: the log serialises this against everything else.
+                self._forget_flush_target()
+            self.syscalls.remove(path)
         self._first_chunk = new_first
         self._end_chunk = max(self._end_chunk, new_first)
         self.syscalls.fsync_directory(self.path)

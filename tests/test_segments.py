@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -371,3 +372,35 @@ def test_truncate_after_below_the_head_raises(tmp_path: Path) -> None:
             wal.truncate_after(records[2].lsn)
         wal.truncate_after(records[10].lsn)
         assert list(wal) == [records[10]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists descriptors through /proc")
+def test_truncate_before_the_end_keeps_no_descriptor_on_a_removed_segment(tmp_path: Path) -> None:
+    # Catches: the descriptor a store keeps for fdatasync left open on the
+    # segment truncate_before removed (every segment, when it cuts at the end),
+    # holding that segment's disk space until a flush of another segment.
+    directory = tmp_path / "log"
+    with Wal.open_segmented(directory, 4096, CONFIG) as wal:
+        for _ in range(8):
+            wal.append_and_sync(b"x" * 1016)
+        end = wal.next_lsn
+        assert end == 2 * 4096  # the end of segment 1, whose descriptor is kept
+        assert wal.truncate_before(end) == end
+        removed = [
+            p for p in open_files() if p.startswith(str(directory)) and p.endswith("(deleted)")
+        ]
+        assert removed == []
+        wal.append_and_sync(b"fresh")
+    with Wal.open_segmented(directory, 4096, CONFIG) as wal:
+        assert list(wal) == [Record(end, b"fresh")]
+
+
+def open_files() -> list[str]:
+    """The paths this process has descriptors open on (``/proc/self/fd``)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            continue
+    return paths
