@@ -1,10 +1,8 @@
 /*
- * The lone commit's path in C: CommitMachineBase and GroupCommitBase (mmwal._speedups).
+ * The lone commit's path in C: GroupCommitBase (mmwal._speedups).
  *
- * CommitMachineBase holds the fields of mmwal._commit_machine.CommitMachine as
- * C members, read and written from Python as plain attributes; CommitMachine
- * subclasses it and keeps every rule (its methods are the one statement of
- * them). GroupCommitBase holds what mmwal._commit.GroupCommit's flush reads
+ * It moves the machine's fields (CommitMachineBase, _commitmachine.c) directly.
+ * GroupCommitBase holds what mmwal._commit.GroupCommit's flush reads
  * (the machine, the commit lock, the reservations, the store) and its
  * sync_to(target): a sync that finds nobody else committing, nothing in flight
  * and a store whose flush is one fdatasync runs here from the request to the
@@ -45,117 +43,6 @@ static PyObject *name_lead_flush, *name_sync_to, *name_write_point, *name_flush_
     *name_flush_abandoned, *name_flush_plan, *name_in_flight, *name_hole,
     *name_wake_followers, *name_acquire, *name_wake, *name_head_lsn, *name_flushed,
     *name_note_flushed;
-
-/* -- CommitMachineBase ------------------------------------------------------------ */
-
-typedef struct {
-    PyObject_HEAD
-    long long durable_lsn;
-    long long callers;
-    long long waiting;
-    long long syncs_requested;
-    long long flushes;
-    long long exclusive_waiting;
-    long long wakeups_issued;
-    double flush_seconds;
-    PyObject *parked;    /* never NULL: the parked tickets (a list), None before __init__ */
-    PyObject *holder;    /* never NULL */
-    PyObject *broken;    /* never NULL: None or the error */
-    PyObject *broken_by; /* never NULL */
-    char closed;
-} CommitMachineBase;
-
-static PyObject *
-machine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    CommitMachineBase *self = (CommitMachineBase *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->holder = Py_NewRef(Py_None);
-    self->parked = Py_NewRef(Py_None);
-    self->broken = Py_NewRef(Py_None);
-    self->broken_by = PyUnicode_FromStringAndSize(NULL, 0);
-    if (self->broken_by == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-static int
-machine_traverse(CommitMachineBase *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->holder);
-    Py_VISIT(self->parked);
-    Py_VISIT(self->broken);
-    Py_VISIT(self->broken_by);
-    return 0;
-}
-
-static int
-machine_clear(CommitMachineBase *self)
-{
-    Py_CLEAR(self->holder);
-    Py_CLEAR(self->parked);
-    Py_CLEAR(self->broken);
-    Py_CLEAR(self->broken_by);
-    return 0;
-}
-
-static void
-machine_dealloc(CommitMachineBase *self)
-{
-    PyObject_GC_UnTrack(self);
-    machine_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyMemberDef machine_members[] = {
-    {"durable_lsn", T_LONGLONG, offsetof(CommitMachineBase, durable_lsn), 0,
-     "The end of what the last completed flush covered."},
-    {"callers", T_LONGLONG, offsetof(CommitMachineBase, callers), 0,
-     "Threads inside a sync, waiting or leading."},
-    {"waiting", T_LONGLONG, offsetof(CommitMachineBase, waiting), 0,
-     "Threads told to wait that have not asked again."},
-    {"syncs_requested", T_LONGLONG, offsetof(CommitMachineBase, syncs_requested), 0,
-     "How many syncs were asked for."},
-    {"flushes", T_LONGLONG, offsetof(CommitMachineBase, flushes), 0,
-     "How many flushes a leader completed."},
-    {"exclusive_waiting", T_LONGLONG, offsetof(CommitMachineBase, exclusive_waiting), 0,
-     "Of the waiting, the threads waiting for the exclusive section."},
-    {"wakeups_issued", T_LONGLONG, offsetof(CommitMachineBase, wakeups_issued), 0,
-     "How many tickets wakeups named."},
-    {"parked", T_OBJECT_EX, offsetof(CommitMachineBase, parked), 0,
-     "The tickets of waiting threads not woken yet, with their targets."},
-    {"flush_seconds", T_DOUBLE, offsetof(CommitMachineBase, flush_seconds), 0,
-     "The time the leaders' flushes took, in seconds."},
-    {"holder", T_OBJECT_EX, offsetof(CommitMachineBase, holder), 0,
-     "Who holds the one-flusher token (a Holder)."},
-    {"broken", T_OBJECT_EX, offsetof(CommitMachineBase, broken), 0,
-     "The error that broke the log, or None."},
-    {"broken_by", T_OBJECT_EX, offsetof(CommitMachineBase, broken_by), 0,
-     "What broke the log."},
-    {"closed", T_BOOL, offsetof(CommitMachineBase, closed), 0, "Whether close has run."},
-    {NULL, 0, 0, 0, NULL},
-};
-
-PyDoc_STRVAR(machine_doc,
-"CommitMachineBase()\n--\n\n"
-"The fields of CommitMachine, as C members the lone commit's path reads and moves.");
-
-static PyTypeObject CommitMachineBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "mmwal._speedups.CommitMachineBase",
-    .tp_basicsize = sizeof(CommitMachineBase),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = machine_doc,
-    .tp_new = machine_new,
-    .tp_dealloc = (destructor)machine_dealloc,
-    .tp_traverse = (traverseproc)machine_traverse,
-    .tp_clear = (inquiry)machine_clear,
-    .tp_members = machine_members,
-};
 
 /* -- GroupCommitBase -------------------------------------------------------------- */
 
@@ -583,7 +470,7 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
         }
     }
     if (self->readonly || !PyLong_CheckExact(target) ||
-        !PyObject_TypeCheck(parts.machine, &CommitMachineBaseType) ||
+        !is_commit_machine(parts.machine) ||
         !is_reservation_lock(parts.mutex) || !is_reservations(parts.reservations)) {
         return call_python(self, name_sync_to, target);
     }
@@ -692,12 +579,10 @@ add_commit_types(PyObject *module)
         intern(&name_wake_followers, "wake_followers") != 0) {
         return -1;
     }
-    if (PyType_Ready(&CommitMachineBaseType) != 0 || PyType_Ready(&GroupCommitBaseType) != 0) {
+    if (PyType_Ready(&GroupCommitBaseType) != 0) {
         return -1;
     }
-    if (PyModule_AddObjectRef(module, "CommitMachineBase", (PyObject *)&CommitMachineBaseType) !=
-            0 ||
-        PyModule_AddObjectRef(module, "GroupCommitBase", (PyObject *)&GroupCommitBaseType) != 0) {
+    if (PyModule_AddObjectRef(module, "GroupCommitBase", (PyObject *)&GroupCommitBaseType) != 0) {
         return -1;
     }
     return 0;

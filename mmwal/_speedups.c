@@ -418,8 +418,8 @@ PyInit__speedups(void)
     }
     if (PyModule_AddIntConstant(module, "HARDWARE_CRC", hardware_crc) != 0 ||
         add_record_views_type(module) != 0 || add_lock_type(module) != 0 ||
-        add_append_types(module) != 0 || add_commit_types(module) != 0 ||
-        add_afterflush_types(module) != 0) {
+        add_append_types(module) != 0 || add_commit_machine_type(module) != 0 ||
+        add_commit_types(module) != 0 || add_afterflush_types(module) != 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,8 +1,9 @@
 /*
  * What the C files of mmwal._speedups share: the frame header size, the CRC-32C
- * of _crc32c.c, the append fast path's types (_appendpath.c), the lone
- * commit's (_commitpath.c, _afterflush.c), the reservation lock (_lock.c) and
- * RecordViews (_recordviews.c).
+ * of _crc32c.c, the append fast path's types (_appendpath.c), the commit
+ * machine's fields (_commitmachine.c), the lone commit's (_commitpath.c,
+ * _afterflush.c), the reservation lock (_lock.c) and RecordViews
+ * (_recordviews.c).
  * Names stay internal to the extension.
  */
 #ifndef MMWAL_SPEEDUPS_H
@@ -55,7 +56,32 @@ MMWAL_INTERNAL int is_reservations(PyObject *object);
  * an exception. */
 MMWAL_INTERNAL int add_record_views_type(PyObject *module);
 
-/* Add CommitMachineBase and GroupCommitBase (_commitpath.c); -1 with an exception. */
+/* The fields of mmwal._commit_machine.CommitMachine (_commitmachine.c), which the
+ * lone commit's path (_commitpath.c) reads and moves. */
+typedef struct {
+    PyObject_HEAD
+    long long durable_lsn;
+    long long callers;
+    long long waiting;
+    long long syncs_requested;
+    long long flushes;
+    long long exclusive_waiting;
+    long long wakeups_issued;
+    double flush_seconds;
+    PyObject *parked;    /* never NULL: the parked tickets (a list), None before __init__ */
+    PyObject *holder;    /* never NULL */
+    PyObject *broken;    /* never NULL: None or the error */
+    PyObject *broken_by; /* never NULL */
+    char closed;
+} CommitMachineBase;
+
+/* Add CommitMachineBase (_commitmachine.c); -1 with an exception. */
+MMWAL_INTERNAL int add_commit_machine_type(PyObject *module);
+
+/* Whether an object is a CommitMachineBase (or a subclass's instance). */
+MMWAL_INTERNAL int is_commit_machine(PyObject *object);
+
+/* Add GroupCommitBase (_commitpath.c); -1 with an exception. */
 MMWAL_INTERNAL int add_commit_types(PyObject *module);
 
 /* Add EndsPublisherBase, PointKeeperBase and put_ends_slot (_afterflush.c); -1 with an

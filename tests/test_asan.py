@@ -1,7 +1,7 @@
 """The C extension under AddressSanitizer: hostile bytes never make it read out of bounds.
 
-``mmwal/_speedups.c`` (with ``_crc32c.c``, ``_appendpath.c``, ``_commitpath.c``,
-``_afterflush.c``, ``_lock.c`` and ``_recordviews.c``) is
+``mmwal/_speedups.c`` (with ``_crc32c.c``, ``_appendpath.c``, ``_commitmachine.c``,
+``_commitpath.c``, ``_afterflush.c``, ``_lock.c`` and ``_recordviews.c``) is
 built with ``-fsanitize=address`` into a temporary directory and
 ``tests/hostile_walk.py`` walks hostile bytes through it (random, truncated, huge
 lengths, frames ending at the buffer's end) in a subprocess with the ASan runtime
@@ -34,6 +34,7 @@ SOURCES = [
         "_speedups.c",
         "_crc32c.c",
         "_appendpath.c",
+        "_commitmachine.c",
         "_commitpath.c",
         "_afterflush.c",
         "_lock.c",
