@@ -45,12 +45,13 @@ Rules kept here:
   the token is free, the first parked exclusive waiter, or with none waiting
   the first parked caller (it leads); otherwise nobody. A woken thread that
   goes on asks ``wakeups`` again before it lets the commit lock go, and so
-  wakes the next: a flush that covers n waiters costs a chain of n wake-ups,
-  each started as the previous thread runs, instead of n threads woken at once
-  to queue for the GIL, and a waiter the flush did not cover is not woken to
-  wait again. A chain ends with a thread that takes the token or finds nobody
-  to wake, so no waiter that could go on is left parked with nobody woken
-  (``tests/test_commit_machine.py`` checks it).
+  wakes the next (``GroupCommit`` releases the tickets just after letting the
+  lock go, which changes no decision here): a flush that covers n waiters
+  costs a chain of n wake-ups, each started as the previous thread runs,
+  instead of n threads woken at once to queue for the GIL, and a waiter the
+  flush did not cover is not woken to wait again. A chain ends with a thread
+  that takes the token or finds nobody to wake, so no waiter that could go on
+  is left parked with nobody woken (``tests/test_commit_machine.py`` checks it).
 """
 
 from __future__ import annotations

@@ -1,29 +1,32 @@
 /*
- * The lone commit's path in C: GroupCommitBase (mmwal._speedups).
+ * The leader's commit path in C: GroupCommitBase (mmwal._speedups).
  *
  * It moves the machine's fields (CommitMachineBase, _commitmachine.c) directly.
  * GroupCommitBase holds what mmwal._commit.GroupCommit's flush reads
  * (the machine, the commit lock, the reservations, the store) and its
- * sync_to(target): a sync that finds nobody else committing, nothing in flight
- * and a store whose flush is one fdatasync runs here from the request to the
- * flush's return, no Python frame before the flush. Everything else goes to
- * the Python path (GroupCommit._sync_to, GroupCommit._lead_flush) untouched,
- * and so do the steps after the flush returned (GroupCommit._finish_flush).
+ * sync_to(target): a sync that would lead (the token free), whether alone or
+ * with others committing, with nothing in flight and a store whose flush is
+ * one fdatasync, runs here from the request to the flush's return and through
+ * the steps after it, no Python frame on the way but CommitMachine.wakeups'
+ * when someone waits. Everything else goes to the Python
+ * path (GroupCommit._sync_to, GroupCommit._flush_as_leader) untouched.
  *
  * Rules kept here (_commit.py lists all of the group commit's):
  *  - The fast path starts only when the commit lock is free (tried, never
- *    waited for: a held lock means someone else is in the protocol) and the
- *    machine shows nobody inside a sync or waiting, the token free, the log
- *    neither broken nor closed, and the target not durable. It then makes the
- *    transition CommitMachine.request makes in that state (one more request,
- *    one caller, the token to a leader: tests/test_commit_fast_path.py proves
- *    them equal) and lets the lock go.
+ *    waited for) and the machine shows the token free, no exclusive section
+ *    waiting, the log neither broken nor closed, and the target not durable:
+ *    the state in which CommitMachine.request answers LEAD. It then makes the
+ *    transition request makes there (one more request, one caller, the token
+ *    to a leader: tests/test_commit_fast_path.py proves them equal) and lets
+ *    the lock go.
  *  - From there on it is the leader and does what GroupCommit._lead_flush does,
- *    or calls it: the watermark read under the reservation lock when no copy
- *    is in flight and no hole (else _lead_flush waits for the copies), the
+ *    or calls _flush_as_leader for the rest: one sched_yield when others are
+ *    inside a sync, the watermark read under the reservation lock when no copy
+ *    is in flight and no hole (else _flush_as_leader waits for the copies), the
  *    flush (Store.flush_plan: one fdatasync and nothing owed before it, else
- *    _lead_flush flushes), Store.release, and on a failure the same
- *    _flush_failed / _flush_abandoned that give the token back.
+ *    _flush_as_leader flushes), and on a failure the same _flush_failed /
+ *    _flush_abandoned that give the token back; then GroupCommit._finish_flush's
+ *    steps (finish below), waking whom the machine names.
  *  - The fdatasync runs with the GIL released; EINTR runs the signal handlers
  *    and retries (as os.fdatasync); a Syscalls that is not the plain one is
  *    called instead (Store.flush_plan hands its fdatasync over), so injected
@@ -32,6 +35,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <sched.h>
 #include <stddef.h>
 #include <structmember.h>
 #include <unistd.h>
@@ -39,10 +43,10 @@
 #include "_speedups.h"
 
 static PyObject *perf_counter; /* time.perf_counter, looked up once */
-static PyObject *name_lead_flush, *name_sync_to, *name_write_point, *name_flush_failed,
+static PyObject *name_flush_as_leader, *name_sync_to, *name_write_point, *name_flush_failed,
     *name_flush_abandoned, *name_flush_plan, *name_in_flight, *name_hole,
-    *name_wake_followers, *name_acquire, *name_wake, *name_head_lsn, *name_flushed,
-    *name_note_flushed;
+    *name_wake_followers, *name_acquire, *name_head_lsn, *name_flushed,
+    *name_note_flushed, *name_wakeups;
 
 /* -- GroupCommitBase -------------------------------------------------------------- */
 
@@ -293,20 +297,25 @@ finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject
         PyErr_Fetch(&type, &value, &traceback);
     }
     int waiters = -1;
+    PyObject *tickets = NULL;
     if (take_mutex(parts) == 0) {
         waiters = flush_done(parts, machine, flush_to, seconds, writing_point);
         if (waiters > 0) {
-            /* GroupCommit._wake: the tickets the machine names, released holding
-             * the commit lock. */
-            PyObject *woken = PyObject_CallMethodNoArgs((PyObject *)self, name_wake);
-            if (woken == NULL) {
+            /* As GroupCommit._waking: the tickets the machine names, taken
+             * holding the commit lock and released once it is let go, the GIL
+             * let go for the releases. */
+            tickets = PyObject_CallMethodNoArgs((PyObject *)machine, name_wakeups);
+            if (tickets == NULL) {
                 waiters = -1;
-            }
-            else {
-                Py_DECREF(woken);
             }
         }
         reservation_lock_release(parts->mutex);
+        if (tickets != NULL) {
+            if (release_tickets(tickets) != 0) {
+                waiters = -1;
+            }
+            Py_DECREF(tickets);
+        }
     }
     if (waiters < 0) {
         /* An exception from the `finally` part replaces the first one. */
@@ -328,14 +337,22 @@ finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject
 }
 
 /* Lead a flush that the fast path began: the token is held (the machine says
- * LEADER) and the commit lock is free. */
+ * LEADER) and the commit lock is free. As GroupCommit._lead_flush: when others
+ * are committing too, let the GIL go once (sched_yield) before the range is
+ * taken; every step after the yield that this path does not take goes to
+ * GroupCommit._flush_as_leader, which does not yield again. */
 static PyObject *
 lead(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *target)
 {
+    if (machine->callers > 1) {
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        Py_END_ALLOW_THREADS
+    }
     ReservationsBase *reservations = (ReservationsBase *)parts->reservations;
     PyObject *lock = reservations->lock;
     if (!is_reservation_lock(lock) || !reservation_lock_try(lock)) {
-        return call_python(self, name_lead_flush, target);
+        return call_python(self, name_flush_as_leader, target);
     }
     /* Reservations.written_lsn is next_lsn while nothing is in flight and no
      * copy failed; otherwise _lead_flush waits for the copies below the target. */
@@ -351,7 +368,7 @@ lead(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *
         return flush_went_wrong(self);
     }
     if (!simple) {
-        return call_python(self, name_lead_flush, target);
+        return call_python(self, name_flush_as_leader, target);
     }
     PyObject *start = PyLong_FromLongLong(machine->durable_lsn);
     PyObject *end = start == NULL ? NULL : PyLong_FromLongLong(flush_to);
@@ -373,7 +390,7 @@ lead(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *
         goto done;
     }
     if (plan == Py_None) {
-        result = call_python(self, name_lead_flush, target);
+        result = call_python(self, name_flush_as_leader, target);
         goto done;
     }
     /* (fd, sync): sync None for the plain fdatasync, else the Syscalls' own. */
@@ -485,13 +502,13 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
     }
     CommitMachineBase *machine = (CommitMachineBase *)parts.machine;
     if (machine->durable_lsn >= wanted || machine->broken != Py_None || machine->closed ||
-        machine->holder != parts.holder_none || machine->callers != 0 ||
-        machine->waiting != 0 || machine->exclusive_waiting != 0) {
+        machine->holder != parts.holder_none || machine->exclusive_waiting != 0) {
         reservation_lock_release(parts.mutex);
         return call_python(self, name_sync_to, target);
     }
     /* CommitMachine.request in this state: counted, a caller, and the token
-     * taken by a leader (the LEAD answer of _decide). */
+     * taken by a leader (the LEAD answer of _decide, whoever else is inside a
+     * sync or waiting). */
     machine->syncs_requested += 1;
     machine->callers += 1;
     Py_SETREF(machine->holder, Py_NewRef(parts.holder_leader));
@@ -567,11 +584,11 @@ add_commit_types(PyObject *module)
     if (perf_counter == NULL) {
         return -1;
     }
-    if (intern(&name_lead_flush, "_lead_flush") != 0 || intern(&name_sync_to, "_sync_to") != 0 ||
+    if (intern(&name_flush_as_leader, "_flush_as_leader") != 0 || intern(&name_sync_to, "_sync_to") != 0 ||
         intern(&name_write_point, "_write_point") != 0 ||
-        intern(&name_acquire, "acquire") != 0 || intern(&name_wake, "_wake") != 0 ||
+        intern(&name_acquire, "acquire") != 0 ||
         intern(&name_head_lsn, "head_lsn") != 0 || intern(&name_flushed, "flushed") != 0 ||
-        intern(&name_note_flushed, "note_flushed") != 0 ||
+        intern(&name_note_flushed, "note_flushed") != 0 || intern(&name_wakeups, "wakeups") != 0 ||
         intern(&name_flush_failed, "_flush_failed") != 0 ||
         intern(&name_flush_abandoned, "_flush_abandoned") != 0 ||
         intern(&name_flush_plan, "flush_plan") != 0 ||

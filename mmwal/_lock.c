@@ -229,9 +229,79 @@ reservation_lock_release(PyObject *lock)
     PyThread_release_lock(self->lock);
 }
 
+/* Release each ticket in `tickets` (a list), as each one's release() would:
+ * the held ReservationLocks with the GIL let go for the releases, so that a
+ * thread woken on another ticket's wait takes the GIL at once instead of
+ * waking to wait for it; anything else (a threading lock, a lock not held,
+ * which raises) through its release method, in order, stopping at the first
+ * exception. 0, or -1 with an exception. */
+int
+release_tickets(PyObject *tickets)
+{
+    if (!PyList_Check(tickets)) {
+        PyErr_SetString(PyExc_TypeError, "release_tickets takes a list");
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(tickets);
+    PyThread_type_lock stack[16];
+    PyThread_type_lock *locks = stack;
+    if (count > 16) {
+        locks = PyMem_Malloc(sizeof(PyThread_type_lock) * (size_t)count);
+        if (locks == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    Py_ssize_t native = 0;
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        PyObject *ticket = PyList_GET_ITEM(tickets, i);
+        if (Py_IS_TYPE(ticket, &ReservationLockType) && ((ReservationLock *)ticket)->held) {
+            ((ReservationLock *)ticket)->held = 0;
+            locks[native++] = ((ReservationLock *)ticket)->lock;
+        }
+        else {
+            PyObject *done = PyObject_CallMethod(ticket, "release", NULL);
+            if (done == NULL) {
+                failed = 1;
+            }
+            Py_XDECREF(done);
+        }
+    }
+    if (native > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < native; i++) {
+            PyThread_release_lock(locks[i]);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (locks != stack) {
+        PyMem_Free(locks);
+    }
+    return failed ? -1 : 0;
+}
+
+static PyObject *
+wake_tickets(PyObject *module, PyObject *tickets)
+{
+    if (release_tickets(tickets) != 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ticket_functions[] = {
+    {"release_tickets", (PyCFunction)wake_tickets, METH_O,
+     "release_tickets(tickets, /)\n--\n\nRelease each ticket, the GIL let go for it."},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 add_lock_type(PyObject *module)
 {
+    if (PyModule_AddFunctions(module, ticket_functions) != 0) {
+        return -1;
+    }
     if (PyType_Ready(&ReservationLockType) != 0) {
         return -1;
     }

@@ -94,5 +94,6 @@ MMWAL_INTERNAL int add_lock_type(PyObject *module);
 MMWAL_INTERNAL int is_reservation_lock(PyObject *object);
 MMWAL_INTERNAL int reservation_lock_try(PyObject *lock);
 MMWAL_INTERNAL void reservation_lock_release(PyObject *lock);
+MMWAL_INTERNAL int release_tickets(PyObject *tickets);
 
 #endif

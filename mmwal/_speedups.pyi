@@ -78,6 +78,7 @@ class Appender:
 # A class at runtime (``_lock.c``), typed as the threading.Lock it behaves as:
 # typeshed makes threading.Lock final.
 def ReservationLock() -> threading.Lock: ...  # noqa: N802
+def release_tickets(tickets: list[Ticket], /) -> None: ...
 
 class CommitMachineBase:
     broken: BaseException | None

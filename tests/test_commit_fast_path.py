@@ -1,9 +1,10 @@
-"""The lone commit in C (``_commitpath.c``, ``_afterflush.c``) against the Python reference.
+"""The leader's commit in C (``_commitpath.c``, ``_afterflush.c``) against the Python reference.
 
 With the extension, ``GroupCommit.sync_to`` is the C ``GroupCommitBase``'s: a
-sync that finds nobody else in the protocol runs there from the request to the
-flush's return, and the steps after the flush (the ends published, the
-recovery point's question, the durable end moved) are the C bases'.
+sync that finds the token free (alone, or with others inside a sync or
+waiting) runs there from the request to the flush's return, and the steps
+after the flush (the ends published, the recovery point's question, the
+durable end moved) are the C bases'.
 ``GroupCommit._sync_to`` is always the whole protocol in Python, and the
 ``Python*Base`` classes are the twins a pure-Python run uses. Tests that compare
 the two skip on a pure-Python run; the rest run on whichever path is active.
@@ -25,9 +26,18 @@ from typing import cast
 import pytest
 from recorders import fd_path
 
-from mmwal import FileStore, SegmentStore, Syscalls, Wal, WalBrokenError, WalClosedError, WalConfig
+from mmwal import (
+    FileStore,
+    SegmentStore,
+    Syscalls,
+    Wal,
+    WalBrokenError,
+    WalClosedError,
+    WalConfig,
+    _commit,
+)
 from mmwal._commit import GroupCommit
-from mmwal._commit_machine import CommitMachine, Holder
+from mmwal._commit_machine import Action, CommitMachine, Holder, Ticket
 from mmwal._format import SPEEDUPS
 from mmwal._published import (
     ENDS_FILE_NAME,
@@ -136,25 +146,25 @@ def test_a_lone_commit_in_c_leaves_the_state_the_python_protocol_leaves(
 
 
 @needs_c
-def test_the_c_path_takes_the_lone_commit_and_leaves_everything_else_to_python(
+def test_the_c_path_leads_only_where_request_answers_lead_and_leaves_the_rest_to_python(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Catches: the C path leading a flush while the token is held or another
-    # caller is inside the protocol (two flushers), on a broken or closed log,
-    # or flushing for a target already durable.
+    # Catches: the C path leading a flush while the token is held (two
+    # flushers) or an exclusive section waits for it (a starved truncation or
+    # close), on a broken or closed log, or flushing for a target already durable.
     with Wal.open_segmented(tmp_path / "log", SEGMENT) as wal:
         wal.append_and_sync(b"first")
         group = wal._group_commit
         machine = group._machine
         lead_flushes: list[int] = []
         with _python_path(monkeypatch) as taken:
-            reference_lead = GroupCommit._lead_flush
+            reference_lead = GroupCommit._flush_as_leader
 
             def recorded_lead(self: GroupCommit, target: int) -> None:
                 lead_flushes.append(target)
                 reference_lead(self, target)
 
-            monkeypatch.setattr(GroupCommit, "_lead_flush", recorded_lead)
+            monkeypatch.setattr(GroupCommit, "_flush_as_leader", recorded_lead)
             wal.append_and_sync(b"lone")  # the segment's target is kept: all C
             assert (taken, lead_flushes) == ([], [])
             requested = machine.syncs_requested
@@ -162,8 +172,6 @@ def test_the_c_path_takes_the_lone_commit_and_leaves_everything_else_to_python(
             assert taken == ["python"]
             assert machine.syncs_requested == requested + 1  # counted once
         states: list[tuple[str, object]] = [
-            ("callers", 1),
-            ("waiting", 1),
             ("exclusive_waiting", 1),
             ("holder", Holder.EXCLUSIVE),
             ("holder", Holder.LEADER),
@@ -195,7 +203,7 @@ def test_a_commit_whose_copy_is_in_flight_goes_to_the_python_leader(
     # Catches: the C leader reading next_lsn as the watermark while a copy below
     # it is still in flight (claiming bytes not copied yet as durable).
     lead_flushes: list[int] = []
-    reference_lead = GroupCommit._lead_flush
+    reference_lead = GroupCommit._flush_as_leader
 
     def recorded_lead(self: GroupCommit, target: int) -> None:
         lead_flushes.append(target)
@@ -215,13 +223,123 @@ def test_a_commit_whose_copy_is_in_flight_goes_to_the_python_leader(
                 del reservations.in_flight[end - 1]
                 reservations.copies_done.notify_all()
 
-        monkeypatch.setattr(GroupCommit, "_lead_flush", recorded_lead)
+        monkeypatch.setattr(GroupCommit, "_flush_as_leader", recorded_lead)
         timer = threading.Timer(0.05, copy_ends)
         timer.start()
         wal.append_and_sync(b"second")
         timer.join()
         assert lead_flushes == [wal.next_lsn, 0]
         assert wal.durable_lsn == wal.next_lsn
+
+
+class ReleaseRecorder:
+    """A parked ticket that records, when released, whether the commit lock was held."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.released: list[bool] = []
+
+    def release(self) -> None:
+        self.released.append(self._lock.locked())
+
+
+def _lead_with_others_waiting(wal: Wal, lead: Callable[[int], None]) -> list[object]:
+    """Lead a flush, by ``lead(target)``, while two callers are in the machine.
+
+    One was woken (a link of a chain, not yet asked again); the other is parked
+    with a target the earlier flush did not cover and this one does. Return
+    what the commit left: the state (tickets by target), then how the parked
+    ticket was released.
+    """
+    wal.append_and_sync(b"first")
+    group = wal._group_commit
+    machine = group._machine
+    covered = wal.append(b"covered") + 8 + 7
+    beyond = wal.append(b"beyond") + 8 + 6
+    woken = ReleaseRecorder(group.lock)
+    parked = ReleaseRecorder(group.lock)
+    with group.lock:
+        # An earlier leader, one waiter its flush covers, one it does not; the
+        # flush done, the covered waiter woken.
+        assert machine.request(covered) is Action.LEAD
+        assert machine.request(covered) is Action.WAIT
+        machine.park(woken, covered)
+        assert machine.request(beyond) is Action.WAIT
+        machine.park(parked, beyond)
+        assert machine.flush_done(covered, 0.0, writing_point=False) is True
+        assert machine.wakeups() == [woken]
+    target = wal.append(b"leader") + 8 + 6
+    lead(target)
+    state = _state(wal)
+    state["parked"] = [at for at, _ in machine.parked]
+    # The two waiters ask again and return: the log closes cleanly.
+    with group.lock:
+        assert machine.recheck(covered) is Action.RETURN
+        assert machine.recheck(beyond) is Action.RETURN
+    return [state, woken.released, parked.released]
+
+
+@needs_c
+def test_a_commit_that_leads_while_others_wait_runs_in_c_and_leaves_the_python_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: the C path handing a leader with others in the machine to Python
+    # (every commit of a busy log then ran the slow path), leading with a
+    # transition that differs from request's there (a caller miscounted, the
+    # token kept), not waking the waiter its flush covered (a lost wake-up), or
+    # releasing that waiter's ticket while it holds the commit lock (the woken
+    # thread then wakes only to wait for the lock and the GIL).
+    fallbacks = _recording_python_fallback(monkeypatch)
+    handed: list[int] = []
+    reference_lead = GroupCommit._flush_as_leader
+
+    def recorded_lead(self: GroupCommit, target: int) -> None:
+        handed.append(target)
+        reference_lead(self, target)
+
+    monkeypatch.setattr(GroupCommit, "_flush_as_leader", recorded_lead)
+    with Wal.open_segmented(tmp_path / "c", SEGMENT) as fast:
+        in_c = _lead_with_others_waiting(fast, fast._group_commit.sync_to)
+        # Only the segment's first commit, before the others came, was handed on.
+        assert (fallbacks, handed) == ([], [8 + len(b"first")])
+    with Wal.open_segmented(tmp_path / "python", SEGMENT) as slow:
+        in_python = _lead_with_others_waiting(slow, slow._group_commit._sync_to)
+    assert in_c == in_python
+    state, woken_released, parked_released = in_c
+    assert isinstance(state, dict)
+    assert (state["callers"], state["waiting"], state["parked"]) == (2, 2, [])
+    assert state["holder"] is Holder.NONE
+    assert woken_released == []  # woken before this commit, by the earlier leader
+    assert parked_released == [False]  # woken once, the commit lock let go
+
+
+def test_release_tickets_wakes_the_thread_waiting_on_each_ticket() -> None:
+    # Catches: a ticket left held (a parked thread never woken), or one released
+    # without its release's checks (an unheld ticket must raise, as
+    # threading.Lock's release does, on both paths).
+    release_tickets = _commit.release_tickets
+    tickets: list[Ticket] = []
+    woken: list[int] = []
+    waiters = []
+
+    def wait(ticket: threading.Lock, index: int) -> None:
+        ticket.acquire()
+        woken.append(index)
+
+    for index in range(4):
+        # The tickets _park makes, and a plain lock (a ticket of another kind).
+        ticket = _commit.ReservationLock() if index < 3 else threading.Lock()
+        ticket.acquire()
+        tickets.append(ticket)
+        waiter = threading.Thread(target=wait, args=(ticket, index))
+        waiter.start()
+        waiters.append(waiter)
+    release_tickets(tickets)
+    for waiter in waiters:
+        waiter.join(10)
+    assert sorted(woken) == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError):
+        release_tickets([_commit.ReservationLock()])
 
 
 # -- what a flush owes before it, and the plan ------------------------------------------

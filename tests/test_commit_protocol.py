@@ -212,6 +212,48 @@ def test_followers_covered_by_the_leader_return_without_flushing_again(
     assert wal.durable_lsn == end
 
 
+class RecordingTicket:
+    """A parked thread's ticket (a plain lock) that records whether the commit lock was held."""
+
+    def __init__(self, commit_lock: threading.Lock, released: list[bool]) -> None:
+        self._lock = threading.Lock()
+        self._commit_lock = commit_lock
+        self._released = released
+
+    def acquire(self) -> bool:
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        self._released.append(self._commit_lock.locked())
+        self._lock.release()
+
+
+def test_each_wakeup_is_released_once_the_commit_lock_is_let_go(
+    wal: Wal, calls: ControlledSyscalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: a ticket released while its waker still holds the commit lock
+    # (the leader's finish or a link of the chain): the woken thread then wakes
+    # only to wait for the lock (and, with the extension, the GIL) again.
+    group = wal._group_commit
+    released: list[bool] = []
+    monkeypatch.setattr(
+        "mmwal._commit.ReservationLock", lambda: RecordingTicket(group.lock, released)
+    )
+    end = append_end(wal, b"leader")
+    gate = calls.hold(1)
+    leader = Runner("leader", wal.sync).start()
+    calls.wait_for_msync(1)
+    followers = [Runner(f"follower-{i}", wal.sync).start() for i in range(4)]
+    syncs_requested_is(wal, 5)
+    gate.set()
+    leader.result()
+    for follower in followers:
+        follower.result()
+    # One wake-up from the leader's finish, then one per link of the chain.
+    assert released == [False] * 4
+    assert (wal.stats().flushes, wal.durable_lsn) == (1, end)
+
+
 class WaitInterruptedError(Exception):
     """Raised by a signal handler in the main thread while it waits as a follower."""
 
