@@ -257,10 +257,12 @@ class GroupCommit(GroupCommitBase):
             return  # read-only: what refresh found is the writer's to flush
         machine = self._machine
         woken: list[Ticket] = []
+        waited = False
         try:
             with self._mutex:
                 action = machine.request(target)
                 if action is _WAIT:
+                    waited = True
                     action = self._park(target, woken)
         finally:
             if woken:
@@ -268,21 +270,28 @@ class GroupCommit(GroupCommitBase):
         if action is _RETURN:
             return
         if action is _LEAD:
-            self._lead_flush(target)
+            self._lead_flush(target, waited=waited)
             return
         if action is _RAISE_BROKEN:
             self.raise_broken()
         raise WalClosedError()
 
-    def _lead_flush(self, target: int) -> None:
-        """Flush as the one leader: up to the watermark, at least up to ``target``."""
-        if self._machine.callers > 1:
+    def _lead_flush(self, target: int, *, waited: bool = False) -> None:
+        """Flush as the one leader: up to the watermark, at least up to ``target``.
+
+        ``waited``: this thread waited and was woken to take the token.
+        """
+        if waited or self._machine.callers > 1:
             # Other threads are committing too: let the GIL go once, so that
             # the threads a previous flush released (woken one by one, each
             # waiting for the GIL) append before this flush takes its range
             # and one flush covers their commits as well. sched_yield, not
             # sleep(0): a sleep costs a timer slack (~60 µs) per flush.
-            # Alone, a thread never yields.
+            # A thread woken to lead yields too, though the one that woke it
+            # is no longer a caller: that one is likely to commit again at
+            # once, and woken with the GIL free this thread would otherwise
+            # take its range first (2 threads on disk: 1.23 commits per flush
+            # without this yield, 1.60 with it). Alone, a thread never yields.
             try:
                 os.sched_yield()
             except BaseException:

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import inspect
+import os
 import signal
 import sys
 import threading
@@ -252,6 +253,36 @@ def test_each_wakeup_is_released_once_the_commit_lock_is_let_go(
     # One wake-up from the leader's finish, then one per link of the chain.
     assert released == [False] * 4
     assert (wal.stats().flushes, wal.durable_lsn) == (1, end)
+
+
+def test_a_thread_woken_to_lead_yields_before_it_takes_its_range(
+    wal: Wal, calls: ControlledSyscalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: a follower woken to take the token that fixes its range at once,
+    # before the thread that woke it (no longer a caller, but about to commit
+    # again) appends: two committing threads then alternate flushes of one
+    # commit each.
+    yielded: list[int] = []
+    real_yield = os.sched_yield
+
+    def recorded_yield() -> None:
+        yielded.append(threading.get_ident())
+        real_yield()
+
+    monkeypatch.setattr(os, "sched_yield", recorded_yield)
+    append_end(wal, b"first")
+    gate = calls.hold(1)
+    leader = Runner("leader", wal.sync).start()
+    calls.wait_for_msync(1)
+    beyond = append_end(wal, b"beyond the leader's flush")
+    follower = Runner("follower", wal.sync).start()
+    syncs_requested_is(wal, 2)
+    gate.set()
+    leader.result()
+    follower.result()
+    assert calls.msync_threads == [leader.ident, follower.ident]
+    assert yielded == [follower.ident]
+    assert wal.durable_lsn == beyond
 
 
 class WaitInterruptedError(Exception):
