@@ -16,7 +16,13 @@
  *    threading.Lock.acquire).
  *  - Not reentrant, and any thread may release it (as threading.Lock).
  *  - `held` changes only with the GIL held, right after the OS lock is taken or
- *    right before it is let go; locked() reads it.
+ *    before it is let go (release_tickets lets the OS locks of several go
+ *    after it let the GIL go; nothing reads a ticket's `held` meanwhile);
+ *    locked() reads it.
+ *
+ * The group commit's tickets (a parked thread's lock, mmwal._commit) are
+ * ReservationLocks too: release_tickets lets their OS locks go with the GIL
+ * let go, so the thread each one wakes can take the GIL at once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
