@@ -56,6 +56,15 @@ def _filled(kind: str, tmp_path: Path, calls: Syscalls, method: str = "msync") -
     return store
 
 
+def _write_ones(directory: Path, segment_size: int, segments: int) -> None:
+    """Leave a segmented log of ``segments`` segments of ones, durable, closed."""
+    writer = SegmentStore(directory, segment_size, precreate=False)
+    writer.ensure_capacity(segments * segment_size)
+    writer.write(0, b"\1" * writer.capacity)
+    writer.flush(0, writer.capacity)
+    writer.close()
+
+
 def _bases(store: ChunkedStore) -> dict[int, int]:
     """Return the address each chunk of ``store`` is mapped at."""
     bases = {}
@@ -320,11 +329,7 @@ def test_reading_back_as_many_segments_as_the_cache_holds_maps_none_again(
     # ``mapped_chunks`` segments besides the last stay mapped once read: a reader
     # going back and forth among that many maps each once, not on every visit.
     directory = tmp_path / "log"
-    writer = SegmentStore(directory, CHUNK, precreate=False)
-    writer.ensure_capacity(6 * CHUNK)
-    writer.write(0, b"\1" * writer.capacity)
-    writer.flush(0, writer.capacity)
-    writer.close()
+    _write_ones(directory, CHUNK, 6)
     calls = MapCounter()
     store = SegmentStore(directory, CHUNK, syscalls=calls, writable=False, mapped_chunks=3)
     try:
@@ -345,11 +350,7 @@ def test_prepare_end_leaves_the_segments_below_the_end_reading_ahead(tmp_path: P
     # (no readahead, its clean cache evicted); the segments below are only read.
     size = 64 * 1024
     directory = tmp_path / "log"
-    writer = SegmentStore(directory, size, precreate=False)
-    writer.ensure_capacity(3 * size)
-    writer.write(0, b"\1" * writer.capacity)
-    writer.flush(0, writer.capacity)
-    writer.close()
+    _write_ones(directory, size, 3)
     store = SegmentStore(directory, size, precreate=False)
     try:
         store.prepare_end(2 * size + 100)

@@ -149,6 +149,12 @@ def test_fdatasync_on_a_single_file_log_flushes_that_file(tmp_path: Path) -> Non
         assert calls.data_flushes() == [("fdatasync", str(path))]
 
 
+def _windowed_file(path: Path, calls: Syscalls) -> FileStore:
+    """A single-file store of the smallest windows, flushing with ``fdatasync``."""
+    window = mmap.ALLOCATIONGRANULARITY
+    return FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+
+
 @needs_proc
 def test_fdatasync_flushes_a_single_file_once_however_many_windows_it_spans(
     tmp_path: Path,
@@ -159,7 +165,7 @@ def test_fdatasync_flushes_a_single_file_once_however_many_windows_it_spans(
     calls = FlushRecorder()
     path = tmp_path / "log"
     window = mmap.ALLOCATIONGRANULARITY
-    store = FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+    store = _windowed_file(path, calls)
     with Wal.with_store(store) as wal:
         wal.append_and_sync(b"x")
         calls.calls.clear()
@@ -175,7 +181,7 @@ def test_on_macos_a_flush_across_windows_makes_one_full_fsync(tmp_path: Path) ->
     calls = FlushRecorder("darwin")
     path = tmp_path / "log"
     window = mmap.ALLOCATIONGRANULARITY
-    store = FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+    store = _windowed_file(path, calls)
     with Wal.with_store(store) as wal:
         wal.append_and_sync(b"x")
         wal.append(b"y" * (2 * window))
@@ -298,7 +304,7 @@ def test_fdatasync_truncation_of_a_single_file_flushes_the_zeroed_windows_at_onc
     calls = FlushRecorder()
     path = tmp_path / "log"
     window = mmap.ALLOCATIONGRANULARITY
-    store = FileStore(path, window_size=window, syscalls=calls, sync_method="fdatasync")
+    store = _windowed_file(path, calls)
     with Wal.with_store(store) as wal:
         first = wal.append(b"x")
         wal.append_many([b"y" * (window - 64)] * 4)  # into windows 1 to 4
