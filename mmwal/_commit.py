@@ -274,6 +274,10 @@ class GroupCommit(GroupCommitBase):
             return
         if action is _RAISE_BROKEN:
             self.raise_broken()
+        self._raise_closed()
+
+    def _raise_closed(self) -> NoReturn:
+        """Raise ``WalClosedError`` (a waiter answered closed, here or in C)."""
         raise WalClosedError()
 
     def _lead_flush(self, target: int, *, waited: bool = False) -> None:

@@ -45,24 +45,9 @@
 static PyObject *perf_counter; /* time.perf_counter, looked up once */
 static PyObject *name_flush_as_leader, *name_sync_to, *name_write_point, *name_flush_failed,
     *name_flush_abandoned, *name_flush_plan, *name_in_flight, *name_hole,
-    *name_wake_followers, *name_acquire, *name_head_lsn, *name_flushed,
-    *name_note_flushed, *name_wakeups;
+    *name_wake_followers, *name_head_lsn, *name_flushed, *name_note_flushed;
 
 /* -- GroupCommitBase -------------------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *machine;      /* a CommitMachineBase, or None before __init__ */
-    PyObject *mutex;        /* the commit lock: a ReservationLock, or None */
-    PyObject *reservations; /* a ReservationsBase, or None */
-    PyObject *store;
-    PyObject *points;        /* the PointKeeper */
-    PyObject *publisher;     /* the EndsPublisher, or None */
-    PyObject *holder_none;   /* Holder.NONE */
-    PyObject *holder_leader; /* Holder.LEADER */
-    PyObject *holder_point;  /* Holder.POINT */
-    char readonly;
-} GroupCommitBase;
 
 static PyObject *
 group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -122,7 +107,7 @@ group_dealloc(GroupCommitBase *self)
 }
 
 /* self.<name>(target): the Python path from where the fast path stops. */
-static PyObject *
+PyObject *
 call_python(GroupCommitBase *self, PyObject *name, PyObject *target)
 {
     PyObject *arguments[2] = {(PyObject *)self, target};
@@ -184,33 +169,13 @@ data_sync(int fd)
     }
 }
 
-/* The members a lone commit uses, held (strong references) while it runs. */
-typedef struct {
-    PyObject *machine; /* a CommitMachineBase (checked) */
-    PyObject *mutex;
-    PyObject *reservations;
-    PyObject *store;
-    PyObject *points;
-    PyObject *publisher;
-    PyObject *holder_none;
-    PyObject *holder_leader;
-    PyObject *holder_point;
-} Parts;
-
-/* The commit lock, taken: tried, else its blocking acquire (whose exception, a
- * signal's, comes out as from `with self._mutex`). 0 held, -1 an exception. */
+/* The commit lock, taken: tried, else waited for with the GIL let go (held
+ * briefly by whoever holds it, for a transition: a signal's handler runs
+ * once it is taken, not in the middle). 0 held. */
 static int
 take_mutex(Parts *parts)
 {
-    if (reservation_lock_try(parts->mutex)) {
-        return 0;
-    }
-    PyObject *taken = PyObject_CallMethodNoArgs(parts->mutex, name_acquire);
-    if (taken == NULL) {
-        return -1;
-    }
-    Py_DECREF(taken);
-    return 0;
+    return reservation_lock_acquire(parts->mutex, 0) == 1 ? 0 : -1;
 }
 
 /* CommitMachine.flush_done(flush_to, seconds, writing_point=...) for the
@@ -304,7 +269,7 @@ finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject
             /* As GroupCommit._waking: the tickets the machine names, taken
              * holding the commit lock and released once it is let go, the GIL
              * let go for the releases. */
-            tickets = PyObject_CallMethodNoArgs((PyObject *)machine, name_wakeups);
+            tickets = machine_wakeups(machine, parts->holder_none);
             if (tickets == NULL) {
                 waiters = -1;
             }
@@ -338,13 +303,15 @@ finish(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject
 
 /* Lead a flush that the fast path began: the token is held (the machine says
  * LEADER) and the commit lock is free. As GroupCommit._lead_flush: when others
- * are committing too, let the GIL go once (sched_yield) before the range is
- * taken; every step after the yield that this path does not take goes to
- * GroupCommit._flush_as_leader, which does not yield again. */
-static PyObject *
-lead(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *target)
+ * are committing too, or this thread was woken to lead (`waited`), let the GIL
+ * go once (sched_yield) before the range is taken; every step after the yield
+ * that this path does not take goes to GroupCommit._flush_as_leader, which
+ * does not yield again. */
+PyObject *
+lead_flush(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject *target,
+           int waited)
 {
-    if (machine->callers > 1) {
+    if (waited || machine->callers > 1) {
         Py_BEGIN_ALLOW_THREADS
         sched_yield();
         Py_END_ALLOW_THREADS
@@ -473,7 +440,7 @@ static PyObject *
 group_sync_to(GroupCommitBase *self, PyObject *target)
 {
     /* What the path uses, held for its length: a member replaced (or deleted)
-     * meanwhile, while the GIL is let go for the flush, cannot free it. */
+     * meanwhile, while the GIL is let go for a wait or the flush, cannot free it. */
     Parts parts = {self->machine,     self->mutex,         self->reservations, self->store,
                    self->points,      self->publisher,     self->holder_none,  self->holder_leader,
                    self->holder_point};
@@ -487,7 +454,7 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
         }
     }
     if (self->readonly || !PyLong_CheckExact(target) ||
-        !is_commit_machine(parts.machine) ||
+        !is_commit_machine(parts.machine) || !PyList_CheckExact(((CommitMachineBase *)parts.machine)->parked) ||
         !is_reservation_lock(parts.mutex) || !is_reservations(parts.reservations)) {
         return call_python(self, name_sync_to, target);
     }
@@ -497,26 +464,36 @@ group_sync_to(GroupCommitBase *self, PyObject *target)
         PyErr_Clear();
         return call_python(self, name_sync_to, target);
     }
-    if (!reservation_lock_try(parts.mutex)) {
-        return call_python(self, name_sync_to, target);
-    }
-    CommitMachineBase *machine = (CommitMachineBase *)parts.machine;
-    if (machine->durable_lsn >= wanted || machine->broken != Py_None || machine->closed ||
-        machine->holder != parts.holder_none || machine->exclusive_waiting != 0) {
-        reservation_lock_release(parts.mutex);
-        return call_python(self, name_sync_to, target);
-    }
-    /* CommitMachine.request in this state: counted, a caller, and the token
-     * taken by a leader (the LEAD answer of _decide, whoever else is inside a
-     * sync or waiting). */
-    machine->syncs_requested += 1;
-    machine->callers += 1;
-    Py_SETREF(machine->holder, Py_NewRef(parts.holder_leader));
-    reservation_lock_release(parts.mutex);
     for (size_t i = 0; i < count; i++) {
         Py_INCREF(held[i]);
     }
-    PyObject *result = lead(self, &parts, machine, target);
+    PyObject *result;
+    reservation_lock_acquire(parts.mutex, 0);
+    CommitMachineBase *machine = (CommitMachineBase *)parts.machine;
+    if (machine->durable_lsn >= wanted) {
+        /* CommitMachine.request answers RETURN: counted, and no caller left. */
+        machine->syncs_requested += 1;
+        reservation_lock_release(parts.mutex);
+        result = Py_NewRef(Py_None);
+    }
+    else if (machine->broken != Py_None || machine->closed) {
+        reservation_lock_release(parts.mutex);
+        result = call_python(self, name_sync_to, target);
+    }
+    else if (machine->holder != parts.holder_none || machine->exclusive_waiting != 0) {
+        /* request answers WAIT: follow (_commitwait.c), which lets the lock go. */
+        result = follow(self, &parts, machine, target, wanted);
+    }
+    else {
+        /* CommitMachine.request in this state: counted, a caller, and the token
+         * taken by a leader (the LEAD answer of _decide, whoever else is inside a
+         * sync or waiting). */
+        machine->syncs_requested += 1;
+        machine->callers += 1;
+        Py_SETREF(machine->holder, Py_NewRef(parts.holder_leader));
+        reservation_lock_release(parts.mutex);
+        result = lead_flush(self, &parts, machine, target, 0);
+    }
     for (size_t i = 0; i < count; i++) {
         Py_DECREF(held[i]);
     }
@@ -586,9 +563,8 @@ add_commit_types(PyObject *module)
     }
     if (intern(&name_flush_as_leader, "_flush_as_leader") != 0 || intern(&name_sync_to, "_sync_to") != 0 ||
         intern(&name_write_point, "_write_point") != 0 ||
-        intern(&name_acquire, "acquire") != 0 ||
         intern(&name_head_lsn, "head_lsn") != 0 || intern(&name_flushed, "flushed") != 0 ||
-        intern(&name_note_flushed, "note_flushed") != 0 || intern(&name_wakeups, "wakeups") != 0 ||
+        intern(&name_note_flushed, "note_flushed") != 0 ||
         intern(&name_flush_failed, "_flush_failed") != 0 ||
         intern(&name_flush_abandoned, "_flush_abandoned") != 0 ||
         intern(&name_flush_plan, "flush_plan") != 0 ||
@@ -596,7 +572,7 @@ add_commit_types(PyObject *module)
         intern(&name_wake_followers, "wake_followers") != 0) {
         return -1;
     }
-    if (PyType_Ready(&GroupCommitBaseType) != 0) {
+    if (add_commit_wait() != 0 || PyType_Ready(&GroupCommitBaseType) != 0) {
         return -1;
     }
     if (PyModule_AddObjectRef(module, "GroupCommitBase", (PyObject *)&GroupCommitBaseType) != 0) {

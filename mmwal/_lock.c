@@ -235,6 +235,38 @@ reservation_lock_release(PyObject *lock)
     PyThread_release_lock(self->lock);
 }
 
+PyObject *
+reservation_lock_new(void)
+{
+    PyObject *none = PyTuple_New(0);
+    if (none == NULL) {
+        return NULL;
+    }
+    PyObject *lock = lock_new(&ReservationLockType, none, NULL);
+    Py_DECREF(none);
+    return lock;
+}
+
+int
+reservation_lock_acquire(PyObject *lock, int interruptible)
+{
+    ReservationLock *self = (ReservationLock *)lock;
+    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK) != 1) {
+        if (interruptible) {
+            if (wait_for(self, -1) < 0) {
+                return -1;
+            }
+        }
+        else {
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock(self->lock, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    self->held = 1;
+    return 1;
+}
+
 /* Release each ticket in `tickets` (a list), as each one's release() would:
  * the held ReservationLocks with the GIL let go for the releases, so that a
  * thread woken on another ticket's wait takes the GIL at once instead of

@@ -1,8 +1,8 @@
 /*
  * What the C files of mmwal._speedups share: the frame header size, the CRC-32C
  * of _crc32c.c, the append fast path's types (_appendpath.c), the commit
- * machine's fields (_commitmachine.c), the lone commit's (_commitpath.c,
- * _afterflush.c), the reservation lock (_lock.c) and RecordViews
+ * machine's fields (_commitmachine.c), the commit in C (_commitpath.c,
+ * _commitwait.c, _afterflush.c), the reservation lock (_lock.c) and RecordViews
  * (_recordviews.c).
  * Names stay internal to the extension.
  */
@@ -81,8 +81,59 @@ MMWAL_INTERNAL int add_commit_machine_type(PyObject *module);
 /* Whether an object is a CommitMachineBase (or a subclass's instance). */
 MMWAL_INTERNAL int is_commit_machine(PyObject *object);
 
+/* CommitMachine.wakeups (_commitmachine.c): take out the parked tickets to wake
+ * now, by the machine's rules; a new list, or NULL with an exception. Call with
+ * the commit lock held. `holder_none` is Holder.NONE. */
+MMWAL_INTERNAL PyObject *machine_wakeups(CommitMachineBase *machine, PyObject *holder_none);
+
+/* GroupCommitBase (_commitpath.c): what mmwal._commit.GroupCommit's flush
+ * reads, as members. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *machine;      /* a CommitMachineBase, or None before __init__ */
+    PyObject *mutex;        /* the commit lock: a ReservationLock, or None */
+    PyObject *reservations; /* a ReservationsBase, or None */
+    PyObject *store;
+    PyObject *points;        /* the PointKeeper */
+    PyObject *publisher;     /* the EndsPublisher, or None */
+    PyObject *holder_none;   /* Holder.NONE */
+    PyObject *holder_leader; /* Holder.LEADER */
+    PyObject *holder_point;  /* Holder.POINT */
+    char readonly;
+} GroupCommitBase;
+
+/* The members a commit in C uses, held (strong references) while it runs. */
+typedef struct {
+    PyObject *machine; /* a CommitMachineBase (checked) */
+    PyObject *mutex;   /* a ReservationLock (checked) */
+    PyObject *reservations;
+    PyObject *store;
+    PyObject *points;
+    PyObject *publisher;
+    PyObject *holder_none;
+    PyObject *holder_leader;
+    PyObject *holder_point;
+} Parts;
+
 /* Add GroupCommitBase (_commitpath.c); -1 with an exception. */
 MMWAL_INTERNAL int add_commit_types(PyObject *module);
+
+/* Lead a flush whose token this thread holds, the commit lock free
+ * (_commitpath.c); `waited`: it was woken to lead, and yields once. */
+MMWAL_INTERNAL PyObject *lead_flush(GroupCommitBase *self, Parts *parts,
+                                    CommitMachineBase *machine, PyObject *target, int waited);
+
+/* A follower's wait in C (_commitwait.c): called holding the commit lock in a
+ * state where CommitMachine.request answers WAIT for `wanted`; returns as
+ * GroupCommit._sync_to does (None, or NULL with its exception), the lock let go. */
+MMWAL_INTERNAL PyObject *follow(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine,
+                                PyObject *target, long long wanted);
+
+/* Intern the names follow() calls (_commitwait.c); -1 with an exception. */
+MMWAL_INTERNAL int add_commit_wait(void);
+
+/* self.<name>(argument) (_commitpath.c): a Python method of GroupCommit. */
+MMWAL_INTERNAL PyObject *call_python(GroupCommitBase *self, PyObject *name, PyObject *argument);
 
 /* Add EndsPublisherBase, PointKeeperBase and put_ends_slot (_afterflush.c); -1 with an
  * exception. */
@@ -95,5 +146,12 @@ MMWAL_INTERNAL int is_reservation_lock(PyObject *object);
 MMWAL_INTERNAL int reservation_lock_try(PyObject *lock);
 MMWAL_INTERNAL void reservation_lock_release(PyObject *lock);
 MMWAL_INTERNAL int release_tickets(PyObject *tickets);
+/* A new ReservationLock, or NULL with an exception. */
+MMWAL_INTERNAL PyObject *reservation_lock_new(void);
+/* Take a ReservationLock, waiting with the GIL let go. `interruptible`: a
+ * signal's handler runs during the wait and an exception it raises ends it
+ * (-1); otherwise the wait goes on to the end and the handler runs later. 1
+ * taken, -1 an exception. */
+MMWAL_INTERNAL int reservation_lock_acquire(PyObject *lock, int interruptible);
 
 #endif

@@ -79,6 +79,7 @@ class Appender:
 # typeshed makes threading.Lock final.
 def ReservationLock() -> threading.Lock: ...  # noqa: N802
 def release_tickets(tickets: list[Ticket], /) -> None: ...
+def machine_wakeups(machine: CommitMachineBase, holder_none: Holder, /) -> list[Ticket]: ...
 
 class CommitMachineBase:
     broken: BaseException | None

@@ -36,6 +36,7 @@ SOURCES = [
         "_appendpath.c",
         "_commitmachine.c",
         "_commitpath.c",
+        "_commitwait.c",
         "_afterflush.c",
         "_lock.c",
         "_recordviews.c",

@@ -235,6 +235,8 @@ def test_each_wakeup_is_released_once_the_commit_lock_is_let_go(
     # Catches: a ticket released while its waker still holds the commit lock
     # (the leader's finish or a link of the chain): the woken thread then wakes
     # only to wait for the lock (and, with the extension, the GIL) again.
+    # The followers take the Python protocol (``_sync_to``), whose tickets the
+    # test replaces; the C follower's are its own (tests/test_commit_wait.py).
     group = wal._group_commit
     released: list[bool] = []
     monkeypatch.setattr(
@@ -244,7 +246,9 @@ def test_each_wakeup_is_released_once_the_commit_lock_is_let_go(
     gate = calls.hold(1)
     leader = Runner("leader", wal.sync).start()
     calls.wait_for_msync(1)
-    followers = [Runner(f"follower-{i}", wal.sync).start() for i in range(4)]
+    followers = [
+        Runner(f"follower-{i}", partial(group._sync_to, end)).start() for i in range(4)
+    ]
     syncs_requested_is(wal, 5)
     gate.set()
     leader.result()
@@ -261,7 +265,8 @@ def test_a_thread_woken_to_lead_yields_before_it_takes_its_range(
     # Catches: a follower woken to take the token that fixes its range at once,
     # before the thread that woke it (no longer a caller, but about to commit
     # again) appends: two committing threads then alternate flushes of one
-    # commit each.
+    # commit each. The follower takes the Python protocol, whose yield the test
+    # records (the C follower's is sched_yield itself).
     yielded: list[int] = []
     real_yield = os.sched_yield
 
@@ -275,7 +280,7 @@ def test_a_thread_woken_to_lead_yields_before_it_takes_its_range(
     leader = Runner("leader", wal.sync).start()
     calls.wait_for_msync(1)
     beyond = append_end(wal, b"beyond the leader's flush")
-    follower = Runner("follower", wal.sync).start()
+    follower = Runner("follower", partial(wal._group_commit._sync_to, beyond)).start()
     syncs_requested_is(wal, 2)
     gate.set()
     leader.result()
@@ -742,7 +747,9 @@ def test_a_waiter_whose_record_close_made_durable_returns_its_lsn(
     its record and closes the log. It must return its LSN: its record is durable
     (an application that retried on an error would write the record twice). A trace
     function holds the waiter after the wake-up, before it takes the commit lock
-    again, so the order is forced, not hoped for.
+    again, so the order is forced, not hoped for. The waiter takes the Python
+    protocol, which a trace function can stop; tests/test_commit_wait.py holds
+    the C follower to the same answer.
     """
     append_end(wal, b"first")
     gate = calls.hold(1)
@@ -764,11 +771,13 @@ def test_a_waiter_whose_record_close_made_durable_returns_its_lsn(
         return hold_before_reacquire if frame.f_code is park else None
 
     def traced_commit() -> int:
+        lsn = wal.append(b"second")
         sys.settrace(tracer)
         try:
-            return wal.append_and_sync(b"second")
+            wal._group_commit._sync_to(lsn + HEADER + len(b"second"))
         finally:
             sys.settrace(None)
+        return lsn
 
     waiter = Runner("waiter", traced_commit).start()
     syncs_requested_is(wal, 2)  # parked: its target lies beyond the leader's flush
