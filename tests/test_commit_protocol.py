@@ -246,9 +246,7 @@ def test_each_wakeup_is_released_once_the_commit_lock_is_let_go(
     gate = calls.hold(1)
     leader = Runner("leader", wal.sync).start()
     calls.wait_for_msync(1)
-    followers = [
-        Runner(f"follower-{i}", partial(group._sync_to, end)).start() for i in range(4)
-    ]
+    followers = [Runner(f"follower-{i}", partial(group._sync_to, end)).start() for i in range(4)]
     syncs_requested_is(wal, 5)
     gate.set()
     leader.result()
