@@ -56,16 +56,21 @@ Rules this module keeps:
   holding neither lock, and after the flush wakes the followers waiting on the
   handle (``Reservations.wake_followers``), again holding neither.
 - With the extension, ``sync_to`` is ``GroupCommitBase``'s in C
-  (``_commitpath.c``) and keeps every rule above for the one case it takes: a
-  commit that leads (commit lock free on a try, token free, no exclusive
-  section waiting, not broken or closed, target not durable), alone or with
-  others inside a sync or waiting, whose store answers a flush plan. It yields
-  once as ``_lead_flush`` does when others are inside a sync, and makes
-  ``request``'s and a leader's ``flush_done``'s transitions itself, so a change
-  to either in ``CommitMachine`` is mirrored there
-  (``tests/test_commit_fast_path.py`` holds them equal); it takes the tickets
-  from ``wakeups`` and releases them as ``_waking`` does. Every other case,
-  and every failure, comes to the Python methods here (``_sync_to``; after its
+  (``_commitpath.c``, ``_commitwait.c``) and keeps every rule above for the
+  cases it takes, on a log neither broken nor closed: a target already durable
+  (answered at once); a commit that leads (token free, no exclusive section
+  waiting), alone or with others inside a sync or waiting, whose store answers
+  a flush plan; and a commit told to wait, which parks, is woken, asks again,
+  wakes the next link and returns, raises (through ``raise_broken`` and
+  ``_raise_closed``) or leads, as ``_park`` and ``_sync_to`` do. The leader
+  yields once as ``_lead_flush`` does when others are inside a sync or it was
+  woken to lead. It makes ``request``'s, ``park``'s, ``recheck``'s,
+  ``unpark``'s, ``abandon_wait``'s and a leader's ``flush_done``'s transitions
+  itself and takes wake-ups with ``machine_wakeups`` (``wakeups``'s twin), so a
+  change to any of them in ``CommitMachine`` is mirrored there
+  (``tests/test_commit_fast_path.py`` and ``tests/test_commit_wait.py`` hold
+  them equal); it releases tickets as ``_waking`` does. Every other case, and
+  every failure, comes to the Python methods here (``_sync_to``; after its
   yield, ``_flush_as_leader``).
 """
 

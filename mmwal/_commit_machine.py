@@ -13,10 +13,11 @@ a sync, waiting or leading); ``waiting`` (threads told to wait that have not
 asked again: callers and would-be exclusive holders) and ``parked`` (the
 tickets of those not woken yet, in the order they parked, each with the target
 it waits for, None for an exclusive section). The fields live in
-``CommitMachineBase``: C members with the extension, so that the lone commit's
-path in C (``_commitpath.c``) reads them and makes ``request``'s and
-``flush_done``'s transitions for a lone leader without a Python call
-(``tests/test_commit_fast_path.py`` proves them equal to these methods').
+``CommitMachineBase``: C members with the extension, so that the commit in C
+(``_commitpath.c``, ``_commitwait.c``) reads them and makes ``request``'s,
+``flush_done``'s, ``park``'s, ``recheck``'s and ``wakeups``' transitions for a
+leader and a follower without a Python call (``tests/test_commit_fast_path.py``
+and ``tests/test_commit_wait.py`` prove them equal to these methods').
 
 Rules kept here:
 

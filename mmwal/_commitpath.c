@@ -7,26 +7,27 @@
  * sync_to(target): a sync that would lead (the token free), whether alone or
  * with others committing, with nothing in flight and a store whose flush is
  * one fdatasync, runs here from the request to the flush's return and through
- * the steps after it, no Python frame on the way but CommitMachine.wakeups'
- * when someone waits. Everything else goes to the Python
- * path (GroupCommit._sync_to, GroupCommit._flush_as_leader) untouched.
+ * the steps after it, no Python frame on the way; a sync told to wait waits
+ * in C (follow, _commitwait.c) and, woken to lead, leads here; a target
+ * already durable is answered here. Everything else (a broken or closed log,
+ * a flush that is not one fdatasync) goes to the Python path
+ * (GroupCommit._sync_to, GroupCommit._flush_as_leader) untouched.
  *
  * Rules kept here (_commit.py lists all of the group commit's):
- *  - The fast path starts only when the commit lock is free (tried, never
- *    waited for) and the machine shows the token free, no exclusive section
- *    waiting, the log neither broken nor closed, and the target not durable:
- *    the state in which CommitMachine.request answers LEAD. It then makes the
- *    transition request makes there (one more request, one caller, the token
- *    to a leader: tests/test_commit_fast_path.py proves them equal) and lets
- *    the lock go.
+ *  - It decides holding the commit lock (tried, else waited for with the GIL
+ *    let go), as CommitMachine.request would: the target durable (RETURN:
+ *    one more request), broken or closed (the Python path), the token free
+ *    and no exclusive section waiting (LEAD: one more request, one caller,
+ *    the token to a leader: tests/test_commit_fast_path.py proves them
+ *    equal; it lets the lock go and leads), else WAIT (follow).
  *  - From there on it is the leader and does what GroupCommit._lead_flush does,
  *    or calls _flush_as_leader for the rest: one sched_yield when others are
- *    inside a sync, the watermark read under the reservation lock when no copy
+ *    inside a sync or it was woken to lead, the watermark read under the reservation lock when no copy
  *    is in flight and no hole (else _flush_as_leader waits for the copies), the
  *    flush (Store.flush_plan: one fdatasync and nothing owed before it, else
  *    _flush_as_leader flushes), and on a failure the same _flush_failed /
  *    _flush_abandoned that give the token back; then GroupCommit._finish_flush's
- *    steps (finish below), waking whom the machine names.
+ *    steps (finish below), waking whom the machine names (machine_wakeups).
  *  - The fdatasync runs with the GIL released; EINTR runs the signal handlers
  *    and retries (as os.fdatasync); a Syscalls that is not the plain one is
  *    called instead (Store.flush_plan hands its fdatasync over), so injected
