@@ -22,8 +22,9 @@
  *    equal; it lets the lock go and leads), else WAIT (follow).
  *  - From there on it is the leader and does what GroupCommit._lead_flush does,
  *    or calls _flush_as_leader for the rest: one sched_yield when others are
- *    inside a sync or it was woken to lead, the watermark read under the reservation lock when no copy
- *    is in flight and no hole (else _flush_as_leader waits for the copies), the
+ *    inside a sync or it was woken to lead, the watermark read under the
+ *    reservation lock when no copy is in flight and no hole (else
+ *    _flush_as_leader waits for the copies), the
  *    flush (Store.flush_plan: one fdatasync and nothing owed before it, else
  *    _flush_as_leader flushes), and on a failure the same _flush_failed /
  *    _flush_abandoned that give the token back; then GroupCommit._finish_flush's
