@@ -314,6 +314,7 @@ lead_flush(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyOb
            int waited)
 {
     if (waited || machine->callers > 1) {
+        self->leader_yields += 1;
         Py_BEGIN_ALLOW_THREADS
         sched_yield();
         Py_END_ALLOW_THREADS
@@ -521,6 +522,8 @@ static PyMemberDef group_members[] = {
     {"_holder_none", T_OBJECT_EX, offsetof(GroupCommitBase, holder_none), 0, "Holder.NONE."},
     {"_holder_leader", T_OBJECT_EX, offsetof(GroupCommitBase, holder_leader), 0,
      "Holder.LEADER."},
+    {"leader_yields", T_LONGLONG, offsetof(GroupCommitBase, leader_yields), 0,
+     "How many times a leader let the GIL go once before taking its range."},
     {"_readonly", T_BOOL, offsetof(GroupCommitBase, readonly), 0,
      "Whether the handle is read-only (it flushes nothing)."},
     {NULL, 0, 0, 0, NULL},

@@ -99,6 +99,7 @@ typedef struct {
     PyObject *holder_none;   /* Holder.NONE */
     PyObject *holder_leader; /* Holder.LEADER */
     PyObject *holder_point;  /* Holder.POINT */
+    long long leader_yields; /* how many times a leader let the GIL go before its range */
     char readonly;
 } GroupCommitBase;
 

@@ -97,6 +97,7 @@ class CommitMachineBase:
     wakeups_issued: int
 
 class GroupCommitBase:
+    leader_yields: int
     _holder_leader: Holder
     _holder_none: Holder
     _holder_point: Holder

@@ -310,6 +310,28 @@ def test_close_racing_a_woken_follower_answers_durable_first(
 # -- a woken follower that leads ---------------------------------------------------------
 
 
+def test_a_follower_woken_to_lead_in_c_yields_once_and_a_lone_commit_never(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Catches: a follower woken to lead in C that takes its range at once (the
+    # thread that woke it, about to commit again, misses the flush: two
+    # committing threads then alternate flushes of one commit each), or a lone
+    # commit that yields (a syscall and a GIL hand-over on every lone commit).
+    with python_calls(monkeypatch) as handed, Wal.open_segmented(tmp_path / "log", SEGMENT) as wal:
+        group = wal._group_commit
+        wal.append_and_sync(b"first")
+        wal.append_and_sync(b"second")
+        assert group.leader_yields == 0
+        take_token(wal)
+        follower = Runner("follower", partial(wal.append_and_sync, b"third")).start()
+        parked(wal, 1)
+        group._flush_abandoned()  # the token is free: the follower is woken to lead
+        follower.result()
+        assert group.leader_yields == 1
+        assert wal.durable_lsn == wal.next_lsn
+        assert handed == []
+
+
 class FailingFdatasync(Syscalls):
     """Real syscalls whose data flush fails on demand."""
 
