@@ -181,7 +181,9 @@ follow(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyObject
         int released = release_tickets(woken);
         Py_DECREF(woken);
         if (released != 0) {
-            PyErr_Clear(); /* our own ReservationLocks, held: cannot fail */
+            /* Tickets are ReservationLocks their owners hold, whose release
+             * cannot fail; this thread's answer stands whatever another's did. */
+            PyErr_Clear();
         }
     }
     Py_DECREF(entry);
