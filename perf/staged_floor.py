@@ -1,6 +1,7 @@
 """Go/no-go for a staged write method: appends into private memory, ``pwrite`` at the sync.
 
-``python -m perf.staged_floor [--records N] [--size B] [--reps R] [--dir PATH]``
+``python -m perf.staged_floor [--records N] [--size B] [--reps R] [--dir PATH]
+[--behind-step MiB] [--behind-poll MS] [--cases plainfile,...]``
 
 Issue 9 asks bulk append at 256 B for 2x the ``plainfile`` engine and
 ``append_many`` for 2.5x, the final sync included; through a shared file
@@ -8,7 +9,7 @@ mapping no append path gets there (``perf.mapping_floor``). The idea timed
 here: keep the log's tail in private anonymous memory (``MAP_PRIVATE |
 MAP_ANONYMOUS``, ``MADV_HUGEPAGE``: faults 2 MiB at a time, no ``page_mkwrite``),
 let the C append path copy into it as it copies into a mapping now, and at the
-sync ``pwrite`` what no sync wrote yet, then ``fdatasync``.
+sync ``pwrite`` what no sync wrote yet (1 MiB a call), then ``fdatasync``.
 
 ``_PrototypeStagedStore`` is a scratch ``SegmentStore`` subclass doing that for
 a fresh log only (no open of an existing tail, no truncation, no crash proofs):
@@ -63,13 +64,19 @@ from perf.engines import PlainFileEngine
 
 SEGMENT = 64 << 20
 BATCH = 1024
-#: How much completed log ``staged+behind`` lets pile up before writing it out.
+#: How much completed log ``staged+behind`` lets pile up before writing it out
+#: (``--behind-step``), and how long its thread sleeps between looks (``--behind-poll``).
 BEHIND_STEP = 4 << 20
+BEHIND_POLL = 0.001
 #: Linux's ``MADV_POPULATE_WRITE`` (5.14; the mmap module of Python 3.11 lacks it).
 MADV_POPULATE_WRITE = 23
 SYNC_FILE_RANGE_WRITE = 2
 #: Bytes a verifying flush reads back and compares at a time.
 VERIFY_STEP = 1 << 20
+#: Bytes one ``pwrite`` writes out. In fresh processes here, 264 MB written in
+#: 8 or 64 MiB calls took a 0.35-0.89 s sync in six of nine, in 1 MiB calls
+#: 0.19-0.32 s in six of six (docs/BENCHMARKS.md).
+WRITE_STEP = 1 << 20
 CASES = ("plainfile", "mapped", "staged", "staged+behind", "staged+behind+verify")
 WORKLOADS = ("bulk", "bulk_many")
 
@@ -149,7 +156,8 @@ class _PrototypeStagedStore(SegmentStore):
         with self._write_lock, memoryview(stage.memory) as view:
             began = position = stage.clean_below
             while position < end:
-                position += os.pwrite(stage.fd, view[position:end], position)
+                stop = min(end, position + WRITE_STEP)
+                position += os.pwrite(stage.fd, view[position:stop], position)
                 stage.clean_below = position
         return began
 
@@ -158,7 +166,8 @@ class _PrototypeStagedStore(SegmentStore):
         with self._write_lock, memoryview(stage.memory) as view:
             began = position = max(stage.written_below, stage.clean_below)
             while position < end:
-                position += os.pwrite(stage.fd, view[position:end], position)
+                stop = min(end, position + WRITE_STEP)
+                position += os.pwrite(stage.fd, view[position:stop], position)
                 stage.written_below = position
         return began
 
@@ -238,8 +247,10 @@ class _PrototypeStagedStore(SegmentStore):
 class _WriteBehind:
     """Write out, on a thread, what the loop says is complete (see the module docstring)."""
 
-    def __init__(self, store: _PrototypeStagedStore) -> None:
+    def __init__(self, store: _PrototypeStagedStore, step: int, poll: float) -> None:
         self.completed = 0
+        self._step = step
+        self._poll = poll
         self._store = store
         self._done = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -258,13 +269,13 @@ class _WriteBehind:
             completed = self.completed
             for index, stage in list(store._stages.items()):
                 local = min(completed - index * SEGMENT, len(stage.memory))
-                if local - max(stage.clean_below, stage.written_below) >= BEHIND_STEP:
+                if local - max(stage.clean_below, stage.written_below) >= self._step:
                     if store.verify:
                         began = store.write_ahead(stage, local)
                     else:
                         began = store.write_out(index, stage, local)
                     _sync_file_range(stage.fd, began, local - began, SYNC_FILE_RANGE_WRITE)
-            time.sleep(0.001)
+            time.sleep(self._poll)
 
 
 def _payloads(size: int, count: int) -> list[bytes]:
@@ -295,8 +306,17 @@ def _feed(
             progress()
 
 
-def _run_case(case: str, workload: str, records: list[bytes], directory: Path) -> dict[str, float]:
-    """Return the seconds of the appends and of the final sync of one run."""
+def _run_case(
+    case: str,
+    workload: str,
+    records: list[bytes],
+    directory: Path,
+    behind: tuple[int, float] = (BEHIND_STEP, BEHIND_POLL),
+) -> dict[str, float]:
+    """Return the seconds of the appends and of the final sync of one run.
+
+    ``behind`` is the write-behind's ``(step, poll)``.
+    """
     if case == "plainfile":
         engine = PlainFileEngine()
         engine.open(directory)
@@ -316,10 +336,10 @@ def _run_case(case: str, workload: str, records: list[bytes], directory: Path) -
     )
     with Wal.with_store(store) as wal:
         if case.startswith("staged+behind") and isinstance(store, _PrototypeStagedStore):
-            with _WriteBehind(store) as behind:
+            with _WriteBehind(store, *behind) as writer:
 
                 def progress() -> None:
-                    behind.completed = wal.next_lsn
+                    writer.completed = wal.next_lsn
 
                 started = time.perf_counter()
                 _feed(wal.append, wal.append_many, records, workload, progress)
@@ -345,16 +365,25 @@ def _first_touch() -> dict[str, float]:
     return {"first_s": seconds[0], "again_s": seconds[1]}
 
 
-def _child(case: str, workload: str, count: int, size: int, scratch: str, *, warm: bool) -> None:
+def _child(
+    case: str,
+    workload: str,
+    count: int,
+    size: int,
+    scratch: str,
+    *,
+    warm: bool,
+    behind: tuple[int, float],
+) -> None:
     records = _payloads(size, count)
     if case == "first-touch":
         print(json.dumps(_first_touch()))
         return
     with tempfile.TemporaryDirectory(dir=scratch) as first:
-        result = _run_case(case, workload, records, Path(first))
+        result = _run_case(case, workload, records, Path(first), behind)
     if warm:
         with tempfile.TemporaryDirectory(dir=scratch) as second:
-            result = _run_case(case, workload, records, Path(second))
+            result = _run_case(case, workload, records, Path(second), behind)
     print(json.dumps(result))
 
 
@@ -365,21 +394,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--behind-step", type=int, default=BEHIND_STEP >> 20, help="MiB")
+    parser.add_argument("--behind-poll", type=float, default=BEHIND_POLL * 1e3, help="ms")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma list; plainfile first")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "WORKLOAD", "MODE"))
     arguments = parser.parse_args(argv)
     scratch = arguments.dir or tempfile.gettempdir()
+    behind = (arguments.behind_step << 20, arguments.behind_poll / 1e3)
+    cases = arguments.cases.split(",")
+    if not cases or cases[0] != "plainfile" or not set(cases) <= set(CASES):
+        parser.error(f"--cases: plainfile first, then any of {', '.join(CASES[1:])}")
     if arguments.child:
         case, workload, mode = arguments.child
-        _child(case, workload, arguments.records, arguments.size, scratch, warm=mode == "warm")
+        _child(
+            case,
+            workload,
+            arguments.records,
+            arguments.size,
+            scratch,
+            warm=mode == "warm",
+            behind=behind,
+        )
         return
     samples: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     touches: list[dict[str, float]] = []
     for _ in range(arguments.reps):
         for mode in ("fresh", "warm"):
             for workload in WORKLOADS:
-                for case in CASES:
+                for case in cases:
                     command = [sys.executable, "-m", "perf.staged_floor", "--records"]
                     command += [str(arguments.records), "--size", str(arguments.size)]
+                    command += ["--behind-step", str(arguments.behind_step)]
+                    command += ["--behind-poll", str(arguments.behind_poll)]
                     command += ["--dir", scratch, "--child", case, workload, mode]
                     output = subprocess.run(command, check=True, capture_output=True, text=True)
                     samples.setdefault((mode, workload, case), []).append(json.loads(output.stdout))
@@ -387,7 +433,11 @@ def main(argv: list[str] | None = None) -> None:
         output = subprocess.run(command, check=True, capture_output=True, text=True)
         touches.append(json.loads(output.stdout))
     count = arguments.records
-    print(f"{count} records of {arguments.size} B, 64 MiB segments, {arguments.reps} runs, medians")
+    print(
+        f"{count} records of {arguments.size} B, 64 MiB segments, {arguments.reps} runs, "
+        f"medians; write-behind every {arguments.behind_step} MiB, "
+        f"looking every {arguments.behind_poll:g} ms"
+    )
     for mode in ("fresh", "warm"):
         print(f"\n{mode}:\n")
         print(
@@ -397,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|--:|--:|--:|--:|--:|")
         for workload in WORKLOADS:
             reference = 0.0
-            for case in CASES:
+            for case in cases:
                 runs = samples[(mode, workload, case)]
                 append = statistics.median(run["append_s"] for run in runs)
                 sync = statistics.median(run["sync_s"] for run in runs)
