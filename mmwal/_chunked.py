@@ -26,13 +26,16 @@ Rules this class keeps:
   clean, on a thread of its own (``TailWarmer``), so the commit that opens a page
   takes only the write fault. ``release`` starts it, at most once per half
   window; ``discard_after`` and ``close`` wait for it first.
+- The plan a subclass's ``flush_plan`` publishes (``Store.plan_window``) is
+  taken back as ``_planwindow.py`` lists: at the start of ``flush``, the
+  truncations and ``close``, and after growth, a chunk let go and the open's
+  deferred writes.
 """
 
 from __future__ import annotations
 
 import abc
 import mmap
-import os
 import sys
 import threading
 
@@ -43,18 +46,21 @@ from ._files import (
     advise_reading,
     advise_writing,
     close_mapping,
-    create_unique_file,
-    read_small_file,
-    replace_file_durably,
 )
 from ._pipeline import ChunkPipeline
+from ._planwindow import PlanWindow
+from ._sidefiles import FilesBeside
 from ._store import Buffer, Store
-from ._syscalls import DEFAULT_SYNC_METHOD, PAGE_SIZE, Syscalls, check_sync_method
+from ._syscalls import (
+    DEFAULT_SYNC_METHOD,
+    PAGE_SIZE,
+    Syscalls,
+    check_sync_method,
+)
 from ._warming import TailWarmer
+from ._zeroing import nonzero_bounds, zero_nonzero
 
 __all__ = ["ChunkedStore"]
-
-_ZERO_BLOCK = bytes(16 * PAGE_SIZE)
 
 #: Default bytes of chunks kept mapped besides the last one (at least one chunk,
 #: at most 16): a log's older segments cost no descriptor and no mapping.
@@ -67,7 +73,7 @@ DEFAULT_MAPPED_BYTES = 64 << 20
 PRECREATE_MIN_CHUNK = 1 << 20
 
 
-class ChunkedStore(Store):
+class ChunkedStore(PlanWindow, FilesBeside, Store):
     """A store of equal chunks, each one mapping; subclasses make and release chunks."""
 
     #: A piece is a chunk's mapping itself: slice assignment into it is ``write``.
@@ -142,6 +148,7 @@ class ChunkedStore(Store):
             raise ValueError(f"mapped_chunks must be at least 1, got {mapped_chunks}")
         self._mapped_limit = mapped_chunks
         self._mapping_lock = threading.Lock()
+        self._start_plan_window()
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -199,8 +206,11 @@ class ChunkedStore(Store):
         # file's range.
         last = self._end_chunk - 1
         others = [index for index in list(self._chunks) if index != keep and index < last]
-        for index in others[: max(0, len(others) - self._mapped_limit + 1)]:
+        let_go = others[: max(0, len(others) - self._mapped_limit + 1)]
+        for index in let_go:
             self._chunks.pop(index, None)
+        if let_go:
+            self._forget_plan()
 
     def _discard_spare(self, index: int, chunk: mmap.mmap) -> None:
         """Undo ``_precreate_chunk(index)``: the chunk was never part of the log."""
@@ -230,6 +240,7 @@ class ChunkedStore(Store):
         if not self._open_completed:
             self._open_completed = True
             self._complete_open()
+            self._forget_plan()
 
     def _before_flush(self) -> None:
         """Make pending file creations durable; runs before any data is flushed."""
@@ -244,16 +255,6 @@ class ChunkedStore(Store):
 
     def _close_resources(self) -> None:
         """Release files and locks after every chunk is unmapped."""
-
-    def _quarantine_base(self, offset: int) -> str | None:
-        """Return the path a quarantine of bytes from ``offset`` goes to, or None."""
-        del offset
-        return None
-
-    def _side_path(self, name: str) -> str | None:
-        """Return the path of the side file ``name``, or None for a store with no files."""
-        del name
-        return None
 
     # -- the store protocol -----------------------------------------------------
 
@@ -346,7 +347,12 @@ class ChunkedStore(Store):
             for index in reversed(made):
                 self._chunks.pop(index).close()
                 self._forget_chunk(index)
+            self._forget_plan()
             raise
+        if self._end_chunk != first_new:
+            # After the growth, not before: a ``flush_plan`` that read the old
+            # chunks may publish until here (``Store.plan_window``).
+            self._forget_plan()
 
     def _create_chunk_or_take(self, index: int) -> mmap.mmap:
         try:
@@ -363,6 +369,7 @@ class ChunkedStore(Store):
     def flush(self, start: int, end: int) -> None:
         if self._closed:
             raise WalClosedError(f"store {self.location}")
+        self._forget_plan()
         self._before_flush()
         size = self.chunk_size
         start = max(start, self._head_lsn)
@@ -439,6 +446,7 @@ class ChunkedStore(Store):
     def discard_after(self, end: int) -> None:
         self._check_open()
         self._ensure_open_completed()
+        self._forget_plan()
         if self._pipeline is not None:
             self._pipeline.cancel()
         if self._warmer is not None:
@@ -456,7 +464,7 @@ class ChunkedStore(Store):
             # chunk is released or zeroed, so a crash never keeps bytes past ``end``
             # in it while later ones are gone.
             index = end // size
-            span = self._zero_nonzero(holding_end, end - index * size)
+            span = zero_nonzero(holding_end, end - index * size)
             if span is not None:
                 self._before_flush()
                 aligned = span[0] - span[0] % PAGE_SIZE
@@ -472,7 +480,7 @@ class ChunkedStore(Store):
                     self._end_chunk = index
                 continue
             chunk = self._chunk_for_write(index)
-            span = self._zero_nonzero(chunk, 0)
+            span = zero_nonzero(chunk, 0)
             if span is not None:
                 aligned = span[0] - span[0] % PAGE_SIZE
                 dirty.append((index, aligned, span[1] - aligned))
@@ -489,6 +497,7 @@ class ChunkedStore(Store):
         # From the 2 MiB boundary below the end: the folio holding the end is
         # evicted too, and sealed bytes further below keep their readahead.
         self._check_open()
+        self._forget_plan()
         size = self.chunk_size
         first = max(end // size, self._first_chunk)
         self._released_below = min(self._released_below, first)
@@ -508,67 +517,18 @@ class ChunkedStore(Store):
         self._check_open()
         return self._head_lsn
 
-    def quarantine(self, start: int, end: int) -> str | None:
-        base = self._quarantine_base(start)
-        if base is None:
-            return None
-        path, fd = create_unique_file(self.syscalls, base, self.file_mode)
-        try:
-            position = start
-            while position < end:
-                step = min(end - position, 1 << 20)
-                os.write(fd, self.read(position, step))
-                position += step
-            self.syscalls.fsync(fd)
-        finally:
-            os.close(fd)
-        self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
-        return path
-
-    # Side files are a few dozen bytes; more than this is not one of ours.
-    _SIDE_FILE_LIMIT = 4096
-
-    def load_side_file(self, name: str) -> bytes | None:
-        path = self._side_path(name)
-        return None if path is None else read_small_file(path, self._SIDE_FILE_LIMIT)
-
-    def save_side_file(self, name: str, data: bytes) -> bool:
-        self._check_open()
-        path = self._side_path(name)
-        if path is None or not self.writable:
-            return False
-        replace_file_durably(path, data, self.syscalls, self.file_mode)
-        return True
-
-    def remove_side_file(self, name: str) -> None:
-        self._check_open()
-        path = self._side_path(name)
-        if path is None or not self.writable:
-            return
-        try:
-            self.syscalls.remove(path)
-        except FileNotFoundError:
-            return
-        self.syscalls.fsync_directory(os.path.dirname(os.path.abspath(path)))
-
     def nonzero_extent(self, start: int) -> tuple[int, int] | None:
         self._check_open()
         position = max(start, self._head_lsn)
         capacity = self.capacity
-        block = len(_ZERO_BLOCK)
         first = last = -1
         while position < capacity:
             chunk, base, limit = self._locate(position)
-            local = position - base
-            chunk_end = limit - base
-            while local < chunk_end:
-                stop = min(chunk_end, local + block - (local % block))
-                piece = chunk[local:stop]
-                if piece != _ZERO_BLOCK[: stop - local]:
-                    if first < 0:
-                        first = base + local + len(piece) - len(piece.lstrip(b"\0"))
-                    last = base + local + len(piece.rstrip(b"\0"))
-                local = stop
+            bounds = nonzero_bounds(chunk, position - base, limit - base)
+            if bounds is not None:
+                if first < 0:
+                    first = base + bounds[0]
+                last = base + bounds[1]
             position = limit
         return None if first < 0 else (first, last)
 
@@ -585,31 +545,10 @@ class ChunkedStore(Store):
             self._pipeline.stop()
         if self._warmer is not None:
             self._warmer.wait()
+        self._forget_plan()
         self._closed = True
         chunks = list(self._chunks.values())
         self._chunks.clear()
         for chunk in chunks:
             close_mapping(chunk)
         self._close_resources()
-
-    # -- helpers ----------------------------------------------------------------
-
-    @staticmethod
-    def _zero_nonzero(chunk: mmap.mmap, start: int) -> tuple[int, int] | None:
-        """Zero the blocks of ``chunk`` from ``start`` that hold a nonzero byte.
-
-        Returns the range written, or None when everything was zero already.
-        """
-        block = len(_ZERO_BLOCK)
-        first = last = -1
-        local = start
-        end = len(chunk)
-        while local < end:
-            stop = min(end, local + block - (local % block))
-            if chunk[local:stop] != _ZERO_BLOCK[: stop - local]:
-                chunk[local:stop] = _ZERO_BLOCK[: stop - local]
-                if first < 0:
-                    first = local
-                last = stop
-            local = stop
-        return None if first < 0 else (first, last)

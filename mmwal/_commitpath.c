@@ -24,9 +24,10 @@
  *    or calls _flush_as_leader for the rest: one sched_yield when others are
  *    inside a sync or it was woken to lead, the watermark read under the
  *    reservation lock when no copy is in flight and no hole (else
- *    _flush_as_leader waits for the copies), the
- *    flush (Store.flush_plan: one fdatasync and nothing owed before it, else
- *    _flush_as_leader flushes), and on a failure the same _flush_failed /
+ *    _flush_as_leader waits for the copies), the flush (Store.plan_window
+ *    when it covers the range, else Store.flush_plan: one fdatasync and
+ *    nothing owed before it, else _flush_as_leader flushes), and on a
+ *    failure the same _flush_failed /
  *    _flush_abandoned that give the token back; then GroupCommit._finish_flush's
  *    steps (finish below), waking whom the machine names (machine_wakeups).
  *  - The fdatasync runs with the GIL released; EINTR runs the signal handlers
@@ -147,28 +148,6 @@ flush_went_wrong(GroupCommitBase *self)
     Py_DECREF(done);
     PyErr_Restore(type, value, traceback);
     return NULL;
-}
-
-/* fdatasync(fd) with the GIL released, as os.fdatasync: 0, or -1 with an exception. */
-static int
-data_sync(int fd)
-{
-    for (;;) {
-        int result;
-        Py_BEGIN_ALLOW_THREADS
-        result = fdatasync(fd);
-        Py_END_ALLOW_THREADS
-        if (result == 0) {
-            return 0;
-        }
-        if (errno != EINTR) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        if (PyErr_CheckSignals() != 0) {
-            return -1;
-        }
-    }
 }
 
 /* The commit lock, taken: tried, else waited for with the GIL let go (held
@@ -346,8 +325,8 @@ lead_flush(GroupCommitBase *self, Parts *parts, CommitMachineBase *machine, PyOb
         Py_XDECREF(start);
         return flush_went_wrong(self);
     }
-    PyObject *plan;
-    {
+    PyObject *plan = published_plan(parts->store, machine->durable_lsn, flush_to);
+    if (plan == NULL && !PyErr_Occurred()) {
         PyObject *arguments[3] = {parts->store, start, end};
         plan = PyObject_VectorcallMethod(name_flush_plan, arguments,
                                          3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);

@@ -285,11 +285,17 @@ class FileStore(ChunkedStore):
         # Nothing owed before the flush (the file's new size or its directory
         # entry) and ``release`` idle: every commit's but the first in a new
         # window. Read without the lock, as ``_before_flush`` does.
-        if self._plan is None or self._closed or self._file_dirty or self._directory_dirty:
+        changes = self._plan_changes
+        plan = self._plan
+        if plan is None or self._closed or self._file_dirty or self._directory_dirty:
             return None
-        if not max(start, self._head_lsn) < end <= self.capacity or not self._release_idle(end):
+        head, capacity = self._head_lsn, self.capacity
+        if not max(start, head) < end <= capacity or not self._release_idle(end):
             return None
-        return self._plan
+        # The same answer holds for every range below the end ``release`` is
+        # idle for, until a change is counted.
+        self._publish_plan(changes, head, min(capacity, self._release_quiet_below - 1), plan)
+        return plan
 
     def _side_path(self, name: str) -> str | None:
         return f"{self.path}.{name}"

@@ -537,18 +537,26 @@ class SegmentStore(ChunkedStore):
         # The one-chunk flush of ``flush`` with nothing owed before it (a new
         # segment's or the directory's fsync) and the chunk's target kept: every
         # commit's. Read without the lock, as ``_before_flush`` does.
+        changes = self._plan_changes
         target = self._flush_target
         if target is None or self._closed or self._pending_files or self._directory_dirty:
             return None
         chunk = target[0]
         size = self.chunk_size
-        start = max(start, self._head_lsn)
+        head = self._head_lsn
+        start = max(start, head)
         base = start - start % size
         if not start < end <= base + len(chunk) or self._chunks.get(start // size) is not chunk:
             return None
         if not self._release_idle(end):
             return None  # ``release(end)`` has work: the log calls ``flush`` and ``release``
-        return target[4]
+        plan = target[4]
+        if plan is not None:
+            # The same answer holds for every range in the chunk below the end
+            # ``release`` is idle for, until a change is counted.
+            high = min(base + len(chunk), self._release_quiet_below - 1)
+            self._publish_plan(changes, max(base, head), high, plan)
+        return plan
 
     def _forget_flush_target(self) -> None:
         self._flush_target = None
@@ -569,6 +577,7 @@ class SegmentStore(ChunkedStore):
         self._ensure_open_completed()
         if offset <= self._head_lsn:
             return self._head_lsn
+        self._forget_plan()
         if offset >= self.capacity:
             # Keep a segment file holding the head, so the directory still shows
             # the segment size once every older segment is gone.

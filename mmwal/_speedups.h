@@ -155,4 +155,11 @@ MMWAL_INTERNAL PyObject *reservation_lock_new(void);
  * taken, -1 an exception. */
 MMWAL_INTERNAL int reservation_lock_acquire(PyObject *lock, int interruptible);
 
+/* The leader's flush by plan (_flushplan.c): the plan `store` published for
+ * [start, end) (a new reference; NULL with no exception when it has none that
+ * covers the range, NULL with one on an error), and fdatasync(fd) with the GIL
+ * released (0, or -1 with an exception). */
+MMWAL_INTERNAL PyObject *published_plan(PyObject *store, long long start, long long end);
+MMWAL_INTERNAL int data_sync(int fd);
+
 #endif

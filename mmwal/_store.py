@@ -64,6 +64,16 @@ class Store(abc.ABC):
     #: encrypt, count or forward it), gets every frame through ``write``.
     writes_into_pieces: bool = False
 
+    #: ``(low, high, plan)`` or None: a store may publish what ``flush_plan``
+    #: answers, so a commit reads one attribute instead of calling it (a call
+    #: made cold, after the thread slept in the last flush, costs microseconds).
+    #: While it is set, ``flush_plan(start, end)`` answers ``plan`` for every
+    #: ``low <= start < end <= high``; a store clears it when anything that
+    #: answer rests on changes (before a change no flush runs alongside, after
+    #: one that may run alongside a flush, such as growth). None, the default,
+    #: means: ask.
+    plan_window: tuple[int, int, FlushPlan] | None = None
+
     @property
     @abc.abstractmethod
     def head_lsn(self) -> int:

@@ -37,6 +37,7 @@ SOURCES = [
         "_commitmachine.c",
         "_commitpath.c",
         "_commitwait.c",
+        "_flushplan.c",
         "_afterflush.c",
         "_lock.c",
         "_recordviews.c",
