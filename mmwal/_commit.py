@@ -81,7 +81,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from ._commit_machine import Action, CommitMachine, Holder, Ticket
 from ._errors import WalBrokenError, WalClosedError, WalReadOnlyError
@@ -130,6 +130,30 @@ else:
         def sync_to(self, target: int) -> None:
             """Return once every byte below ``target`` is durable (group commit)."""
             self._sync_to(target)
+
+
+class _Lock(Protocol):
+    """What ``_take_back`` needs of the commit lock."""
+
+    def acquire(self) -> bool: ...
+
+
+def _take_back(mutex: _Lock, interrupted: BaseException | None) -> BaseException | None:
+    """Acquire ``mutex`` for sure; return ``interrupted``, or what interrupted the acquire.
+
+    A signal handler's exception ends a blocking acquire without the lock: it
+    is kept (the first one wins) and the acquire tried again, so the caller
+    holds the lock when it raises. The lock is held briefly by whoever holds it
+    (a transition), so the retry does not wait long.
+    """
+    while True:
+        try:
+            mutex.acquire()
+        except BaseException as error:  # noqa: BLE001 - raised by the caller once it holds the lock
+            if interrupted is None:
+                interrupted = error
+        else:
+            return interrupted
 
 
 class GroupCommit(GroupCommitBase):
@@ -419,12 +443,15 @@ class GroupCommit(GroupCommitBase):
         while True:
             machine.park(ticket, target)
             mutex.release()
+            interrupted: BaseException | None = None
             try:
-                try:
-                    ticket.acquire()
-                finally:
-                    mutex.acquire()
-            except BaseException:
+                ticket.acquire()
+            except BaseException as error:  # noqa: BLE001 - a signal handler's, during the wait
+                interrupted = error
+            # The commit lock comes back whatever a handler raises meanwhile:
+            # the machine changes only under it, and the caller lets it go.
+            interrupted = _take_back(mutex, interrupted)
+            if interrupted is not None:
                 # Leave the machine as if this thread had never waited; a wake-up
                 # it already got goes to the next one.
                 machine.unpark(ticket)
@@ -434,7 +461,7 @@ class GroupCommit(GroupCommitBase):
                     machine.abandon_wait()
                 if machine.parked:
                     woken.extend(machine.wakeups())
-                raise
+                raise interrupted
             action = machine.recheck_exclusive() if target is None else machine.recheck(target)
             if action is not _WAIT:
                 if machine.parked:

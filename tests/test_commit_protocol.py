@@ -731,7 +731,11 @@ def test_a_second_close_returns_only_once_the_log_is_durable_and_closed(
 def reacquire_line() -> int:
     """Return the line where a woken thread in ``GroupCommit._park`` takes the commit lock again."""
     lines, first = inspect.getsourcelines(GroupCommit._park)
-    (offset,) = [i for i, line in enumerate(lines) if line.strip() == "mutex.acquire()"]
+    (offset,) = [
+        i
+        for i, line in enumerate(lines)
+        if line.strip() == "interrupted = _take_back(mutex, interrupted)"
+    ]
     return first + offset
 
 
@@ -964,6 +968,68 @@ def test_a_commit_does_not_wait_for_a_copy_that_starts_at_its_end(
         store.gate.set()
         calls.release_all()
         wal.close()
+
+
+class _LockInterruptedOnce:
+    """The commit lock; once armed, its next acquire in thread ``victim`` raises.
+
+    As a signal handler's exception would: a blocking acquire it interrupts
+    returns without the lock, and so does this one.
+    """
+
+    def __init__(self, lock: threading.Lock, victim: str) -> None:
+        self.lock = lock
+        self.victim = victim
+        self.armed = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.armed and threading.current_thread().name == self.victim:
+            self.armed = False
+            raise WaitInterruptedError
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_a_follower_interrupted_taking_the_lock_back_leaves_the_machine_under_it(
+    wal: Wal, calls: ControlledSyscalls
+) -> None:
+    """A handler's exception as a woken follower takes the commit lock back.
+
+    Catches: the follower then leaving the machine without the lock (its counts
+    changed while another thread's transition runs) and its caller letting go of
+    a lock it does not hold (``RuntimeError``, or worse, another thread's hold
+    released). The follower takes the Python protocol (``_sync_to``, whose wait
+    is ``_park``); it must raise the handler's exception holding the lock, and
+    leave nobody counted as waiting.
+    """
+    group = wal._group_commit
+    end = append_end(wal, b"first")
+    gate = calls.hold(1)
+    leader = Runner("leader", wal.sync).start()
+    calls.wait_for_msync(1)
+    lock = _LockInterruptedOnce(group._mutex, victim="follower")
+    group._mutex = lock  # type: ignore[assignment]
+    follower = Runner("follower", partial(group._sync_to, end)).start()
+    syncs_requested_is(wal, 2)
+    lock.armed = True
+    gate.set()
+    leader.result()
+    with pytest.raises(AssertionError, match="follower raised") as caught:
+        follower.result()
+    assert isinstance(caught.value.__cause__, WaitInterruptedError)  # not RuntimeError
+    machine = group._machine
+    assert (machine.callers, machine.waiting, list(machine.parked)) == (0, 0, [])
+    assert not lock.lock.locked()
+    assert wal.durable_lsn == end
+    wal.append_and_sync(b"second")  # hangs or fails if the lock or the machine were left wrong
 
 
 class InterruptedSyscalls(ControlledSyscalls):
