@@ -40,11 +40,11 @@ import ctypes
 import mmap
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from mmwal import MemStore, Wal
+from perf._background import BackgroundLoop
 
 SEGMENT = 64 << 20
 PLAIN_BUFFER = 1 << 20
@@ -61,22 +61,13 @@ MADV_POPULATE_WRITE = 23
 POPULATE_AHEAD = 8 << 20
 
 
-class _Populator:
+class _Populator(BackgroundLoop):
     """Populate (fault in, writable) ``mapping`` ahead of ``position`` on a thread."""
 
     def __init__(self, mapping: mmap.mmap) -> None:
         self.position = 0
-        self._done = False
         self._mapping = mapping
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _Populator:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done = True
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         madvise = ctypes.CDLL(None, use_errno=True).madvise

@@ -56,10 +56,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mmwal import SegmentStore, Wal
+from perf._background import BackgroundLoop
 from perf.engines import PlainFileEngine
 
 SEGMENT = 64 << 20
@@ -104,6 +105,14 @@ class _Stage:
         # is how far a write-behind wrote without knowing the copies were done.
         self.clean_below = 0
         self.written_below = 0
+
+
+def _pwrite_steps(fd: int, view: memoryview, position: int, end: int) -> Iterator[int]:
+    """Write ``view[position:end]`` at the same offsets of ``fd``; yield where each step ended."""
+    while position < end:
+        stop = min(end, position + WRITE_STEP)
+        position += os.pwrite(fd, view[position:stop], position)
+        yield position
 
 
 class _PrototypeStagedStore(SegmentStore):
@@ -154,20 +163,16 @@ class _PrototypeStagedStore(SegmentStore):
     def write_out(self, index: int, stage: _Stage, end: int) -> int:
         """Write ``[clean_below, end)`` of the segment to its file; return where it began."""
         with self._write_lock, memoryview(stage.memory) as view:
-            began = position = stage.clean_below
-            while position < end:
-                stop = min(end, position + WRITE_STEP)
-                position += os.pwrite(stage.fd, view[position:stop], position)
+            began = stage.clean_below
+            for position in _pwrite_steps(stage.fd, view, began, end):
                 stage.clean_below = position
         return began
 
     def write_ahead(self, stage: _Stage, end: int) -> int:
         """Write ``[written_below, end)`` not trusting it (``verify``); return where it began."""
         with self._write_lock, memoryview(stage.memory) as view:
-            began = position = max(stage.written_below, stage.clean_below)
-            while position < end:
-                stop = min(end, position + WRITE_STEP)
-                position += os.pwrite(stage.fd, view[position:stop], position)
+            began = max(stage.written_below, stage.clean_below)
+            for position in _pwrite_steps(stage.fd, view, began, end):
                 stage.written_below = position
         return began
 
@@ -244,7 +249,7 @@ class _PrototypeStagedStore(SegmentStore):
         self._stages.clear()
 
 
-class _WriteBehind:
+class _WriteBehind(BackgroundLoop):
     """Write out, on a thread, what the loop says is complete (see the module docstring)."""
 
     def __init__(self, store: _PrototypeStagedStore, step: int, poll: float) -> None:
@@ -252,16 +257,7 @@ class _WriteBehind:
         self._step = step
         self._poll = poll
         self._store = store
-        self._done = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _WriteBehind:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done = True
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         store = self._store

@@ -24,14 +24,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
-from thread_runner import DEADLINE, Outcome, Runner
+from thread_runner import DEADLINE, Outcome, Runner, wait_until
 
 import mmwal
 from mmwal import (
@@ -55,14 +55,6 @@ T = TypeVar("T")
 
 HEADER = 8
 WINDOW = 1 << 20  # one window holds every test's data: one msync per flush
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
 
 
 def assert_all_broken(runners: list[Outcome], failure: OSError) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from thread_runner import DEADLINE, Runner
+from thread_runner import Runner, wait_until
 
 from mmwal import SegmentStore, Syscalls, Wal, WalBrokenError, WalClosedError
 from mmwal._commit import GroupCommit
@@ -34,14 +34,6 @@ pytestmark = pytest.mark.skipif(not SPEEDUPS, reason="the follower's wait in C")
 
 SEGMENT = 64 * 1024
 HEADER = 8
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
 
 
 def parked(wal: Wal, count: int) -> None:

@@ -19,13 +19,13 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from thread_runner import DEADLINE, Runner
+from thread_runner import DEADLINE, Runner, wait_until
 
 from mmwal import (
     SegmentStore,
@@ -47,14 +47,6 @@ def run_all(runners: list[Runner[T]]) -> list[T]:
     for runner in runners:
         runner.start()
     return [runner.result() for runner in runners]
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
 
 
 # -- self-describing payloads --------------------------------------------------------

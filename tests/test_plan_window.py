@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,15 +102,21 @@ def test_a_published_window_always_agrees_with_flush_plan(
         assert published > 0, "no commit published a window: the test checked nothing"
 
 
+@contextmanager
+def _committed(tmp_path: Path) -> Iterator[tuple[SegmentStore, Wal]]:
+    """A log of 4 KiB segments that took three commits, and its store."""
+    store = SegmentStore(tmp_path / "log", 4096, precreate=False)
+    with Wal.with_store(store) as wal:
+        for _ in range(3):
+            wal.append_and_sync(b"x" * 10)
+        yield store, wal
+
+
 def test_growth_clears_the_window_before_its_records_can_be_flushed(tmp_path: Path) -> None:
     # Catches: a window left standing by a growth. The new segment's fsync and
     # the directory's are owed, and a commit reading the old window would skip
     # them; checked on the store directly, with and without the log.
-    size = 4096
-    store = SegmentStore(tmp_path / "log", size, precreate=False)
-    with Wal.with_store(store) as wal:
-        for _ in range(3):
-            wal.append_and_sync(b"x" * 10)
+    with _committed(tmp_path) as (store, wal):
         store.flush_plan(wal.durable_lsn - 1, wal.durable_lsn)
         assert store.plan_window is not None
         store.ensure_capacity(store.capacity + 1)
@@ -120,11 +127,7 @@ def test_growth_clears_the_window_before_its_records_can_be_flushed(tmp_path: Pa
 def test_a_window_is_not_published_across_a_change_it_did_not_see(tmp_path: Path) -> None:
     # Catches: a flush_plan that read the store before a change and published
     # after it (the window would answer for the state before the change).
-    size = 4096
-    store = SegmentStore(tmp_path / "log", size, precreate=False)
-    with Wal.with_store(store) as wal:
-        for _ in range(3):
-            wal.append_and_sync(b"x" * 10)
+    with _committed(tmp_path) as (store, wal):
         start, end = wal.durable_lsn - 1, wal.durable_lsn
         store._forget_plan()
         release_idle = store._release_idle

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import pytest
 
-__all__ = ["DEADLINE", "Outcome", "Runner"]
+__all__ = ["DEADLINE", "Outcome", "Runner", "wait_until"]
 
 T = TypeVar("T")
 
@@ -66,3 +67,12 @@ class Runner(Outcome, Generic[T]):
     @property
     def ident(self) -> int | None:
         return self.thread.ident
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Return once ``predicate()`` holds; fail the test if it does not within ``DEADLINE``."""
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.001)
