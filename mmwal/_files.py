@@ -46,6 +46,7 @@ __all__ = [
     "directory_mode",
     "drop_resident",
     "evict_clean",
+    "lock_apart",
     "lock_exclusively",
     "map_range",
     "open_directory",
@@ -89,6 +90,29 @@ def lock_exclusively(fd: int, path: str) -> None:
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise WalLockedError(path) from None
         raise
+
+
+def lock_apart(syscalls: Syscalls, fd: int, path: str) -> int:
+    """Take the writer lock on a descriptor of its own for ``fd``'s file; return it.
+
+    Every mapping keeps a duplicate of the descriptor it was made from (CPython's
+    ``mmap``), and an ``flock`` lasts while any descriptor of its open file
+    description does: taken on a mapped descriptor, the lock would outlive the
+    store for as long as a mapping does (a background job's export for a few
+    milliseconds, a reader's view). A description that is never mapped ends when
+    the store closes it. Raises ``WalLockedError``, or ``OSError`` if ``path``
+    no longer names ``fd``'s file.
+    """
+    lock_fd = syscalls.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        opened, locking = os.fstat(fd), os.fstat(lock_fd)
+        if (opened.st_dev, opened.st_ino) != (locking.st_dev, locking.st_ino):
+            raise OSError(errno.ESTALE, "the file was replaced while it was opened", path)
+        lock_exclusively(lock_fd, path)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return lock_fd
 
 
 def map_range(fd: int, length: int, offset: int, *, writable: bool) -> mmap.mmap:

@@ -15,7 +15,7 @@ from ._files import (
     create_file,
     drop_resident,
     evict_clean,
-    lock_exclusively,
+    lock_apart,
     remove_leftover_temporaries,
 )
 from ._filesystems import SpaceReservation
@@ -109,9 +109,10 @@ class FileStore(ChunkedStore):
                 raise
             fd = create_file(self.syscalls, self.path, self.file_mode)
             existed = False
+        lock_fd = -1
         try:
             if writable:
-                lock_exclusively(fd, self.path)
+                lock_fd = lock_apart(self.syscalls, fd, self.path)
                 # Under the writer lock: a side file's temporary is a crash's leftover.
                 directory, name = os.path.split(os.path.abspath(self.path))
                 remove_leftover_temporaries(
@@ -131,7 +132,7 @@ class FileStore(ChunkedStore):
             self._end_chunk = windows
         except BaseException:
             self._unmap_all()
-            os.close(fd)
+            _close_file(fd, lock_fd)
             raise
         self._fd = fd
         # ``flush_plan``'s answer when it has one: with ``fdatasync`` every flush
@@ -142,9 +143,10 @@ class FileStore(ChunkedStore):
             else None
         )
         # A store dropped without close must not keep the file, and with it the
-        # writer lock, for the life of the process: the descriptor is closed when
-        # the store is collected, or at close, once either way.
-        self._close_file = weakref.finalize(self, os.close, fd)
+        # writer lock, for the life of the process: the descriptors are closed
+        # when the store is collected, or at close, once either way. The lock's
+        # own descriptor is never mapped, so no mapping left alive holds it.
+        self._close_file = weakref.finalize(self, _close_file, fd, lock_fd)
         # The file's size and, for a new file, its directory entry are metadata a
         # later flush must make durable before it may report success.
         self._file_dirty = writable
@@ -308,3 +310,12 @@ class FileStore(ChunkedStore):
         # it the writer's lock.
         self._flush_target = None
         self._close_file()
+
+
+def _close_file(fd: int, lock_fd: int) -> None:
+    """Close a single-file store's descriptors: the file's, then the lock's (-1: none)."""
+    try:
+        os.close(fd)
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
