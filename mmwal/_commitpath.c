@@ -526,8 +526,8 @@ static PyTypeObject GroupCommitBaseType = {
     .tp_methods = group_methods,
 };
 
-static int
-intern(PyObject **slot, const char *text)
+int
+intern_name(PyObject **slot, const char *text)
 {
     *slot = PyUnicode_InternFromString(text);
     return *slot == NULL ? -1 : 0;
@@ -545,18 +545,22 @@ add_commit_types(PyObject *module)
     if (perf_counter == NULL) {
         return -1;
     }
-    if (intern(&name_flush_as_leader, "_flush_as_leader") != 0 || intern(&name_sync_to, "_sync_to") != 0 ||
-        intern(&name_write_point, "_write_point") != 0 ||
-        intern(&name_head_lsn, "head_lsn") != 0 || intern(&name_flushed, "flushed") != 0 ||
-        intern(&name_note_flushed, "note_flushed") != 0 ||
-        intern(&name_flush_failed, "_flush_failed") != 0 ||
-        intern(&name_flush_abandoned, "_flush_abandoned") != 0 ||
-        intern(&name_flush_plan, "flush_plan") != 0 ||
-        intern(&name_in_flight, "in_flight") != 0 || intern(&name_hole, "hole") != 0 ||
-        intern(&name_wake_followers, "wake_followers") != 0) {
+    if (intern_name(&name_flush_as_leader, "_flush_as_leader") != 0 ||
+        intern_name(&name_sync_to, "_sync_to") != 0 ||
+        intern_name(&name_write_point, "_write_point") != 0 ||
+        intern_name(&name_head_lsn, "head_lsn") != 0 ||
+        intern_name(&name_flushed, "flushed") != 0 ||
+        intern_name(&name_note_flushed, "note_flushed") != 0 ||
+        intern_name(&name_flush_failed, "_flush_failed") != 0 ||
+        intern_name(&name_flush_abandoned, "_flush_abandoned") != 0 ||
+        intern_name(&name_flush_plan, "flush_plan") != 0 ||
+        intern_name(&name_in_flight, "in_flight") != 0 ||
+        intern_name(&name_hole, "hole") != 0 ||
+        intern_name(&name_wake_followers, "wake_followers") != 0) {
         return -1;
     }
-    if (add_commit_wait() != 0 || PyType_Ready(&GroupCommitBaseType) != 0) {
+    if (add_commit_wait() != 0 || add_flush_plan() != 0 ||
+        PyType_Ready(&GroupCommitBaseType) != 0) {
         return -1;
     }
     if (PyModule_AddObjectRef(module, "GroupCommitBase", (PyObject *)&GroupCommitBaseType) != 0) {

@@ -218,19 +218,12 @@ leave:
     return NULL;
 }
 
-static int
-intern(PyObject **slot, const char *text)
-{
-    *slot = PyUnicode_InternFromString(text);
-    return *slot == NULL ? -1 : 0;
-}
-
 int
 add_commit_wait(void)
 {
-    if (intern(&name_raise_broken, "raise_broken") != 0 ||
-        intern(&name_raise_closed, "_raise_closed") != 0 || intern(&name_park, "park") != 0 ||
-        intern(&name_recheck, "recheck") != 0) {
+    if (intern_name(&name_raise_broken, "raise_broken") != 0 ||
+        intern_name(&name_raise_closed, "_raise_closed") != 0 ||
+        intern_name(&name_park, "park") != 0 || intern_name(&name_recheck, "recheck") != 0) {
         return -1;
     }
     return 0;

@@ -18,6 +18,14 @@
 
 #include "_speedups.h"
 
+static PyObject *name_plan_window;
+
+int
+add_flush_plan(void)
+{
+    return intern_name(&name_plan_window, "plan_window");
+}
+
 /* The plan the store published for [start, end) (Store.plan_window): a new
  * reference, or NULL with no exception when the window is absent or does not
  * cover the range (then flush_plan is asked), or NULL with one. One attribute
@@ -26,13 +34,6 @@
 PyObject *
 published_plan(PyObject *store, long long start, long long end)
 {
-    static PyObject *name_plan_window; /* interned once, kept for the process */
-    if (name_plan_window == NULL) {
-        name_plan_window = PyUnicode_InternFromString("plan_window");
-        if (name_plan_window == NULL) {
-            return NULL;
-        }
-    }
     PyObject *window = PyObject_GetAttr(store, name_plan_window);
     if (window == NULL) {
         /* A store that is no mmwal.Store subclass has no window: ask it. */

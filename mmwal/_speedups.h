@@ -161,5 +161,11 @@ MMWAL_INTERNAL int reservation_lock_acquire(PyObject *lock, int interruptible);
  * released (0, or -1 with an exception). */
 MMWAL_INTERNAL PyObject *published_plan(PyObject *store, long long start, long long end);
 MMWAL_INTERNAL int data_sync(int fd);
+/* Intern _flushplan.c's attribute name, once, before published_plan; -1 with an exception. */
+MMWAL_INTERNAL int add_flush_plan(void);
+
+/* *slot = the interned string `text` (_commitpath.c, for the commit path's
+ * files); 0, or -1 with an exception. */
+MMWAL_INTERNAL int intern_name(PyObject **slot, const char *text);
 
 #endif
